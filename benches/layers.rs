@@ -1,0 +1,136 @@
+//! Each layer of a node beside the raw operation it wraps, in one run.
+//!
+//! * RAM hit: `CacheNode::get_arc` on a RAM-resident key vs a bare moka
+//!   `get` of the same `Arc`'d struct.
+//! * Redis hit: `get_arc` through a Redis-only handle (RAM never consulted)
+//!   vs a bare `GET` on a connection of the same kind plus the bincode
+//!   decode of the payload.
+//! * Set: `CacheNode::set` (Redis `SET` + RAM insert) vs a bare `SET`.
+//!
+//! Starts its own redis-server on a free loopback port.
+//! Run: `cargo bench --bench layers`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cachenode::{CacheNode, Ttl};
+use criterion::{criterion_group, criterion_main, Criterion};
+use futures::FutureExt;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Small {
+    id: u64,
+    name: String,
+    score: f64,
+}
+
+fn small() -> Small {
+    Small {
+        id: 42,
+        name: "ada lovelace".into(),
+        score: 0.5,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let server = redis_test::server::RedisServer::new();
+    let url = match server.client_addr() {
+        redis::ConnectionAddr::Tcp(h, p) => format!("redis://{h}:{p}"),
+        other => panic!("unexpected address {other:?}"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let node = rt.block_on(async {
+        // redis-test returns before the server listens.
+        for _ in 0..100 {
+            if let Ok(n) = CacheNode::builder().redis_url(&url).namespace("bench").build().await {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("bench redis did not start");
+    });
+    rt.block_on(node.set("small", &small(), Ttl::Never)).unwrap();
+
+    let mut g = c.benchmark_group("ram_hit");
+    let bare: moka::sync::Cache<String, Arc<Small>> = moka::sync::Cache::new(10_000);
+    bare.insert("small".into(), Arc::new(small()));
+    g.bench_function("bare_moka_get", |b| {
+        b.iter(|| bare.get("small").expect("present"))
+    });
+    g.bench_function("cachenode_get_arc", |b| {
+        b.iter(|| {
+            node.get_arc::<Small>("small")
+                .now_or_never()
+                .expect("a RAM hit completes at once")
+                .unwrap()
+                .expect("present")
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("redis_hit");
+    let mut conn = rt.block_on(async {
+        redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap()
+    });
+    g.bench_function("bare_get_and_decode", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = conn.clone();
+            async move {
+                let bytes: Vec<u8> = conn.get("bench:k:small").await.unwrap();
+                // The payload follows cachenode's 12-byte envelope header.
+                let (v, _): (Small, usize) =
+                    bincode::serde::decode_from_slice(&bytes[12..], bincode::config::standard())
+                        .unwrap();
+                v
+            }
+        })
+    });
+    let redis_only = node.redis_only();
+    g.bench_function("cachenode_get_arc_redis_only", |b| {
+        b.to_async(&rt).iter(|| {
+            let node = redis_only.clone();
+            async move { node.get_arc::<Small>("small").await.unwrap().unwrap() }
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("set");
+    let payload = bincode::serde::encode_to_vec(small(), bincode::config::standard()).unwrap();
+    g.bench_function("bare_set", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = conn.clone();
+            let payload = payload.clone();
+            async move {
+                let _: () = conn.set("bench:raw", payload).await.unwrap();
+            }
+        })
+    });
+    g.bench_function("cachenode_set", |b| {
+        b.to_async(&rt).iter(|| {
+            let node = node.clone();
+            async move { node.set("small2", &small(), Ttl::Never).await.unwrap() }
+        })
+    });
+    g.finish();
+    let _: () = rt.block_on(async { conn.del("bench:raw").await.unwrap() });
+    drop(server);
+}
+
+criterion_group! {
+    name = layers;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(layers);

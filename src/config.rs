@@ -1,0 +1,342 @@
+//! Building a node: the builder, its defaults, and the environment.
+
+use std::time::Duration;
+
+use crate::keys::Keys;
+use crate::node::CacheNode;
+use crate::shared::SharedConfig;
+use crate::{Error, Result, Ttl};
+
+/// Default namespace (key prefix) in Redis.
+pub const DEFAULT_NAMESPACE: &str = "cachenode";
+/// Default RAM budget: 64 MiB.
+pub const DEFAULT_RAM_CAPACITY_BYTES: u64 = 64 << 20;
+/// Default TTL of values stored with [`Ttl::Default`]: 5 minutes.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// Default bound on one Redis command.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default bound on establishing a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default largest encoded value accepted on write and read: 16 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
+/// Default period of the bus's deletion check (the seed's
+/// `DELETION_CHECK_FREQUENCY_SECS`): the upper bound, past one Redis round
+/// trip, on how long a lost invalidation can leave a stale RAM entry.
+pub const DEFAULT_DELETION_CHECK_FREQUENCY: Duration = Duration::from_secs(1);
+
+/// The resolved settings of a node.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) redis: Option<SharedConfig>,
+    pub(crate) keys: Keys,
+    pub(crate) ram_capacity_bytes: Option<u64>,
+    pub(crate) default_ttl: Ttl,
+    pub(crate) ram_max_ttl: Option<Duration>,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) disabled: bool,
+    pub(crate) deletion_check_frequency: Duration,
+}
+
+/// Builds a [`CacheNode`] with non-default settings.
+///
+/// ```no_run
+/// # async fn f() -> cachenode::Result<()> {
+/// use std::time::Duration;
+/// use cachenode::{CacheNode, Ttl};
+/// let node = CacheNode::builder()
+///     .redis_url("redis://127.0.0.1:6379")
+///     .namespace("myapp")
+///     .ram_capacity_bytes(64 << 20)
+///     .default_ttl(Duration::from_secs(300))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .build().await"]
+pub struct CacheNodeBuilder {
+    redis_url: Option<String>,
+    namespace: String,
+    ram: bool,
+    ram_capacity_bytes: u64,
+    default_ttl: Ttl,
+    ram_max_ttl: Option<Duration>,
+    op_timeout: Duration,
+    connect_timeout: Duration,
+    max_value_bytes: usize,
+    disabled: bool,
+    deletion_check_frequency: Duration,
+}
+
+impl Default for CacheNodeBuilder {
+    fn default() -> Self {
+        CacheNodeBuilder {
+            redis_url: None,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            ram: true,
+            ram_capacity_bytes: DEFAULT_RAM_CAPACITY_BYTES,
+            default_ttl: Ttl::After(DEFAULT_TTL),
+            ram_max_ttl: None,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            disabled: false,
+            deletion_check_frequency: DEFAULT_DELETION_CHECK_FREQUENCY,
+        }
+    }
+}
+
+impl CacheNodeBuilder {
+    /// A builder with every default: RAM only until [`redis_url`](Self::redis_url) is set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The shared Redis layer at `url` (`redis://`, `rediss://` for TLS,
+    /// `redis+unix://`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// No Redis at all: a RAM-only node (the default until a URL is given).
+    pub fn ram_only(mut self) -> Self {
+        self.redis_url = None;
+        self.ram = true;
+        self
+    }
+
+    /// No RAM layer: every read goes to Redis (the seed's
+    /// `LOCALCACHE_TYPE=null`).
+    pub fn without_ram(mut self) -> Self {
+        self.ram = false;
+        self
+    }
+
+    /// The namespace all Redis keys live under (the seed's key prefix);
+    /// default [`DEFAULT_NAMESPACE`]. Nodes that should share values use the
+    /// same namespace.
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+
+    /// The RAM layer's budget in bytes (keys, values and per-entry overhead);
+    /// default [`DEFAULT_RAM_CAPACITY_BYTES`].
+    pub fn ram_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.ram_capacity_bytes = bytes;
+        self
+    }
+
+    /// The TTL of values stored with [`Ttl::Default`]; default [`DEFAULT_TTL`].
+    /// `Duration::ZERO` means never.
+    pub fn default_ttl(mut self, ttl: impl Into<Ttl>) -> Self {
+        self.default_ttl = ttl.into();
+        self
+    }
+
+    /// The longest a value stays in RAM, whatever its TTL; default none.
+    pub fn ram_max_ttl(mut self, ttl: Duration) -> Self {
+        self.ram_max_ttl = Some(ttl);
+        self
+    }
+
+    /// The bound on every Redis command; default [`DEFAULT_OP_TIMEOUT`].
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// The bound on establishing a Redis connection; default
+    /// [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest encoded value written or read; default
+    /// [`DEFAULT_MAX_VALUE_BYTES`]. Larger writes fail with
+    /// [`Error::ValueTooLarge`]; larger reads are counted misses.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// A node that stores nothing and always misses (the seed's
+    /// `disable_cache`), for tests of the application's own code.
+    pub fn disabled(mut self) -> Self {
+        self.disabled = true;
+        self
+    }
+
+    /// How often the bus checks that it missed no invalidation; default
+    /// [`DEFAULT_DELETION_CHECK_FREQUENCY`]. This is the staleness bound of
+    /// the crate's guarantee (plus one Redis round trip).
+    pub fn deletion_check_frequency(mut self, every: Duration) -> Self {
+        self.deletion_check_frequency = every;
+        self
+    }
+
+    /// Applies the seed's environment variables on top of this builder:
+    ///
+    /// | variable | effect |
+    /// |---|---|
+    /// | `CACHE_TYPE` | `redis` (needs `CACHE_REDIS_URL`), `ram` (no Redis) or `null` (disabled) |
+    /// | `LOCALCACHE_TYPE` | `ram` (default) or `null` (no RAM layer) |
+    /// | `CACHE_REDIS_URL` | the Redis URL; alone, it implies `CACHE_TYPE=redis` |
+    /// | `CACHE_KEY_PREFIX` | the namespace |
+    /// | `CACHE_DISABLED` | `1`/`true`/`yes` disables the cache |
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown value or a missing URL.
+    pub fn with_env(self) -> Result<Self> {
+        self.with_vars(|name| std::env::var(name).ok())
+    }
+
+    pub(crate) fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let url = var("CACHE_REDIS_URL").filter(|u| !u.is_empty());
+        match var("CACHE_TYPE").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") => {
+                if let Some(url) = url {
+                    self.redis_url = Some(url);
+                }
+            }
+            Some("redis") => {
+                self.redis_url = Some(url.ok_or_else(|| {
+                    Error::Config("CACHE_TYPE=redis needs CACHE_REDIS_URL".into())
+                })?);
+            }
+            Some("ram") => self.redis_url = None,
+            Some("null") => self.disabled = true,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "CACHE_TYPE={other:?}: expected redis, ram or null"
+                )))
+            }
+        }
+        match var("LOCALCACHE_TYPE").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("ram") => {}
+            Some("null") => self.ram = false,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "LOCALCACHE_TYPE={other:?}: expected ram or null"
+                )))
+            }
+        }
+        if let Some(prefix) = var("CACHE_KEY_PREFIX").filter(|p| !p.is_empty()) {
+            self.namespace = prefix;
+        }
+        match var("CACHE_DISABLED").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("0") | Some("false") | Some("no") => {}
+            Some("1") | Some("true") | Some("yes") => self.disabled = true,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "CACHE_DISABLED={other:?}: expected true or false"
+                )))
+            }
+        }
+        Ok(self)
+    }
+
+    pub(crate) fn into_config(self) -> Result<Config> {
+        let keys = Keys::new(&self.namespace)?;
+        for (name, d) in [
+            ("op_timeout", self.op_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("deletion_check_frequency", self.deletion_check_frequency),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!("{name} must be greater than zero")));
+            }
+        }
+        if self.max_value_bytes == 0 {
+            return Err(Error::Config("max_value_bytes must be greater than zero".into()));
+        }
+        Ok(Config {
+            redis: self.redis_url.map(|url| SharedConfig {
+                url,
+                connect_timeout: self.connect_timeout,
+                op_timeout: self.op_timeout,
+            }),
+            keys,
+            ram_capacity_bytes: self.ram.then_some(self.ram_capacity_bytes),
+            default_ttl: self.default_ttl,
+            ram_max_ttl: self.ram_max_ttl,
+            max_value_bytes: self.max_value_bytes,
+            disabled: self.disabled,
+            deletion_check_frequency: self.deletion_check_frequency,
+        })
+    }
+
+    /// Builds the node: connects to Redis (when a URL is set) and starts its
+    /// background tasks.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for invalid settings, [`Error::Connect`] when Redis
+    /// cannot be reached.
+    pub async fn build(self) -> Result<CacheNode> {
+        CacheNode::from_config(self.into_config()?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn env_selects_backends() {
+        let c = CacheNodeBuilder::new()
+            .with_vars(env(&[("CACHE_TYPE", "redis"), ("CACHE_REDIS_URL", "redis://h:1")]))
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(c.redis.unwrap().url, "redis://h:1");
+        let c = CacheNodeBuilder::new()
+            .redis_url("redis://x")
+            .with_vars(env(&[("CACHE_TYPE", "ram"), ("LOCALCACHE_TYPE", "null")]))
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert!(c.redis.is_none());
+        assert!(c.ram_capacity_bytes.is_none());
+        let c = CacheNodeBuilder::new()
+            .with_vars(env(&[("CACHE_TYPE", "null"), ("CACHE_KEY_PREFIX", "svc")]))
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert!(c.disabled);
+        assert_eq!(c.keys.namespace(), "svc");
+        let c = CacheNodeBuilder::new()
+            .with_vars(env(&[("CACHE_DISABLED", "true")]))
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert!(c.disabled);
+    }
+
+    #[test]
+    fn env_errors_are_clear() {
+        let e = CacheNodeBuilder::new()
+            .with_vars(env(&[("CACHE_TYPE", "redis")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("CACHE_REDIS_URL"), "{e}");
+        let e = CacheNodeBuilder::new()
+            .with_vars(env(&[("CACHE_TYPE", "memcached")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("memcached"), "{e}");
+        let e = CacheNodeBuilder::new()
+            .op_timeout(Duration::ZERO)
+            .into_config()
+            .unwrap_err();
+        assert!(e.to_string().contains("op_timeout"), "{e}");
+    }
+}

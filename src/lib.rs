@@ -1,0 +1,66 @@
+//! # cachenode
+//!
+//! A two-layer cache for every process of a service: a fast **RAM layer** in
+//! the process (moka, bounded in bytes, holding decoded values) in front of a
+//! **shared layer** in Redis that all instances see.
+//!
+//! * Reads try RAM, then Redis; a Redis hit fills RAM for no longer than the
+//!   value's remaining Redis TTL.
+//! * Writes go to Redis and then RAM; deletes to both.
+//! * Values are any serde type, stored in Redis in a small versioned envelope
+//!   ([`codec`]); a value that does not decode is a miss, removed and counted,
+//!   never a panic.
+//! * Every Redis call has a timeout; a node reconnects by itself when Redis
+//!   comes back.
+//!
+//! ```no_run
+//! # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct User { name: String }
+//! # async fn f() -> cachenode::Result<()> {
+//! use std::time::Duration;
+//! use cachenode::{CacheNode, Ttl};
+//!
+//! let node = CacheNode::connect("redis://127.0.0.1:6379").await?;
+//! let user = User { name: "ada".into() };
+//! node.set("user:1", &user, Ttl::After(Duration::from_secs(1800))).await?;
+//! let u: Option<User> = node.get("user:1").await?;
+//! node.has("user:1").await?;
+//! node.delete("user:1").await?;
+//! let both: Vec<Option<User>> = node.get_many(&["a", "b"]).await?;
+//! node.delete_many(&["a", "b"]).await?;
+//! node.clear_all().await?; // this namespace only
+//!
+//! // One layer per call: the seed's local_ram_cache_only / shared_redis_cache_only.
+//! node.ram_only().set("session", &user, Duration::from_secs(60)).await?;
+//!
+//! // No Redis at all, for a program that runs without a server:
+//! let ram = CacheNode::builder().ram_only().build().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Modules
+//! * [`node`]: the [`CacheNode`] handle and its public API.
+//! * `local`: the RAM layer, with fenced fills so a read racing an
+//!   invalidation never re-inserts the old value.
+//! * `shared`: the Redis layer (connection, timeouts, batched commands).
+//! * [`codec`]: the value envelope and the [`Codec`] trait.
+//! * [`metrics`]: every metric name.
+//! * [`config`]: the builder and the environment variables.
+#![deny(missing_docs)]
+// Bus internals land in the next change; until then some helpers are unused.
+#![allow(dead_code)]
+
+pub mod codec;
+pub mod config;
+mod error;
+mod keys;
+mod local;
+pub mod metrics;
+pub mod node;
+mod shared;
+mod ttl;
+
+pub use codec::{Bincode, Codec};
+pub use config::CacheNodeBuilder;
+pub use error::{Error, Result};
+pub use node::{CacheNode, Layers, NodeStats};
+pub use ttl::Ttl;

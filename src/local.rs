@@ -1,0 +1,430 @@
+//! The RAM layer: a bounded, per-process moka cache of decoded values.
+//!
+//! Entries hold the user's value as an `Arc<dyn Any>`, so a hit costs one
+//! reference-count increment and a type check, never a decode. The cache is
+//! bounded in bytes (each entry is weighed when inserted) and every entry has
+//! its own expiry.
+//!
+//! # Invalidation epochs and fenced fills
+//!
+//! Every invalidation applied to this layer (of a key, of a function's keys,
+//! or of everything) takes a new number from one monotonic *epoch* counter
+//! and records it as a fence: per key in a fixed table of hashed slots, per
+//! function name, and for "everything". A fill (a value read from Redis or
+//! computed, about to be put in RAM) takes a [`FillTicket`] with the current
+//! epoch *before* it starts reading. When it inserts, an entry is only kept
+//! if no fence that covers it is newer than the ticket; otherwise the value
+//! it carries may predate the invalidation and is dropped (DESIGN §5).
+//!
+//! Function and "everything" fences are also checked on every read (an entry
+//! is valid while its stamp is not older than its function's fence, the
+//! global fence and the outage floor), which makes dropping every entry of a
+//! function O(1). Key fences are checked right after the insert instead, so a
+//! read does not hash the key a second time: an insert that lost the race
+//! removes itself.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+
+/// Bytes charged to every entry on top of its key and value, for the entry
+/// itself and moka's bookkeeping. Measured in `benches/` (see BENCHMARKS.md).
+pub(crate) const ENTRY_OVERHEAD_BYTES: u32 = 96;
+
+/// Number of hashed slots in the per-key fence table. A collision only makes
+/// a racing fill skip its RAM insert, which costs a later Redis read.
+const KEY_FENCE_SLOTS: usize = 4096;
+
+/// The RAM key of a plain (user) key.
+///
+/// Plain keys are stored as they are, so a RAM hit allocates nothing; keys of
+/// cached functions start with a NUL byte followed by `f`. The rare plain key
+/// that itself starts with NUL is escaped with a `\0k` prefix, so the two
+/// spaces never collide.
+pub(crate) fn plain_ram_key(key: &str) -> Cow<'_, str> {
+    if key.starts_with('\0') {
+        Cow::Owned(format!("\0k{key}"))
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+/// Per-function state: the fence that drops all of a function's entries.
+#[derive(Debug)]
+pub(crate) struct Group {
+    name: Arc<str>,
+    fence: AtomicU64,
+}
+
+impl Group {
+    /// The function name this group stands for.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
+/// One RAM entry.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    value: Arc<dyn Any + Send + Sync>,
+    ttl: Option<Duration>,
+    weight: u32,
+    /// The epoch of the fill that produced the entry.
+    stamp: u64,
+    group: Option<Arc<Group>>,
+}
+
+impl Entry {
+    /// An entry for `value` living at most `ttl` (`None`: until evicted or
+    /// invalidated), weighing about `value_bytes`.
+    pub(crate) fn new(
+        value: Arc<dyn Any + Send + Sync>,
+        ttl: Option<Duration>,
+        value_bytes: usize,
+        group: Option<Arc<Group>>,
+    ) -> Self {
+        let weight = u32::try_from(value_bytes)
+            .unwrap_or(u32::MAX)
+            .saturating_add(ENTRY_OVERHEAD_BYTES);
+        Entry {
+            value,
+            ttl,
+            weight,
+            stamp: 0,
+            group,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Validity {
+    Valid,
+    /// Older than the outage floor: hidden, not dropped.
+    Suspended,
+    /// Invalidated through its function or "everything".
+    Stale,
+}
+
+/// Taken before a fill starts; see the module docs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FillTicket(u64);
+
+struct PerEntryExpiry;
+
+impl moka::Expiry<String, Entry> for PerEntryExpiry {
+    fn expire_after_create(&self, _: &String, value: &Entry, _: Instant) -> Option<Duration> {
+        value.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        value.ttl
+    }
+}
+
+/// Why the whole RAM layer was dropped (a bounded metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlushReason {
+    /// A user or a peer asked to invalidate everything.
+    InvalidateAll,
+    /// The bus could not catch up (stream trimmed, Redis replaced).
+    BusGap,
+}
+
+impl FlushReason {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            FlushReason::InvalidateAll => "invalidate_all",
+            FlushReason::BusGap => "bus_gap",
+        }
+    }
+}
+
+/// The RAM layer of a node.
+pub(crate) struct LocalLayer {
+    cache: Cache<String, Entry>,
+    epoch: AtomicU64,
+    key_fences: Box<[AtomicU64]>,
+    all_fence: AtomicU64,
+    /// Entries stamped below this are not served (Redis unreachable for too
+    /// long; DESIGN §4 rule 4). 0 when serving normally.
+    serve_floor: AtomicU64,
+    groups: Mutex<HashMap<Arc<str>, Arc<Group>>>,
+}
+
+impl LocalLayer {
+    /// A RAM layer holding about `capacity_bytes`.
+    pub(crate) fn new(capacity_bytes: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|key: &String, entry: &Entry| {
+                entry
+                    .weight
+                    .saturating_add(u32::try_from(key.len()).unwrap_or(u32::MAX))
+            })
+            .expire_after(PerEntryExpiry)
+            .support_invalidation_closures()
+            .build();
+        LocalLayer {
+            cache,
+            epoch: AtomicU64::new(1),
+            key_fences: (0..KEY_FENCE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            all_fence: AtomicU64::new(0),
+            serve_floor: AtomicU64::new(0),
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The group of function `name`, created on first use.
+    pub(crate) fn group(&self, name: &str) -> Arc<Group> {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = groups.get(name) {
+            return g.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        let group = Arc::new(Group {
+            name: name.clone(),
+            fence: AtomicU64::new(0),
+        });
+        groups.insert(name, group.clone());
+        group
+    }
+
+    /// A valid entry for `key`, if any. Entries invalidated through their
+    /// function, through "everything" or by the outage floor are removed as
+    /// they are found.
+    pub(crate) fn get(&self, key: &str) -> Option<Entry> {
+        let entry = self.cache.get(key)?;
+        match self.validity(&entry) {
+            Validity::Valid => Some(entry),
+            // Kept: it may be served again once the bus has caught up.
+            Validity::Suspended => None,
+            Validity::Stale => {
+                self.cache.invalidate(key);
+                None
+            }
+        }
+    }
+
+    /// The value under `key` if it is a `T`.
+    pub(crate) fn get_typed<T: Any + Send + Sync>(&self, key: &str) -> Option<Arc<T>> {
+        self.get(key)?.value.downcast::<T>().ok()
+    }
+
+    fn validity(&self, entry: &Entry) -> Validity {
+        let group_fence = entry
+            .group
+            .as_ref()
+            .map_or(0, |g| g.fence.load(Ordering::Acquire));
+        if entry.stamp < group_fence.max(self.all_fence.load(Ordering::Acquire)) {
+            Validity::Stale
+        } else if entry.stamp < self.serve_floor.load(Ordering::Acquire) {
+            Validity::Suspended
+        } else {
+            Validity::Valid
+        }
+    }
+
+    fn is_valid(&self, entry: &Entry) -> bool {
+        self.validity(entry) == Validity::Valid
+    }
+
+    /// Whether a valid entry exists for `key`.
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Starts a fill: the returned ticket remembers the current epoch.
+    pub(crate) fn ticket(&self) -> FillTicket {
+        FillTicket(self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Inserts `entry` under `key` unless an invalidation that covers it was
+    /// applied after `ticket` was taken. Returns whether the entry was kept.
+    pub(crate) fn insert(&self, key: String, mut entry: Entry, ticket: FillTicket) -> bool {
+        entry.stamp = ticket.0;
+        let slot = fence_slot(&key);
+        if self.key_fences[slot].load(Ordering::Acquire) > ticket.0 || !self.is_valid(&entry) {
+            return false;
+        }
+        self.cache.insert(key.clone(), entry);
+        // An invalidation of this key may have run between the check and the
+        // insert, and removed the key before we put ours in: look again.
+        if self.key_fences[slot].load(Ordering::SeqCst) > ticket.0 {
+            self.cache.invalidate(&key);
+            return false;
+        }
+        true
+    }
+
+    /// Inserts a value this node has just written itself: fences the key
+    /// first (so a racing fill of an older value cannot overwrite it) and
+    /// stamps the entry after that fence.
+    pub(crate) fn insert_own_write(&self, key: String, entry: Entry) {
+        let epoch = self.fence_key(&key);
+        self.insert(key, entry, FillTicket(epoch));
+    }
+
+    fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn fence_key(&self, key: &str) -> u64 {
+        let epoch = self.next_epoch();
+        self.key_fences[fence_slot(key)].fetch_max(epoch, Ordering::SeqCst);
+        epoch
+    }
+
+    /// Drops `key`; returns whether a valid entry was there.
+    pub(crate) fn remove(&self, key: &str) -> bool {
+        self.fence_key(key);
+        self.cache
+            .remove(key)
+            .is_some_and(|entry| self.is_valid(&entry))
+    }
+
+    /// Drops every entry of function `name`.
+    pub(crate) fn remove_group(&self, name: &str) {
+        let epoch = self.next_epoch();
+        let group = self.group(name);
+        group.fence.fetch_max(epoch, Ordering::SeqCst);
+        // Entries are already invisible (checked on read); also give their
+        // memory back, in moka's background maintenance.
+        let target = group.clone();
+        let _ = self.cache.invalidate_entries_if(move |_, e| {
+            e.group.as_ref().is_some_and(|g| Arc::ptr_eq(g, &target))
+        });
+    }
+
+    /// Drops everything.
+    pub(crate) fn remove_all(&self, reason: FlushReason) {
+        let epoch = self.next_epoch();
+        self.all_fence.fetch_max(epoch, Ordering::SeqCst);
+        self.cache.invalidate_all();
+        tracing::debug!(reason = reason.label(), "RAM layer flushed");
+    }
+
+    /// Stops serving entries filled before now (the bus lost Redis for longer
+    /// than the staleness bound). Undone by [`resume_serving`](Self::resume_serving).
+    pub(crate) fn suspend_older_entries(&self) {
+        let epoch = self.next_epoch();
+        self.serve_floor.store(epoch, Ordering::SeqCst);
+    }
+
+    /// Serves all valid entries again (the bus has caught up).
+    pub(crate) fn resume_serving(&self) {
+        self.serve_floor.store(0, Ordering::SeqCst);
+    }
+
+    /// Number of entries (including ones invalidated but not yet reclaimed).
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Total weight of the entries in bytes.
+    pub(crate) fn weighted_bytes(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Runs moka's pending maintenance (evictions, reclaiming invalidated
+    /// entries) now; tests and metrics call it to see settled numbers.
+    pub(crate) fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+}
+
+fn fence_slot(key: &str) -> usize {
+    // A fixed hasher, not the std random one: slots need only be stable
+    // within the process, and this one is fast for short keys.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % KEY_FENCE_SLOTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(v: u32) -> Entry {
+        Entry::new(Arc::new(v), None, 4, None)
+    }
+
+    #[test]
+    fn plain_keys_never_collide_with_function_keys() {
+        assert_eq!(plain_ram_key("user:1"), "user:1");
+        assert_eq!(plain_ram_key("\0fx"), "\0k\0fx");
+        assert!(!plain_ram_key("\0fx").starts_with("\0f"));
+    }
+
+    #[test]
+    fn typed_get_misses_on_other_type() {
+        let l = LocalLayer::new(1 << 20);
+        l.insert("a".into(), entry(5), l.ticket());
+        assert_eq!(l.get_typed::<u32>("a").as_deref(), Some(&5));
+        assert!(l.get_typed::<String>("a").is_none());
+    }
+
+    #[test]
+    fn fill_started_before_key_invalidation_is_not_inserted() {
+        let l = LocalLayer::new(1 << 20);
+        let ticket = l.ticket();
+        l.remove("a"); // invalidation arrives while the fill reads Redis
+        assert!(!l.insert("a".into(), entry(1), ticket));
+        assert!(l.get("a").is_none());
+        // A fill that starts afterwards is fine.
+        assert!(l.insert("a".into(), entry(2), l.ticket()));
+        assert_eq!(l.get_typed::<u32>("a").as_deref(), Some(&2));
+    }
+
+    #[test]
+    fn group_and_all_fences_hide_older_entries() {
+        let l = LocalLayer::new(1 << 20);
+        let g = l.group("f");
+        let t = l.ticket();
+        l.insert("x".into(), Entry::new(Arc::new(1u8), None, 1, Some(g.clone())), t);
+        l.insert("y".into(), entry(1), t);
+        l.remove_group("f");
+        assert!(l.get("x").is_none());
+        assert!(l.get("y").is_some());
+        // A fill of the group that started before the invalidation is refused.
+        assert!(!l.insert("x".into(), Entry::new(Arc::new(1u8), None, 1, Some(g)), t));
+        l.remove_all(FlushReason::InvalidateAll);
+        assert!(l.get("y").is_none());
+        assert!(!l.insert("y".into(), entry(1), t));
+    }
+
+    #[test]
+    fn outage_floor_suspends_and_resumes() {
+        let l = LocalLayer::new(1 << 20);
+        l.insert("a".into(), entry(1), l.ticket());
+        l.suspend_older_entries();
+        assert!(l.get("a").is_none());
+        // Filled during the outage: served.
+        l.insert("b".into(), entry(2), l.ticket());
+        assert!(l.get("b").is_some());
+        l.resume_serving();
+        assert!(l.get("a").is_some());
+    }
+
+    #[test]
+    fn byte_bound_holds() {
+        let l = LocalLayer::new(100_000);
+        for i in 0..10_000u32 {
+            l.insert(format!("k{i}"), Entry::new(Arc::new(i), None, 1000, None), l.ticket());
+        }
+        l.run_pending_tasks();
+        assert!(l.weighted_bytes() <= 100_000, "{}", l.weighted_bytes());
+        assert!(l.entry_count() < 10_000);
+    }
+}

@@ -1,0 +1,564 @@
+//! The node: the handle services use, over its two layers.
+//!
+//! A [`CacheNode`] is a cheap `Clone` handle (`Arc` inside), `Send + Sync`.
+//! Reads try RAM, then Redis, and fill RAM from a Redis hit; writes and
+//! deletes go to Redis first and then to RAM, so a concurrent read never
+//! re-fills RAM with the value being replaced (see [`local`](crate::local)).
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec::{self, Bincode, Codec};
+use crate::config::{CacheNodeBuilder, Config};
+use crate::local::{plain_ram_key, Entry, FlushReason, LocalLayer};
+use crate::metrics::{self, Layer};
+use crate::shared::SharedLayer;
+use crate::{Error, Result, Ttl};
+
+/// Which layers a call uses.
+///
+/// [`CacheNode::ram_only`] and [`CacheNode::redis_only`] give a handle whose
+/// calls use one layer (the seed's `local_ram_cache_only` and
+/// `shared_redis_cache_only`). RAM-only writes and deletes stay on this
+/// instance: other instances are not told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layers {
+    /// RAM first, then Redis (the default).
+    #[default]
+    Both,
+    /// This process's RAM only.
+    RamOnly,
+    /// Redis only; RAM is neither read nor filled.
+    RedisOnly,
+}
+
+/// A point-in-time view of a node's counters, for health checks and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Entries in the RAM layer (including invalidated ones not yet reclaimed).
+    pub ram_entries: u64,
+    /// Weight of the RAM layer in bytes.
+    pub ram_bytes: u64,
+    /// Values read from Redis that did not decode (each removed and missed).
+    pub decode_failures: u64,
+}
+
+/// A cache node: a RAM layer (moka) in front of a shared Redis layer.
+///
+/// # Examples
+/// ```no_run
+/// # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct User { name: String }
+/// # async fn f() -> cachenode::Result<()> {
+/// use std::time::Duration;
+/// use cachenode::{CacheNode, Ttl};
+///
+/// let node = CacheNode::connect("redis://127.0.0.1:6379").await?;
+/// let user = User { name: "ada".into() };
+/// node.set("user:1", &user, Ttl::After(Duration::from_secs(1800))).await?;
+/// let again: Option<User> = node.get("user:1").await?;
+/// assert!(node.delete("user:1").await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CacheNode {
+    inner: Arc<Inner>,
+    layers: Layers,
+}
+
+impl std::fmt::Debug for CacheNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheNode")
+            .field("namespace", &self.inner.config.keys.namespace())
+            .field("redis", &self.inner.shared.as_ref().map(|s| s.url()))
+            .field("ram", &self.inner.local.is_some())
+            .field("disabled", &self.inner.config.disabled)
+            .field("layers", &self.layers)
+            .finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) local: Option<Arc<LocalLayer>>,
+    pub(crate) shared: Option<SharedLayer>,
+    pub(crate) codec: Bincode,
+    pub(crate) metrics: metrics::NodeMetrics,
+    decode_failures: AtomicU64,
+}
+
+impl CacheNode {
+    /// Connects a node with default settings to the Redis at `url`.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when Redis cannot be reached (the error names the
+    /// URL, password masked).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::builder().redis_url(url).build().await
+    }
+
+    /// A builder for any other settings.
+    pub fn builder() -> CacheNodeBuilder {
+        CacheNodeBuilder::new()
+    }
+
+    /// A node configured from the seed's environment variables
+    /// (`CACHE_TYPE`, `LOCALCACHE_TYPE`, `CACHE_REDIS_URL`,
+    /// `CACHE_KEY_PREFIX`, `CACHE_DISABLED`; see
+    /// [`CacheNodeBuilder::with_env`]). With none set: a RAM-only node.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid variable, [`Error::Connect`] when
+    /// Redis cannot be reached.
+    pub async fn from_env() -> Result<Self> {
+        Self::builder().with_env()?.build().await
+    }
+
+    pub(crate) async fn from_config(config: Config) -> Result<Self> {
+        let (local, shared) = if config.disabled {
+            (None, None)
+        } else {
+            let shared = match &config.redis {
+                Some(redis) => Some(SharedLayer::connect(redis).await?),
+                None => None,
+            };
+            let local = config
+                .ram_capacity_bytes
+                .map(|bytes| Arc::new(LocalLayer::new(bytes)));
+            (local, shared)
+        };
+        Ok(CacheNode {
+            inner: Arc::new(Inner {
+                config,
+                local,
+                shared,
+                codec: Bincode,
+                metrics: metrics::NodeMetrics::new(),
+                decode_failures: AtomicU64::new(0),
+            }),
+            layers: Layers::Both,
+        })
+    }
+
+    /// A handle on the same node whose calls use RAM only.
+    pub fn ram_only(&self) -> CacheNode {
+        self.with_layers(Layers::RamOnly)
+    }
+
+    /// A handle on the same node whose calls use Redis only.
+    pub fn redis_only(&self) -> CacheNode {
+        self.with_layers(Layers::RedisOnly)
+    }
+
+    /// A handle on the same node whose calls use `layers`.
+    pub fn with_layers(&self, layers: Layers) -> CacheNode {
+        CacheNode {
+            inner: self.inner.clone(),
+            layers,
+        }
+    }
+
+    /// The layers this handle's calls use.
+    pub fn layers(&self) -> Layers {
+        self.layers
+    }
+
+    /// The namespace of the node's Redis keys.
+    pub fn namespace(&self) -> &str {
+        self.inner.config.keys.namespace()
+    }
+
+    /// Whether the node was built disabled (stores nothing, always misses).
+    pub fn is_disabled(&self) -> bool {
+        self.inner.config.disabled
+    }
+
+    /// Whether the node has a Redis layer.
+    pub fn has_redis(&self) -> bool {
+        self.inner.shared.is_some()
+    }
+
+    /// Counters and RAM occupancy, for health checks.
+    pub fn stats(&self) -> NodeStats {
+        let (ram_entries, ram_bytes) = self.inner.local.as_ref().map_or((0, 0), |l| {
+            l.run_pending_tasks();
+            (l.entry_count(), l.weighted_bytes())
+        });
+        NodeStats {
+            ram_entries,
+            ram_bytes,
+            decode_failures: self.inner.decode_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The RAM layer, when this call should use it.
+    fn ram(&self) -> Option<&LocalLayer> {
+        match self.layers {
+            Layers::Both | Layers::RamOnly => self.inner.local.as_deref(),
+            Layers::RedisOnly => None,
+        }
+    }
+
+    /// The Redis layer, when this call should use it. `Ok(None)` when the
+    /// node simply has none (RAM-only node, or disabled); an error when the
+    /// caller asked for Redis only on a node without it.
+    fn redis(&self, op: &'static str) -> Result<Option<&SharedLayer>> {
+        match (self.layers, &self.inner.shared) {
+            (Layers::RamOnly, _) => Ok(None),
+            (_, Some(shared)) => Ok(Some(shared)),
+            (Layers::RedisOnly, None) if !self.inner.config.disabled => {
+                Err(Error::NoSharedLayer { op })
+            }
+            (_, None) => Ok(None),
+        }
+    }
+
+    /// The value under `key`, or `None`.
+    ///
+    /// A RAM entry of another type than `T` is a RAM miss, answered from
+    /// Redis. A Redis value that does not decode as `T` is a miss: the key
+    /// is removed and the event counted and logged.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] / [`Error::Timeout`] when Redis must be asked and
+    /// cannot answer.
+    pub async fn get<T>(&self, key: &str) -> Result<Option<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        Ok(self.get_arc::<T>(key).await?.map(|v| T::clone(&v)))
+    }
+
+    /// Like [`get`](Self::get), without cloning the value out of its `Arc`.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub async fn get_arc<T>(&self, key: &str) -> Result<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let ram = self.ram();
+        if let Some(local) = ram {
+            if let Some(v) = local.get_typed::<T>(&plain_ram_key(key)) {
+                self.inner.metrics.hit(Layer::Ram);
+                return Ok(Some(v));
+            }
+            self.inner.metrics.miss(Layer::Ram);
+        }
+        // Boxed so that this future stays small: a RAM hit then costs no
+        // copy of the Redis path's state, which is much larger.
+        Box::pin(self.get_from_redis(key)).await
+    }
+
+    /// The Redis half of [`get_arc`](Self::get_arc): read, decode, fill RAM.
+    async fn get_from_redis<T>(&self, key: &str) -> Result<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let ram = self.ram();
+        let Some(shared) = self.redis("get")? else {
+            return Ok(None);
+        };
+        let ticket = ram.map(LocalLayer::ticket);
+        let redis_key = self.inner.config.keys.plain(key);
+        let Some(bytes) = shared.get(&redis_key).await? else {
+            self.inner.metrics.miss(Layer::Redis);
+            return Ok(None);
+        };
+        let Some((expires_at_ms, value)) = self.decode::<T>(shared, &redis_key, &bytes).await
+        else {
+            return Ok(None);
+        };
+        self.inner.metrics.hit(Layer::Redis);
+        let value = Arc::new(value);
+        if let (Some(local), Some(ticket)) = (ram, ticket) {
+            if let Some(ttl) = self.ram_ttl_from_expiry(expires_at_ms) {
+                let entry = Entry::new(value.clone(), ttl, bytes.len(), None);
+                local.insert(plain_ram_key(key).into_owned(), entry, ticket);
+            }
+        }
+        Ok(Some(value))
+    }
+
+    /// Decodes `bytes` read from `redis_key`; on failure counts, logs and
+    /// removes the key, and returns `None`.
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        shared: &SharedLayer,
+        redis_key: &str,
+        bytes: &[u8],
+    ) -> Option<(u64, T)> {
+        match codec::unseal::<_, T>(&self.inner.codec, bytes, self.inner.config.max_value_bytes) {
+            Ok((header, value)) => Some((header.expires_at_ms, value)),
+            Err(e) => {
+                self.inner.decode_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::decode_failure(e.label());
+                self.inner.metrics.miss(Layer::Redis);
+                tracing::warn!(
+                    namespace = self.namespace(),
+                    reason = e.label(),
+                    error = %e,
+                    "value in Redis does not decode; removing it"
+                );
+                if let Err(e) = shared.unlink_each(&[redis_key.to_owned()]).await {
+                    tracing::warn!(error = %e, "could not remove an undecodable value");
+                }
+                None
+            }
+        }
+    }
+
+    /// How long a value read from Redis may stay in RAM: until its Redis
+    /// expiry, capped by `ram_max_ttl`. `None` when it has already expired.
+    fn ram_ttl_from_expiry(&self, expires_at_ms: u64) -> Option<Option<Duration>> {
+        let cap = self.inner.config.ram_max_ttl;
+        if expires_at_ms == 0 {
+            return Some(cap);
+        }
+        let now = unix_millis();
+        if expires_at_ms <= now {
+            return None;
+        }
+        let left = Duration::from_millis(expires_at_ms - now);
+        Some(Some(cap.map_or(left, |c| c.min(left))))
+    }
+
+    /// The values under `keys`, in the same order (`None` where missing).
+    /// RAM answers what it can; the rest comes from one `MGET`.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub async fn get_many<T>(&self, keys: &[&str]) -> Result<Vec<Option<T>>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let mut out: Vec<Option<T>> = vec![None; keys.len()];
+        let ram = self.ram();
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match ram.and_then(|l| l.get_typed::<T>(&plain_ram_key(key))) {
+                Some(v) => {
+                    self.inner.metrics.hit(Layer::Ram);
+                    out[i] = Some(T::clone(&v));
+                }
+                None => {
+                    if ram.is_some() {
+                        self.inner.metrics.miss(Layer::Ram);
+                    }
+                    missing.push(i);
+                }
+            }
+        }
+        let Some(shared) = self.redis("get_many")? else {
+            return Ok(out);
+        };
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let ticket = ram.map(LocalLayer::ticket);
+        let redis_keys: Vec<String> = missing
+            .iter()
+            .map(|&i| self.inner.config.keys.plain(keys[i]))
+            .collect();
+        let found = shared.mget(&redis_keys).await?;
+        for ((&i, redis_key), bytes) in missing.iter().zip(&redis_keys).zip(found) {
+            let Some(bytes) = bytes else {
+                self.inner.metrics.miss(Layer::Redis);
+                continue;
+            };
+            let Some((expires_at_ms, value)) = self.decode::<T>(shared, redis_key, &bytes).await
+            else {
+                continue;
+            };
+            self.inner.metrics.hit(Layer::Redis);
+            if let (Some(local), Some(ticket)) = (ram, ticket) {
+                if let Some(ttl) = self.ram_ttl_from_expiry(expires_at_ms) {
+                    let entry = Entry::new(Arc::new(value.clone()), ttl, bytes.len(), None);
+                    local.insert(plain_ram_key(keys[i]).into_owned(), entry, ticket);
+                }
+            }
+            out[i] = Some(value);
+        }
+        Ok(out)
+    }
+
+    /// Stores `value` under `key` for `ttl` (a [`Ttl`] or a `Duration`, where
+    /// zero means never), in Redis and then RAM.
+    ///
+    /// # Errors
+    /// [`Error::ValueTooLarge`] / [`Error::Encode`] for a value that cannot
+    /// be stored; [`Error::Redis`] / [`Error::Timeout`] when Redis fails, in
+    /// which case this node's RAM copy of `key` is dropped too.
+    pub async fn set<T>(&self, key: &str, value: &T, ttl: impl Into<Ttl>) -> Result<()>
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+    {
+        self.set_arc(key, Arc::new(value.clone()), ttl).await
+    }
+
+    /// Like [`set`](Self::set), taking the value in an `Arc` (no clone).
+    ///
+    /// # Errors
+    /// As [`set`](Self::set).
+    pub async fn set_arc<T>(&self, key: &str, value: Arc<T>, ttl: impl Into<Ttl>) -> Result<()>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        if self.inner.config.disabled {
+            return Ok(());
+        }
+        let ttl = ttl.into().resolve(self.inner.config.default_ttl);
+        let ram_key = plain_ram_key(key);
+        let mut encoded_len = None;
+        if let Some(shared) = self.redis("set")? {
+            let expires_at_ms = ttl.map_or(0, |t| unix_millis().saturating_add(millis(t)));
+            let bytes = codec::seal(
+                &self.inner.codec,
+                &*value,
+                expires_at_ms,
+                self.inner.config.max_value_bytes,
+            )?;
+            let redis_key = self.inner.config.keys.plain(key);
+            if let Err(e) = shared.set(&redis_key, &bytes, ttl).await {
+                if let Some(local) = self.ram() {
+                    local.remove(&ram_key);
+                }
+                return Err(e);
+            }
+            self.inner.metrics.write(Layer::Redis);
+            encoded_len = Some(bytes.len());
+        }
+        if let Some(local) = self.ram() {
+            let size = encoded_len
+                .or_else(|| self.inner.codec.encoded_len(&*value))
+                .unwrap_or(std::mem::size_of::<T>());
+            let ttl = match (ttl, self.inner.config.ram_max_ttl) {
+                (Some(t), Some(cap)) => Some(t.min(cap)),
+                (t, cap) => t.or(cap),
+            };
+            local.insert_own_write(ram_key.into_owned(), Entry::new(value, ttl, size, None));
+            self.inner.metrics.write(Layer::Ram);
+        }
+        Ok(())
+    }
+
+    /// Whether `key` holds a value in any layer this call uses, without
+    /// reading the value from Redis.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub async fn has(&self, key: &str) -> Result<bool> {
+        if self.ram().is_some_and(|l| l.contains(&plain_ram_key(key))) {
+            return Ok(true);
+        }
+        match self.redis("has")? {
+            Some(shared) => shared.exists(&self.inner.config.keys.plain(key)).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Deletes `key` from Redis, then RAM. Returns whether it existed in at
+    /// least one layer.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] / [`Error::Timeout`] when Redis fails; the RAM copy
+    /// is dropped all the same.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        Ok(!self.delete_many(&[key]).await?.is_empty())
+    }
+
+    /// Deletes `keys` from Redis, then RAM. Returns the distinct keys that
+    /// existed in at least one layer, in the order given.
+    ///
+    /// # Errors
+    /// As [`delete`](Self::delete).
+    pub async fn delete_many<'k>(&self, keys: &[&'k str]) -> Result<Vec<&'k str>> {
+        let mut seen = HashSet::with_capacity(keys.len());
+        let keys: Vec<&'k str> = keys.iter().copied().filter(|k| seen.insert(*k)).collect();
+        let mut existed = vec![false; keys.len()];
+        let redis_result = match self.redis("delete")? {
+            Some(shared) => {
+                let redis_keys: Vec<String> =
+                    keys.iter().map(|k| self.inner.config.keys.plain(k)).collect();
+                shared.unlink_each(&redis_keys).await.map(|found| {
+                    for (e, f) in existed.iter_mut().zip(found) {
+                        *e |= f;
+                    }
+                })
+            }
+            None => Ok(()),
+        };
+        // RAM after Redis (module docs); also when Redis failed, so this
+        // node at least stops serving the value.
+        if let Some(local) = self.ram() {
+            for (e, key) in existed.iter_mut().zip(&keys) {
+                *e |= local.remove(&plain_ram_key(key));
+            }
+        }
+        redis_result?;
+        Ok(keys
+            .into_iter()
+            .zip(existed)
+            .filter_map(|(k, e)| e.then_some(k))
+            .collect())
+    }
+
+    /// Deletes every value of this namespace: in Redis with `SCAN` and
+    /// batched `UNLINK` (never `KEYS` or `FLUSHDB`; other namespaces are not
+    /// touched), then in RAM. Returns how many Redis keys were removed.
+    ///
+    /// # Errors
+    /// As [`delete`](Self::delete).
+    pub async fn clear_all(&self) -> Result<u64> {
+        let keys = &self.inner.config.keys;
+        let removed = match self.redis("clear_all")? {
+            Some(shared) => {
+                shared
+                    .scan_unlink(&keys.namespace_pattern(), |k| keys.is_clearable(k))
+                    .await
+            }
+            None => Ok(0),
+        };
+        if let Some(local) = self.ram() {
+            local.remove_all(FlushReason::InvalidateAll);
+            metrics::ram_flush(FlushReason::InvalidateAll.label());
+        }
+        removed
+    }
+
+    /// The node's internals, for the crate's other modules.
+    #[allow(dead_code)]
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// Stores an arbitrary value in RAM only, weighing `bytes`.
+    #[allow(dead_code)]
+    pub(crate) fn ram_insert_any(
+        &self,
+        ram_key: String,
+        value: Arc<dyn Any + Send + Sync>,
+        ttl: Option<Duration>,
+        bytes: usize,
+    ) {
+        if let Some(local) = self.ram() {
+            local.insert_own_write(ram_key, Entry::new(value, ttl, bytes, None));
+        }
+    }
+}
+
+pub(crate) fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    crate::shared::ttl_millis(d)
+}

@@ -1,0 +1,223 @@
+//! The shared layer: one Redis for all instances.
+//!
+//! Owns the connection (a `redis` [`ConnectionManager`], which reconnects by
+//! itself after Redis is lost) and runs every command under the node's
+//! operation timeout, so no call can hang on a paused or unreachable server.
+//! Errors carry the operation name; the URL is only ever shown redacted.
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client};
+
+use crate::error::redact_url;
+use crate::{Error, Result};
+
+/// How many keys one `UNLINK` or `SCAN` step handles.
+pub(crate) const BATCH: usize = 1000;
+
+/// Connection settings of the shared layer.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedConfig {
+    pub(crate) url: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) op_timeout: Duration,
+}
+
+/// The Redis layer of a node.
+#[derive(Clone)]
+pub(crate) struct SharedLayer {
+    client: Client,
+    conn: ConnectionManager,
+    url: String,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for SharedLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLayer").field("url", &self.url).finish()
+    }
+}
+
+impl SharedLayer {
+    /// Connects and checks the server answers.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] naming the (redacted) URL.
+    pub(crate) async fn connect(config: &SharedConfig) -> Result<Self> {
+        let url = redact_url(&config.url);
+        let connect_err = |source| Error::Connect {
+            url: url.clone(),
+            source,
+        };
+        let client = Client::open(config.url.as_str()).map_err(connect_err)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let connecting = ConnectionManager::new_with_config(client.clone(), manager_config);
+        // The manager retries a few times; bound the whole attempt.
+        let mut conn = match tokio::time::timeout(config.connect_timeout * 4, connecting).await {
+            Ok(conn) => conn.map_err(connect_err)?,
+            Err(_) => {
+                return Err(connect_err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection timed out",
+                ))))
+            }
+        };
+        let pong: Result<String, _> = tokio::time::timeout(
+            config.op_timeout,
+            redis::cmd("PING").query_async(&mut conn),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "PING timed out",
+            )))
+        });
+        pong.map_err(connect_err)?;
+        tracing::info!(url = %url, "connected to Redis");
+        Ok(SharedLayer {
+            client,
+            conn,
+            url,
+            op_timeout: config.op_timeout,
+        })
+    }
+
+    /// The Redis URL, password masked.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The client, for connections of their own (the bus's subscription).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A handle on the shared, multiplexed connection.
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The timeout applied to every command.
+    pub(crate) fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    /// Runs `fut` (one Redis exchange named `op`) under the operation timeout.
+    pub(crate) async fn run<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        let result = match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if e.is_timeout() => Err(Error::Timeout {
+                op,
+                after: self.op_timeout,
+            }),
+            Ok(Err(source)) => Err(Error::Redis { op, source }),
+            Err(_) => Err(Error::Timeout {
+                op,
+                after: self.op_timeout,
+            }),
+        };
+        crate::metrics::redis_error(op);
+        result
+    }
+
+    /// `GET key`.
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.conn();
+        self.run("get", conn.get(key)).await
+    }
+
+    /// `MGET keys` (nothing sent for an empty list).
+    pub(crate) async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn();
+        // Through `cmd`, since a one-key MGET must still answer a list.
+        self.run("mget", redis::cmd("MGET").arg(keys).query_async(&mut conn))
+            .await
+    }
+
+    /// `SET key bytes [PX ttl]`.
+    pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let mut conn = self.conn();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(bytes);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(ttl_millis(ttl));
+        }
+        self.run("set", cmd.query_async::<()>(&mut conn)).await
+    }
+
+    /// `EXISTS key`.
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        self.run("exists", conn.exists(key)).await
+    }
+
+    /// `UNLINK` of each key, pipelined in batches (one command per key, so
+    /// keys may live in different cluster slots); whether each existed.
+    pub(crate) async fn unlink_each(&self, keys: &[String]) -> Result<Vec<bool>> {
+        let mut existed = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("UNLINK").arg(key);
+            }
+            let mut conn = self.conn();
+            let counts: Vec<u64> = self.run("unlink", pipe.query_async(&mut conn)).await?;
+            existed.extend(counts.into_iter().map(|n| n > 0));
+        }
+        Ok(existed)
+    }
+
+    /// Deletes every key matching `pattern` that `keep` accepts, with `SCAN`
+    /// and batched `UNLINK` (never `KEYS`, never one unbounded `DEL`).
+    /// Returns how many keys were removed.
+    pub(crate) async fn scan_unlink(
+        &self,
+        pattern: &str,
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Result<u64> {
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let mut conn = self.conn();
+            let (next, keys): (u64, Vec<String>) = self
+                .run(
+                    "scan",
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let keys: Vec<String> = keys.into_iter().filter(|k| wanted(k)).collect();
+            if !keys.is_empty() {
+                removed += self.unlink_each(&keys).await?.into_iter().filter(|e| *e).count() as u64;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// A TTL in whole milliseconds, at least 1 (Redis refuses `PX 0`).
+pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
