@@ -48,14 +48,20 @@ fn benches(c: &mut Criterion) {
     let node = rt.block_on(async {
         // redis-test returns before the server listens.
         for _ in 0..100 {
-            if let Ok(n) = CacheNode::builder().redis_url(&url).namespace("bench").build().await {
+            if let Ok(n) = CacheNode::builder()
+                .redis_url(&url)
+                .namespace("bench")
+                .build()
+                .await
+            {
                 return n;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("bench redis did not start");
     });
-    rt.block_on(node.set("small", &small(), Ttl::Never)).unwrap();
+    rt.block_on(node.set("small", &small(), Ttl::Never))
+        .unwrap();
 
     let mut g = c.benchmark_group("ram_hit");
     let bare: moka::sync::Cache<String, Arc<Small>> = moka::sync::Cache::new(10_000);

@@ -31,11 +31,13 @@ async fn load_user(id: u64) -> User {
 #[tokio::main]
 async fn main() -> cachenode::Result<()> {
     let node = match std::env::var("REDIS_URL") {
-        Ok(url) => CacheNode::builder()
-            .redis_url(url)
-            .namespace("quickstart")
-            .build()
-            .await?,
+        Ok(url) => {
+            CacheNode::builder()
+                .redis_url(url)
+                .namespace("quickstart")
+                .build()
+                .await?
+        }
         Err(_) => CacheNode::builder().ram_only().build().await?,
     };
     println!("node: {node:?}");

@@ -39,7 +39,11 @@ pub trait Codec: Send + Sync + 'static {
     ///
     /// # Errors
     /// A message describing why the value cannot be encoded.
-    fn encode_into<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>) -> Result<(), String>;
+    fn encode_into<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String>;
 
     /// Decodes a whole `bytes` slice into a `T`, allocating at most about
     /// `limit` bytes. Trailing bytes are an error.
@@ -60,7 +64,11 @@ pub struct Bincode;
 impl Codec for Bincode {
     const FORMAT: u8 = 1;
 
-    fn encode_into<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    fn encode_into<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
         bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -80,7 +88,10 @@ impl Codec for Bincode {
         };
         let (value, used) = decoded.map_err(|e| e.to_string())?;
         if used != bytes.len() {
-            return Err(format!("{} trailing bytes after the value", bytes.len() - used));
+            return Err(format!(
+                "{} trailing bytes after the value",
+                bytes.len() - used
+            ));
         }
         Ok(value)
     }
@@ -157,7 +168,9 @@ pub(crate) fn seal<C: Codec, T: Serialize + ?Sized>(
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&[MAGIC, ENVELOPE_VERSION, C::FORMAT, 0]);
     out.extend_from_slice(&expires_at_ms.to_le_bytes());
-    codec.encode_into(value, &mut out).map_err(crate::Error::Encode)?;
+    codec
+        .encode_into(value, &mut out)
+        .map_err(crate::Error::Encode)?;
     let size = out.len() - HEADER_LEN;
     if size > limit {
         return Err(crate::Error::ValueTooLarge { size, limit });

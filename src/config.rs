@@ -195,7 +195,11 @@ impl CacheNodeBuilder {
 
     pub(crate) fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let url = var("CACHE_REDIS_URL").filter(|u| !u.is_empty());
-        match var("CACHE_TYPE").as_deref().map(str::to_ascii_lowercase).as_deref() {
+        match var("CACHE_TYPE")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("") => {
                 if let Some(url) = url {
                     self.redis_url = Some(url);
@@ -214,7 +218,11 @@ impl CacheNodeBuilder {
                 )))
             }
         }
-        match var("LOCALCACHE_TYPE").as_deref().map(str::to_ascii_lowercase).as_deref() {
+        match var("LOCALCACHE_TYPE")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("") | Some("ram") => {}
             Some("null") => self.ram = false,
             Some(other) => {
@@ -226,7 +234,11 @@ impl CacheNodeBuilder {
         if let Some(prefix) = var("CACHE_KEY_PREFIX").filter(|p| !p.is_empty()) {
             self.namespace = prefix;
         }
-        match var("CACHE_DISABLED").as_deref().map(str::to_ascii_lowercase).as_deref() {
+        match var("CACHE_DISABLED")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("") | Some("0") | Some("false") | Some("no") => {}
             Some("1") | Some("true") | Some("yes") => self.disabled = true,
             Some(other) => {
@@ -250,7 +262,9 @@ impl CacheNodeBuilder {
             }
         }
         if self.max_value_bytes == 0 {
-            return Err(Error::Config("max_value_bytes must be greater than zero".into()));
+            return Err(Error::Config(
+                "max_value_bytes must be greater than zero".into(),
+            ));
         }
         Ok(Config {
             redis: self.redis_url.map(|url| SharedConfig {
@@ -295,7 +309,10 @@ mod tests {
     #[test]
     fn env_selects_backends() {
         let c = CacheNodeBuilder::new()
-            .with_vars(env(&[("CACHE_TYPE", "redis"), ("CACHE_REDIS_URL", "redis://h:1")]))
+            .with_vars(env(&[
+                ("CACHE_TYPE", "redis"),
+                ("CACHE_REDIS_URL", "redis://h:1"),
+            ]))
             .unwrap()
             .into_config()
             .unwrap();

@@ -91,7 +91,6 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Redis { .. } | Error::Timeout { .. })
     }
-
 }
 
 /// Masks the password of a Redis URL so it can be logged or shown in errors.
@@ -118,7 +117,10 @@ mod tests {
 
     #[test]
     fn redact_url_masks_password_only() {
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
         assert_eq!(
             redact_url("redis://app:s3cr3t@h:6379/2"),
             "redis://app:***@h:6379/2"

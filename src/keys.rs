@@ -15,7 +15,6 @@
 
 use crate::{Error, Result};
 
-
 /// The longest namespace accepted.
 pub const MAX_NAMESPACE_LEN: usize = 64;
 

@@ -392,7 +392,11 @@ mod tests {
         let l = LocalLayer::new(1 << 20);
         let g = l.group("f");
         let t = l.ticket();
-        l.insert("x".into(), Entry::new(Arc::new(1u8), None, 1, Some(g.clone())), t);
+        l.insert(
+            "x".into(),
+            Entry::new(Arc::new(1u8), None, 1, Some(g.clone())),
+            t,
+        );
         l.insert("y".into(), entry(1), t);
         l.remove_group("f");
         assert!(l.get("x").is_none());
@@ -421,7 +425,11 @@ mod tests {
     fn byte_bound_holds() {
         let l = LocalLayer::new(100_000);
         for i in 0..10_000u32 {
-            l.insert(format!("k{i}"), Entry::new(Arc::new(i), None, 1000, None), l.ticket());
+            l.insert(
+                format!("k{i}"),
+                Entry::new(Arc::new(i), None, 1000, None),
+                l.ticket(),
+            );
         }
         l.run_pending_tasks();
         assert!(l.weighted_bytes() <= 100_000, "{}", l.weighted_bytes());

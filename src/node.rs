@@ -484,8 +484,10 @@ impl CacheNode {
         let mut existed = vec![false; keys.len()];
         let redis_result = match self.redis("delete")? {
             Some(shared) => {
-                let redis_keys: Vec<String> =
-                    keys.iter().map(|k| self.inner.config.keys.plain(k)).collect();
+                let redis_keys: Vec<String> = keys
+                    .iter()
+                    .map(|k| self.inner.config.keys.plain(k))
+                    .collect();
                 shared.unlink_each(&redis_keys).await.map(|found| {
                     for (e, f) in existed.iter_mut().zip(found) {
                         *e |= f;

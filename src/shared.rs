@@ -36,7 +36,9 @@ pub(crate) struct SharedLayer {
 
 impl std::fmt::Debug for SharedLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedLayer").field("url", &self.url).finish()
+        f.debug_struct("SharedLayer")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -68,17 +70,15 @@ impl SharedLayer {
                 ))))
             }
         };
-        let pong: Result<String, _> = tokio::time::timeout(
-            config.op_timeout,
-            redis::cmd("PING").query_async(&mut conn),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "PING timed out",
-            )))
-        });
+        let pong: Result<String, _> =
+            tokio::time::timeout(config.op_timeout, redis::cmd("PING").query_async(&mut conn))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "PING timed out",
+                    )))
+                });
         pong.map_err(connect_err)?;
         tracing::info!(url = %url, "connected to Redis");
         Ok(SharedLayer {
@@ -207,7 +207,12 @@ impl SharedLayer {
                 .await?;
             let keys: Vec<String> = keys.into_iter().filter(|k| wanted(k)).collect();
             if !keys.is_empty() {
-                removed += self.unlink_each(&keys).await?.into_iter().filter(|e| *e).count() as u64;
+                removed += self
+                    .unlink_each(&keys)
+                    .await?
+                    .into_iter()
+                    .filter(|e| *e)
+                    .count() as u64;
             }
             if next == 0 {
                 return Ok(removed);

@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn zero_means_never_and_default_resolves() {
         assert_eq!(Ttl::from(Duration::ZERO), Ttl::Never);
-        assert_eq!(Ttl::from(Duration::from_secs(3)), Ttl::After(Duration::from_secs(3)));
+        assert_eq!(
+            Ttl::from(Duration::from_secs(3)),
+            Ttl::After(Duration::from_secs(3))
+        );
         let d = Ttl::After(Duration::from_secs(60));
         assert_eq!(Ttl::Default.resolve(d), Some(Duration::from_secs(60)));
         assert_eq!(Ttl::Never.resolve(d), None);

@@ -63,10 +63,16 @@ async fn redis_hit_fills_ram() {
     let redis = TestRedis::start();
     let writer = node(&redis).await;
     let reader = node(&redis).await;
-    writer.set("k", &user(2), Duration::from_secs(60)).await.unwrap();
+    writer
+        .set("k", &user(2), Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(reader.ram_only().get::<User>("k").await.unwrap(), None);
     assert_eq!(reader.get::<User>("k").await.unwrap(), Some(user(2)));
-    assert_eq!(reader.ram_only().get::<User>("k").await.unwrap(), Some(user(2)));
+    assert_eq!(
+        reader.ram_only().get::<User>("k").await.unwrap(),
+        Some(user(2))
+    );
 }
 
 #[tokio::test]
@@ -74,7 +80,10 @@ async fn ttl_expires_in_both_layers() {
     let redis = TestRedis::start();
     let writer = node(&redis).await;
     let reader = node(&redis).await;
-    writer.set("short", &7u32, Duration::from_millis(400)).await.unwrap();
+    writer
+        .set("short", &7u32, Duration::from_millis(400))
+        .await
+        .unwrap();
     // The reader fills its RAM from Redis; its RAM expiry must not outlive Redis's.
     assert_eq!(reader.get::<u32>("short").await.unwrap(), Some(7));
     let pttl: i64 = redis.conn().pttl("t:k:short").unwrap();
@@ -104,16 +113,15 @@ async fn has_get_many_delete_and_delete_many() {
     let node = node(&redis).await;
     let other = node_in(&redis, "t").await;
     for i in 0..4 {
-        node.set(&format!("u{i}"), &user(i), Ttl::Default).await.unwrap();
+        node.set(&format!("u{i}"), &user(i), Ttl::Default)
+            .await
+            .unwrap();
     }
     assert!(node.has("u1").await.unwrap());
     assert!(other.has("u1").await.unwrap(), "answered by Redis");
     assert!(!node.has("nope").await.unwrap());
 
-    let got = other
-        .get_many::<User>(&["u0", "nope", "u3"])
-        .await
-        .unwrap();
+    let got = other.get_many::<User>(&["u0", "nope", "u3"]).await.unwrap();
     assert_eq!(got, vec![Some(user(0)), None, Some(user(3))]);
 
     assert!(node.delete("u0").await.unwrap());
@@ -149,15 +157,24 @@ async fn clear_all_removes_only_this_namespace() {
 async fn ram_only_and_redis_only_calls_use_one_layer() {
     let redis = TestRedis::start();
     let node = node(&redis).await;
-    node.ram_only().set("ram", &1u32, Ttl::Default).await.unwrap();
+    node.ram_only()
+        .set("ram", &1u32, Ttl::Default)
+        .await
+        .unwrap();
     assert!(redis.keys("t:*").is_empty());
     assert_eq!(node.get::<u32>("ram").await.unwrap(), Some(1));
     assert_eq!(node.redis_only().get::<u32>("ram").await.unwrap(), None);
 
-    node.redis_only().set("redis", &2u32, Ttl::Default).await.unwrap();
+    node.redis_only()
+        .set("redis", &2u32, Ttl::Default)
+        .await
+        .unwrap();
     assert_eq!(redis.keys("t:*"), vec!["t:k:redis".to_string()]);
     assert_eq!(node.ram_only().get::<u32>("redis").await.unwrap(), None);
-    assert_eq!(node.redis_only().get::<u32>("redis").await.unwrap(), Some(2));
+    assert_eq!(
+        node.redis_only().get::<u32>("redis").await.unwrap(),
+        Some(2)
+    );
     // A Redis-only read does not fill RAM.
     assert_eq!(node.ram_only().get::<u32>("redis").await.unwrap(), None);
     assert_eq!(node.with_layers(Layers::Both).layers(), Layers::Both);
@@ -189,9 +206,14 @@ async fn disabled_node_stores_nothing_and_always_misses() {
 async fn ram_only_node_runs_without_redis() {
     let node = CacheNode::builder().ram_only().build().await.unwrap();
     assert!(!node.has_redis());
-    node.set("k", &user(1), Duration::from_secs(5)).await.unwrap();
+    node.set("k", &user(1), Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(node.get::<User>("k").await.unwrap(), Some(user(1)));
-    assert_eq!(node.get_many::<User>(&["k", "x"]).await.unwrap(), vec![Some(user(1)), None]);
+    assert_eq!(
+        node.get_many::<User>(&["k", "x"]).await.unwrap(),
+        vec![Some(user(1)), None]
+    );
     assert!(node.delete("k").await.unwrap());
     assert!(matches!(
         node.redis_only().get::<User>("k").await,
@@ -209,11 +231,16 @@ async fn ram_layer_stays_within_its_byte_bound() {
         .unwrap();
     let payload = vec![7u8; 1000];
     for i in 0..2000 {
-        node.set(&format!("k{i}"), &payload, Ttl::Never).await.unwrap();
+        node.set(&format!("k{i}"), &payload, Ttl::Never)
+            .await
+            .unwrap();
     }
     let stats = node.stats();
     assert!(stats.ram_bytes <= 200_000, "{stats:?}");
-    assert!(stats.ram_entries > 50 && stats.ram_entries < 2000, "{stats:?}");
+    assert!(
+        stats.ram_entries > 50 && stats.ram_entries < 2000,
+        "{stats:?}"
+    );
 }
 
 #[tokio::test]
@@ -235,7 +262,11 @@ async fn corrupt_values_in_redis_are_counted_misses_and_removed() {
     let _: () = conn.set("t:k:plain", "hello").unwrap();
     // A good envelope, truncated.
     let writer = node_in(&redis, "t").await;
-    writer.redis_only().set("cut", &user(1), Ttl::Default).await.unwrap();
+    writer
+        .redis_only()
+        .set("cut", &user(1), Ttl::Default)
+        .await
+        .unwrap();
     let good: Vec<u8> = conn.get("t:k:cut").unwrap();
     let _: () = conn.set("t:k:cut", &good[..good.len() - 2]).unwrap();
     // From a future envelope version.
@@ -250,7 +281,10 @@ async fn corrupt_values_in_redis_are_counted_misses_and_removed() {
     }
     assert_eq!(node.get_many::<User>(&["plain"]).await.unwrap(), vec![None]);
     assert_eq!(node.stats().decode_failures, 4);
-    assert!(redis.keys("t:*").is_empty(), "undecodable values are removed");
+    assert!(
+        redis.keys("t:*").is_empty(),
+        "undecodable values are removed"
+    );
 }
 
 #[tokio::test]
@@ -269,7 +303,11 @@ async fn oversized_values_are_refused_on_write_and_read() {
         Err(Error::ValueTooLarge { limit: 1000, .. })
     ));
     assert!(redis.keys("t:*").is_empty());
-    node(&redis).await.set("big", &big, Ttl::Default).await.unwrap();
+    node(&redis)
+        .await
+        .set("big", &big, Ttl::Default)
+        .await
+        .unwrap();
     assert_eq!(small.get::<Vec<u8>>("big").await.unwrap(), None);
     assert_eq!(small.stats().decode_failures, 1);
 }
@@ -308,7 +346,11 @@ async fn redis_killed_and_restarted_under_a_running_node() {
     let err = node.get::<u32>("cold").await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(node.set("x", &1u32, Ttl::Default).await.unwrap_err().is_transient());
+    assert!(node
+        .set("x", &1u32, Ttl::Default)
+        .await
+        .unwrap_err()
+        .is_transient());
 
     redis.restart();
     let back = eventually(Duration::from_secs(10), || async {

@@ -50,7 +50,9 @@ impl TestRedis {
 
     /// A synchronous connection for raw commands.
     pub fn conn(&self) -> redis::Connection {
-        self.client().get_connection().expect("connect to test redis")
+        self.client()
+            .get_connection()
+            .expect("connect to test redis")
     }
 
     /// Kills the server with SIGKILL (its data is lost: snapshots are off).
@@ -76,7 +78,11 @@ impl TestRedis {
             }
             // The port may still be held by the killed process: try again.
             self.kill();
-            assert!(Instant::now() < deadline, "could not restart redis on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "could not restart redis on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -113,7 +119,10 @@ impl TestRedis {
     fn try_wait_ready(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Ok(mut c) = self.client().get_connection_with_timeout(Duration::from_millis(200)) {
+            if let Ok(mut c) = self
+                .client()
+                .get_connection_with_timeout(Duration::from_millis(200))
+            {
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
                     return true;
                 }
