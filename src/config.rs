@@ -1,6 +1,9 @@
 //! Building a node: the builder, its defaults, and the environment.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use crate::keys::Keys;
 use crate::node::CacheNode;
@@ -24,6 +27,20 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
 /// trip, on how long a lost invalidation can leave a stale RAM entry.
 pub const DEFAULT_DELETION_CHECK_FREQUENCY: Duration = Duration::from_secs(1);
 
+/// A hook run on a Redis hit between reading the value and putting it in
+/// RAM; tests use it to drive the read/invalidate race deterministically.
+#[doc(hidden)]
+pub type FillHook = Arc<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) struct Hook(pub(crate) FillHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
 /// The resolved settings of a node.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -34,7 +51,8 @@ pub(crate) struct Config {
     pub(crate) ram_max_ttl: Option<Duration>,
     pub(crate) max_value_bytes: usize,
     pub(crate) disabled: bool,
-    pub(crate) deletion_check_frequency: Duration,
+    pub(crate) bus: Option<crate::bus::BusConfig>,
+    pub(crate) before_fill: Option<Hook>,
 }
 
 /// Builds a [`CacheNode`] with non-default settings.
@@ -66,6 +84,10 @@ pub struct CacheNodeBuilder {
     max_value_bytes: usize,
     disabled: bool,
     deletion_check_frequency: Duration,
+    bus: bool,
+    bus_log_len: usize,
+    watch_keyspace: bool,
+    before_fill: Option<Hook>,
 }
 
 impl Default for CacheNodeBuilder {
@@ -82,6 +104,10 @@ impl Default for CacheNodeBuilder {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             disabled: false,
             deletion_check_frequency: DEFAULT_DELETION_CHECK_FREQUENCY,
+            bus: true,
+            bus_log_len: crate::bus::DEFAULT_LOG_LEN,
+            watch_keyspace: false,
+            before_fill: None,
         }
     }
 }
@@ -177,6 +203,39 @@ impl CacheNodeBuilder {
         self
     }
 
+    /// Runs no invalidation bus: writes and deletes on this node do not reach
+    /// the RAM of other nodes, and this node does not hear theirs. Only for
+    /// a node alone on its Redis, or one without RAM.
+    pub fn without_bus(mut self) -> Self {
+        self.bus = false;
+        self
+    }
+
+    /// How many messages the bus log keeps (default
+    /// [`DEFAULT_LOG_LEN`](crate::bus::DEFAULT_LOG_LEN)). A node that misses
+    /// more than this while disconnected drops its whole RAM layer.
+    pub fn bus_log_len(mut self, len: usize) -> Self {
+        self.bus_log_len = len;
+        self
+    }
+
+    /// Also drop RAM copies when their Redis key is deleted or expires
+    /// outside cachenode (redis-cli, TTL), through keyspace notifications.
+    /// Off by default. The server must send them
+    /// (`notify-keyspace-events` with `K`, `g` and `x`); when it does not,
+    /// [`BusHealth::keyspace_problem`](crate::bus::BusHealth::keyspace_problem)
+    /// says so and a warning is logged.
+    pub fn watch_keyspace(mut self, on: bool) -> Self {
+        self.watch_keyspace = on;
+        self
+    }
+
+    #[doc(hidden)]
+    pub fn before_fill_hook(mut self, hook: FillHook) -> Self {
+        self.before_fill = Some(Hook(hook));
+        self
+    }
+
     /// Applies the seed's environment variables on top of this builder:
     ///
     /// | variable | effect |
@@ -261,6 +320,11 @@ impl CacheNodeBuilder {
                 return Err(Error::Config(format!("{name} must be greater than zero")));
             }
         }
+        if self.bus_log_len == 0 {
+            return Err(Error::Config(
+                "bus_log_len must be greater than zero".into(),
+            ));
+        }
         if self.max_value_bytes == 0 {
             return Err(Error::Config(
                 "max_value_bytes must be greater than zero".into(),
@@ -278,7 +342,12 @@ impl CacheNodeBuilder {
             ram_max_ttl: self.ram_max_ttl,
             max_value_bytes: self.max_value_bytes,
             disabled: self.disabled,
-            deletion_check_frequency: self.deletion_check_frequency,
+            bus: self.bus.then_some(crate::bus::BusConfig {
+                deletion_check_frequency: self.deletion_check_frequency,
+                log_len: self.bus_log_len,
+                watch_keyspace: self.watch_keyspace,
+            }),
+            before_fill: self.before_fill,
         })
     }
 

@@ -92,6 +92,16 @@ impl Keys {
     }
 }
 
+/// The RAM key of a Redis key, given the part after `{ns}:`; `None` for
+/// keys that hold no value (key sets, bus, locks).
+pub(crate) fn ram_key_of(rest: &str) -> Option<String> {
+    if let Some(plain) = rest.strip_prefix("k:") {
+        Some(crate::local::plain_ram_key(plain).into_owned())
+    } else {
+        rest.strip_prefix("f:").map(|f| format!("\0f{f}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +125,15 @@ mod tests {
         assert!(k.is_clearable("app:k:x"));
         assert!(!k.is_clearable("app:{bus}:log"));
         assert!(!k.is_clearable("app:bus"));
+    }
+
+    #[test]
+    fn redis_keys_map_back_to_ram_keys() {
+        assert_eq!(ram_key_of("k:user:1").as_deref(), Some("user:1"));
+        assert_eq!(
+            ram_key_of("f:get_user:abc").as_deref(),
+            Some("\0fget_user:abc")
+        );
+        assert_eq!(ram_key_of("ks:get_user:0"), None);
     }
 }

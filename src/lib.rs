@@ -46,9 +46,8 @@
 //! * [`metrics`]: every metric name.
 //! * [`config`]: the builder and the environment variables.
 #![deny(missing_docs)]
-// Bus internals land in the next change; until then some helpers are unused.
-#![allow(dead_code)]
 
+pub mod bus;
 pub mod codec;
 pub mod config;
 mod error;
@@ -59,6 +58,7 @@ pub mod node;
 mod shared;
 mod ttl;
 
+pub use bus::{BusHealth, Invalidation};
 pub use codec::{Bincode, Codec};
 pub use config::CacheNodeBuilder;
 pub use error::{Error, Result};

@@ -58,15 +58,7 @@ pub(crate) fn plain_ram_key(key: &str) -> Cow<'_, str> {
 /// Per-function state: the fence that drops all of a function's entries.
 #[derive(Debug)]
 pub(crate) struct Group {
-    name: Arc<str>,
     fence: AtomicU64,
-}
-
-impl Group {
-    /// The function name this group stands for.
-    pub(crate) fn name(&self) -> &Arc<str> {
-        &self.name
-    }
 }
 
 /// One RAM entry.
@@ -192,12 +184,10 @@ impl LocalLayer {
         if let Some(g) = groups.get(name) {
             return g.clone();
         }
-        let name: Arc<str> = Arc::from(name);
         let group = Arc::new(Group {
-            name: name.clone(),
             fence: AtomicU64::new(0),
         });
-        groups.insert(name, group.clone());
+        groups.insert(Arc::from(name), group.clone());
         group
     }
 

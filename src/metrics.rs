@@ -19,6 +19,16 @@ pub const REDIS_ERRORS_TOTAL: &str = "cachenode_redis_errors_total";
 /// Whole-RAM flushes, by `reason`.
 pub const RAM_FLUSHES_TOTAL: &str = "cachenode_ram_flushes_total";
 
+/// Invalidations published by this node.
+pub const INVALIDATIONS_PUBLISHED_TOTAL: &str = "cachenode_invalidations_published_total";
+/// Invalidations from other nodes applied to RAM, by `source` (`pubsub`,
+/// `stream`, `check`, `keyspace`).
+pub const INVALIDATIONS_APPLIED_TOTAL: &str = "cachenode_invalidations_applied_total";
+/// Delay from publication (the publisher's clock) to application here.
+pub const PROPAGATION_SECONDS: &str = "cachenode_bus_propagation_seconds";
+/// Bus messages dropped as malformed, by `reason`.
+pub const BUS_MALFORMED_TOTAL: &str = "cachenode_bus_malformed_total";
+
 /// The label values of the `layer` label.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Layer {
@@ -81,4 +91,20 @@ pub(crate) fn redis_error(op: &'static str) {
 
 pub(crate) fn ram_flush(reason: &'static str) {
     metrics::counter!(RAM_FLUSHES_TOTAL, "reason" => reason).increment(1);
+}
+
+pub(crate) fn invalidation_published() {
+    metrics::counter!(INVALIDATIONS_PUBLISHED_TOTAL).increment(1);
+}
+
+pub(crate) fn invalidation_applied(source: &'static str) {
+    metrics::counter!(INVALIDATIONS_APPLIED_TOTAL, "source" => source).increment(1);
+}
+
+pub(crate) fn propagation_delay(delay: std::time::Duration) {
+    metrics::histogram!(PROPAGATION_SECONDS).record(delay.as_secs_f64());
+}
+
+pub(crate) fn bus_malformed(reason: &'static str) {
+    metrics::counter!(BUS_MALFORMED_TOTAL, "reason" => reason).increment(1);
 }

@@ -5,15 +5,15 @@
 //! deletes go to Redis first and then to RAM, so a concurrent read never
 //! re-fills RAM with the value being replaced (see [`local`](crate::local)).
 
-use std::any::Any;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::bus::{Bus, BusHealth, Invalidation};
 use crate::codec::{self, Bincode, Codec};
 use crate::config::{CacheNodeBuilder, Config};
 use crate::local::{plain_ram_key, Entry, FlushReason, LocalLayer};
@@ -90,6 +90,8 @@ pub(crate) struct Inner {
     pub(crate) shared: Option<SharedLayer>,
     pub(crate) codec: Bincode,
     pub(crate) metrics: metrics::NodeMetrics,
+    pub(crate) bus: Option<Bus>,
+    shut_down: AtomicBool,
     decode_failures: AtomicU64,
 }
 
@@ -133,6 +135,12 @@ impl CacheNode {
                 .map(|bytes| Arc::new(LocalLayer::new(bytes)));
             (local, shared)
         };
+        let bus = match (&shared, &config.bus) {
+            (Some(shared), Some(bus)) => {
+                Some(Bus::start(shared.clone(), local.clone(), &config.keys, bus.clone()).await?)
+            }
+            _ => None,
+        };
         Ok(CacheNode {
             inner: Arc::new(Inner {
                 config,
@@ -140,6 +148,8 @@ impl CacheNode {
                 shared,
                 codec: Bincode,
                 metrics: metrics::NodeMetrics::new(),
+                bus,
+                shut_down: AtomicBool::new(false),
                 decode_failures: AtomicU64::new(0),
             }),
             layers: Layers::Both,
@@ -197,6 +207,15 @@ impl CacheNode {
         }
     }
 
+    /// Err once [`shutdown`](Self::shutdown) has run.
+    fn check_open(&self) -> Result<()> {
+        if self.inner.shut_down.load(Ordering::Relaxed) {
+            Err(Error::Shutdown)
+        } else {
+            Ok(())
+        }
+    }
+
     /// The RAM layer, when this call should use it.
     fn ram(&self) -> Option<&LocalLayer> {
         match self.layers {
@@ -243,6 +262,7 @@ impl CacheNode {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
+        self.check_open()?;
         let ram = self.ram();
         if let Some(local) = ram {
             if let Some(v) = local.get_typed::<T>(&plain_ram_key(key)) {
@@ -277,6 +297,9 @@ impl CacheNode {
         };
         self.inner.metrics.hit(Layer::Redis);
         let value = Arc::new(value);
+        if let Some(hook) = &self.inner.config.before_fill {
+            (hook.0)(key.to_owned()).await;
+        }
         if let (Some(local), Some(ticket)) = (ram, ticket) {
             if let Some(ttl) = self.ram_ttl_from_expiry(expires_at_ms) {
                 let entry = Entry::new(value.clone(), ttl, bytes.len(), None);
@@ -338,6 +361,7 @@ impl CacheNode {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
+        self.check_open()?;
         let mut out: Vec<Option<T>> = vec![None; keys.len()];
         let ram = self.ram();
         let mut missing = Vec::new();
@@ -410,6 +434,7 @@ impl CacheNode {
     where
         T: Serialize + Send + Sync + 'static,
     {
+        self.check_open()?;
         if self.inner.config.disabled {
             return Ok(());
         }
@@ -425,7 +450,14 @@ impl CacheNode {
                 self.inner.config.max_value_bytes,
             )?;
             let redis_key = self.inner.config.keys.plain(key);
-            if let Err(e) = shared.set(&redis_key, &bytes, ttl).await {
+            let mut pipe = redis::pipe();
+            crate::shared::add_set(&mut pipe, &redis_key, &bytes, ttl);
+            if let Err(e) = self
+                .write_and_announce(shared, "set", pipe, || {
+                    Invalidation::Keys(vec![ram_key.clone().into_owned()])
+                })
+                .await
+            {
                 if let Some(local) = self.ram() {
                     local.remove(&ram_key);
                 }
@@ -454,6 +486,7 @@ impl CacheNode {
     /// # Errors
     /// As [`get`](Self::get).
     pub async fn has(&self, key: &str) -> Result<bool> {
+        self.check_open()?;
         if self.ram().is_some_and(|l| l.contains(&plain_ram_key(key))) {
             return Ok(true);
         }
@@ -479,22 +512,27 @@ impl CacheNode {
     /// # Errors
     /// As [`delete`](Self::delete).
     pub async fn delete_many<'k>(&self, keys: &[&'k str]) -> Result<Vec<&'k str>> {
+        self.check_open()?;
         let mut seen = HashSet::with_capacity(keys.len());
         let keys: Vec<&'k str> = keys.iter().copied().filter(|k| seen.insert(*k)).collect();
         let mut existed = vec![false; keys.len()];
         let redis_result = match self.redis("delete")? {
-            Some(shared) => {
-                let redis_keys: Vec<String> = keys
-                    .iter()
-                    .map(|k| self.inner.config.keys.plain(k))
-                    .collect();
-                shared.unlink_each(&redis_keys).await.map(|found| {
-                    for (e, f) in existed.iter_mut().zip(found) {
-                        *e |= f;
+            Some(shared) if !keys.is_empty() => {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("UNLINK").arg(self.inner.config.keys.plain(key));
+                }
+                self.write_and_announce(shared, "delete", pipe, || {
+                    Invalidation::Keys(keys.iter().map(|k| plain_ram_key(k).into_owned()).collect())
+                })
+                .await
+                .map(|results| {
+                    for (e, r) in existed.iter_mut().zip(results) {
+                        *e |= matches!(r, redis::Value::Int(n) if n > 0);
                     }
                 })
             }
-            None => Ok(()),
+            _ => Ok(()),
         };
         // RAM after Redis (module docs); also when Redis failed, so this
         // node at least stops serving the value.
@@ -518,12 +556,17 @@ impl CacheNode {
     /// # Errors
     /// As [`delete`](Self::delete).
     pub async fn clear_all(&self) -> Result<u64> {
+        self.check_open()?;
         let keys = &self.inner.config.keys;
         let removed = match self.redis("clear_all")? {
             Some(shared) => {
-                shared
+                let removed = shared
                     .scan_unlink(&keys.namespace_pattern(), |k| keys.is_clearable(k))
-                    .await
+                    .await;
+                match (removed, &self.inner.bus) {
+                    (Ok(n), Some(bus)) => bus.publish(Invalidation::All).await.map(|()| n),
+                    (removed, _) => removed,
+                }
             }
             None => Ok(0),
         };
@@ -534,24 +577,119 @@ impl CacheNode {
         removed
     }
 
-    /// The node's internals, for the crate's other modules.
-    #[allow(dead_code)]
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
+    /// Drops `keys` from the RAM of every instance (this one at once, the
+    /// others through the bus); Redis values are left alone. Returns once the
+    /// invalidation is durable in Redis.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] / [`Error::Timeout`] when it cannot be published.
+    pub async fn invalidate_keys(&self, keys: &[&str]) -> Result<()> {
+        self.check_open()?;
+        let ram_keys: Vec<String> = keys.iter().map(|k| plain_ram_key(k).into_owned()).collect();
+        if let Some(local) = self.inner.local.as_deref() {
+            for key in &ram_keys {
+                local.remove(key);
+            }
+        }
+        self.announce(Invalidation::Keys(ram_keys)).await
     }
 
-    /// Stores an arbitrary value in RAM only, weighing `bytes`.
-    #[allow(dead_code)]
-    pub(crate) fn ram_insert_any(
-        &self,
-        ram_key: String,
-        value: Arc<dyn Any + Send + Sync>,
-        ttl: Option<Duration>,
-        bytes: usize,
-    ) {
-        if let Some(local) = self.ram() {
-            local.insert_own_write(ram_key, Entry::new(value, ttl, bytes, None));
+    /// Drops every value of cached function `funcname` from the RAM of every
+    /// instance (the RAM side of the seed's "mark RAM caches to be deleted as
+    /// well on all instances"). Returns once durable in Redis.
+    ///
+    /// # Errors
+    /// As [`invalidate_keys`](Self::invalidate_keys).
+    pub async fn invalidate_func(&self, funcname: &str) -> Result<()> {
+        self.check_open()?;
+        if let Some(local) = self.inner.local.as_deref() {
+            local.remove_group(funcname);
         }
+        self.announce(Invalidation::Func(funcname.to_owned())).await
+    }
+
+    /// Drops everything from the RAM of every instance. Returns once durable
+    /// in Redis.
+    ///
+    /// # Errors
+    /// As [`invalidate_keys`](Self::invalidate_keys).
+    pub async fn invalidate_all(&self) -> Result<()> {
+        self.check_open()?;
+        if let Some(local) = self.inner.local.as_deref() {
+            local.remove_all(FlushReason::InvalidateAll);
+            metrics::ram_flush(FlushReason::InvalidateAll.label());
+        }
+        self.announce(Invalidation::All).await
+    }
+
+    /// The bus's state (connected, last applied sequence number, lag, …);
+    /// `None` for a node without a bus (RAM-only, disabled, `without_bus`).
+    pub fn bus_health(&self) -> Option<BusHealth> {
+        self.inner.bus.as_ref().map(Bus::health)
+    }
+
+    /// Stops the node's background tasks and waits for them. Later calls on
+    /// any handle of this node return [`Error::Shutdown`]. Dropping the last
+    /// handle stops the tasks too, without waiting.
+    pub async fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::SeqCst);
+        if let Some(bus) = &self.inner.bus {
+            bus.shutdown().await;
+        }
+    }
+
+    /// Publishes `invalidation` when the node has a bus.
+    pub(crate) async fn announce(&self, invalidation: Invalidation) -> Result<()> {
+        match &self.inner.bus {
+            Some(bus) if !self.inner.config.disabled => {
+                bus.publish(invalidation).await?;
+                metrics::invalidation_published();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the write commands in `pipe` and, in the same round trip, the
+    /// bus publication of `invalidation` (built only when there is a bus).
+    /// Returns the write commands' replies.
+    ///
+    /// The writes come first in the pipeline, so no node can re-read the old
+    /// value after hearing the invalidation. Values and bus keys live in
+    /// different cluster slots, so this is a pipeline, not a `MULTI`.
+    pub(crate) async fn write_and_announce(
+        &self,
+        shared: &SharedLayer,
+        op: &'static str,
+        mut pipe: redis::Pipeline,
+        invalidation: impl FnOnce() -> Invalidation,
+    ) -> Result<Vec<redis::Value>> {
+        let writes = pipe.cmd_iter().count();
+        let bodies = match &self.inner.bus {
+            Some(bus) => {
+                let bodies = bus.bodies(invalidation())?;
+                bus.add_to_pipeline(&mut pipe, &bodies);
+                bodies
+            }
+            None => Vec::new(),
+        };
+        pipe.ignore_errors();
+        let mut conn = shared.conn();
+        let mut results: Vec<redis::RedisResult<redis::Value>> =
+            shared.run(op, pipe.query_async(&mut conn)).await?;
+        let published = results.split_off(writes.min(results.len()));
+        let mut replies = Vec::with_capacity(results.len());
+        for r in results {
+            replies.push(r.map_err(|source| {
+                metrics::redis_error(op);
+                Error::Redis { op, source }
+            })?);
+        }
+        if let Some(bus) = &self.inner.bus {
+            bus.finish(&published, &bodies).await?;
+            metrics::invalidation_published();
+        }
+        Ok(replies)
     }
 }
 

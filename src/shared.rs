@@ -109,23 +109,32 @@ impl SharedLayer {
         self.op_timeout
     }
 
+    /// The database number selected by the URL.
+    pub(crate) fn db(&self) -> i64 {
+        self.client.get_connection_info().redis_settings().db()
+    }
+
     /// Runs `fut` (one Redis exchange named `op`) under the operation timeout.
     pub(crate) async fn run<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        let result = match tokio::time::timeout(self.op_timeout, fut).await {
+        self.run_within(op, self.op_timeout, fut).await
+    }
+
+    /// Runs `fut` (named `op`) under `timeout`.
+    pub(crate) async fn run_within<T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        let result = match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) if e.is_timeout() => Err(Error::Timeout {
-                op,
-                after: self.op_timeout,
-            }),
+            Ok(Err(e)) if e.is_timeout() => Err(Error::Timeout { op, after: timeout }),
             Ok(Err(source)) => Err(Error::Redis { op, source }),
-            Err(_) => Err(Error::Timeout {
-                op,
-                after: self.op_timeout,
-            }),
+            Err(_) => Err(Error::Timeout { op, after: timeout }),
         };
         crate::metrics::redis_error(op);
         result
@@ -146,17 +155,6 @@ impl SharedLayer {
         // Through `cmd`, since a one-key MGET must still answer a list.
         self.run("mget", redis::cmd("MGET").arg(keys).query_async(&mut conn))
             .await
-    }
-
-    /// `SET key bytes [PX ttl]`.
-    pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Option<Duration>) -> Result<()> {
-        let mut conn = self.conn();
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(bytes);
-        if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(ttl_millis(ttl));
-        }
-        self.run("set", cmd.query_async::<()>(&mut conn)).await
     }
 
     /// `EXISTS key`.
@@ -219,6 +217,14 @@ impl SharedLayer {
             }
             cursor = next;
         }
+    }
+}
+
+/// Appends `SET key bytes [PX ttl]` to `pipe`.
+pub(crate) fn add_set(pipe: &mut redis::Pipeline, key: &str, bytes: &[u8], ttl: Option<Duration>) {
+    pipe.cmd("SET").arg(key).arg(bytes);
+    if let Some(ttl) = ttl {
+        pipe.arg("PX").arg(ttl_millis(ttl));
     }
 }
 

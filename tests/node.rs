@@ -40,7 +40,7 @@ async fn set_then_get_reads_ram_and_redis_holds_the_value() {
     node.set("user:1", &user(1), Ttl::After(Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(redis.keys("t:*"), vec!["t:k:user:1".to_string()]);
+    assert_eq!(redis.keys("t:k:*"), vec!["t:k:user:1".to_string()]);
     // Remove the Redis copy behind the node's back: RAM still answers.
     let _: () = redis.conn().del("t:k:user:1").unwrap();
     assert_eq!(node.get::<User>("user:1").await.unwrap(), Some(user(1)));
@@ -92,7 +92,7 @@ async fn ttl_expires_in_both_layers() {
     assert_eq!(writer.ram_only().get::<u32>("short").await.unwrap(), None);
     assert_eq!(reader.ram_only().get::<u32>("short").await.unwrap(), None);
     assert_eq!(reader.get::<u32>("short").await.unwrap(), None);
-    assert!(redis.keys("t:*").is_empty());
+    assert!(redis.keys("t:k:*").is_empty());
 }
 
 #[tokio::test]
@@ -133,7 +133,7 @@ async fn has_get_many_delete_and_delete_many() {
         .await
         .unwrap();
     assert_eq!(deleted, vec!["u1", "u2"]);
-    assert_eq!(redis.keys("t:*"), vec!["t:k:u3".to_string()]);
+    assert_eq!(redis.keys("t:k:*"), vec!["t:k:u3".to_string()]);
 }
 
 #[tokio::test]
@@ -147,7 +147,7 @@ async fn clear_all_removes_only_this_namespace() {
     b.set("x1", &1u32, Ttl::Default).await.unwrap();
     let _: () = redis.conn().set("unrelated", "v").unwrap();
     assert_eq!(a.clear_all().await.unwrap(), 2500);
-    assert!(redis.keys("a:*").is_empty());
+    assert!(redis.keys("a:k:*").is_empty());
     assert_eq!(a.get::<i32>("x1").await.unwrap(), None, "RAM dropped too");
     assert_eq!(b.get::<u32>("x1").await.unwrap(), Some(1));
     assert_eq!(redis.keys("unrelated"), vec!["unrelated".to_string()]);
@@ -161,7 +161,7 @@ async fn ram_only_and_redis_only_calls_use_one_layer() {
         .set("ram", &1u32, Ttl::Default)
         .await
         .unwrap();
-    assert!(redis.keys("t:*").is_empty());
+    assert!(redis.keys("t:k:*").is_empty());
     assert_eq!(node.get::<u32>("ram").await.unwrap(), Some(1));
     assert_eq!(node.redis_only().get::<u32>("ram").await.unwrap(), None);
 
@@ -169,7 +169,7 @@ async fn ram_only_and_redis_only_calls_use_one_layer() {
         .set("redis", &2u32, Ttl::Default)
         .await
         .unwrap();
-    assert_eq!(redis.keys("t:*"), vec!["t:k:redis".to_string()]);
+    assert_eq!(redis.keys("t:k:*"), vec!["t:k:redis".to_string()]);
     assert_eq!(node.ram_only().get::<u32>("redis").await.unwrap(), None);
     assert_eq!(
         node.redis_only().get::<u32>("redis").await.unwrap(),
@@ -181,7 +181,7 @@ async fn ram_only_and_redis_only_calls_use_one_layer() {
 
     assert!(node.ram_only().delete("ram").await.unwrap());
     assert!(node.redis_only().delete("redis").await.unwrap());
-    assert!(redis.keys("t:*").is_empty());
+    assert!(redis.keys("t:k:*").is_empty());
 }
 
 #[tokio::test]
@@ -282,7 +282,7 @@ async fn corrupt_values_in_redis_are_counted_misses_and_removed() {
     assert_eq!(node.get_many::<User>(&["plain"]).await.unwrap(), vec![None]);
     assert_eq!(node.stats().decode_failures, 4);
     assert!(
-        redis.keys("t:*").is_empty(),
+        redis.keys("t:k:*").is_empty(),
         "undecodable values are removed"
     );
 }
@@ -302,7 +302,7 @@ async fn oversized_values_are_refused_on_write_and_read() {
         small.set("big", &big, Ttl::Default).await,
         Err(Error::ValueTooLarge { limit: 1000, .. })
     ));
-    assert!(redis.keys("t:*").is_empty());
+    assert!(redis.keys("t:k:*").is_empty());
     node(&redis)
         .await
         .set("big", &big, Ttl::Default)

@@ -1,0 +1,338 @@
+//! The invalidation bus: keeps the RAM layers of all instances coherent.
+//!
+//! Publishing is one atomic step in Redis (a Lua script): `INCR` the
+//! sequence counter, `XADD` the message to a capped stream (the *log*, with
+//! entry id `{seq}-0`), `PUBLISH` it on the channel. An invalidation is
+//! durable once the script has run; that is when the publishing call returns.
+//!
+//! Every node with a RAM layer runs one listener task ([`listener`]) that
+//! 1. applies channel messages as they arrive, ignoring its own;
+//! 2. on a jump in sequence numbers, catches up from the log;
+//! 3. after every (re)connect, catches up from the log; when the log no longer
+//!    reaches back far enough, or Redis lost its state (the epoch marker
+//!    changed), drops its whole RAM layer;
+//! 4. every half [`deletion_check_frequency`](crate::CacheNodeBuilder::deletion_check_frequency)
+//!    reads the counter and catches up if behind: the safety net when pub/sub
+//!    silently loses messages;
+//! 5. when it has not completed a check for longer than the frequency (Redis
+//!    unreachable), stops serving RAM entries filled before, until it has
+//!    caught up again;
+//! 6. optionally watches keyspace notifications for deletions and expiries
+//!    made outside cachenode.
+//!
+//! **Guarantee.** Once an invalidation call returns `Ok`, no node serves the
+//! old value from RAM later than `deletion_check_frequency` plus one Redis
+//! round trip, whatever messages are lost; normally within one pub/sub hop.
+
+pub(crate) mod listener;
+pub(crate) mod message;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use message::Body;
+pub use message::Invalidation;
+
+use crate::keys::Keys;
+use crate::local::LocalLayer;
+use crate::node::unix_millis;
+use crate::shared::SharedLayer;
+use crate::{Error, Result};
+
+/// Default number of messages the log keeps (approximately: `MAXLEN ~`).
+/// A node disconnected for longer than it takes to publish this many
+/// invalidations drops its whole RAM layer when it comes back.
+pub const DEFAULT_LOG_LEN: usize = 100_000;
+
+/// Keys per message when a long list of keys is invalidated.
+const KEYS_PER_MESSAGE: usize = 1000;
+
+/// `KEYS`: seq, log, epoch. `ARGV`: channel, body, maxlen, a fresh epoch.
+const PUBLISH_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SET', KEYS[3], ARGV[4])
+end
+local seq = redis.call('INCR', KEYS[1])
+local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if top[1] then
+  local last = tonumber(string.match(top[1][1], '^(%d+)'))
+  if last and seq <= last then
+    seq = last + 1
+    redis.call('SET', KEYS[1], seq)
+  end
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'm', ARGV[2])
+redis.call('PUBLISH', ARGV[1], seq .. ':' .. ARGV[2])
+return seq
+"#;
+
+/// Bus settings.
+#[derive(Debug, Clone)]
+pub(crate) struct BusConfig {
+    pub(crate) deletion_check_frequency: Duration,
+    pub(crate) log_len: usize,
+    pub(crate) watch_keyspace: bool,
+}
+
+/// Names of the bus's Redis keys, computed once.
+#[derive(Debug, Clone)]
+pub(crate) struct BusKeys {
+    pub(crate) channel: String,
+    pub(crate) seq: String,
+    pub(crate) log: String,
+    pub(crate) epoch: String,
+}
+
+impl BusKeys {
+    fn new(keys: &Keys) -> Self {
+        BusKeys {
+            channel: keys.bus_channel(),
+            seq: keys.bus_seq(),
+            log: keys.bus_log(),
+            epoch: keys.bus_epoch(),
+        }
+    }
+}
+
+/// What the listener reports, shared with the node.
+#[derive(Debug, Default)]
+pub(crate) struct BusState {
+    pub(crate) subscribed: AtomicBool,
+    pub(crate) last_applied: AtomicU64,
+    pub(crate) last_seen: AtomicU64,
+    pub(crate) applied: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) suspended: AtomicBool,
+    pub(crate) last_check_ok_ms: AtomicU64,
+    pub(crate) keyspace_watching: AtomicBool,
+    pub(crate) keyspace_problem: Mutex<Option<String>>,
+}
+
+/// The bus as a node sees it: for health checks and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusHealth {
+    /// Whether the listener is subscribed to the channel now.
+    pub connected: bool,
+    /// The sequence number of the last invalidation applied (or skipped as
+    /// this node's own).
+    pub last_applied_seq: u64,
+    /// The highest sequence number seen in Redis.
+    pub last_seen_seq: u64,
+    /// `last_seen_seq - last_applied_seq`.
+    pub lag: u64,
+    /// Invalidations from other nodes applied to RAM.
+    pub applied: u64,
+    /// Messages dropped as malformed, oversized or of an unknown version.
+    pub malformed: u64,
+    /// Times the whole RAM layer was dropped because the log could not fill
+    /// a gap or Redis lost the bus's state.
+    pub gap_flushes: u64,
+    /// Whether RAM entries filled before an outage are being withheld.
+    pub suspended: bool,
+    /// When the last deletion check succeeded, Unix milliseconds (0: never).
+    pub last_check_ok_ms: u64,
+    /// Whether keyspace notifications are being watched.
+    pub keyspace_watching: bool,
+    /// Why keyspace watching, when asked for, is not possible.
+    pub keyspace_problem: Option<String>,
+}
+
+/// A node's bus: publisher and, when the node has RAM, listener.
+pub(crate) struct Bus {
+    keys: BusKeys,
+    origin: [u8; 16],
+    shared: SharedLayer,
+    state: Arc<BusState>,
+    script: redis::Script,
+    log_len: usize,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Bus {
+    /// Starts the bus of a node: reads the current position, then spawns the
+    /// listener when there is a RAM layer to keep coherent.
+    pub(crate) async fn start(
+        shared: SharedLayer,
+        local: Option<Arc<LocalLayer>>,
+        keys: &Keys,
+        config: BusConfig,
+    ) -> Result<Bus> {
+        let keys_ns = keys.namespace();
+        let keys = BusKeys::new(keys);
+        let origin = *uuid::Uuid::new_v4().as_bytes();
+        let state = Arc::new(BusState::default());
+        let (stop, stopped) = watch::channel(false);
+        let task = match local {
+            Some(local) => {
+                let listener = listener::Listener::new(
+                    shared.clone(),
+                    local,
+                    keys.clone(),
+                    origin,
+                    state.clone(),
+                    config.clone(),
+                    keys_ns,
+                )
+                .await?;
+                Some(tokio::spawn(listener.run(stopped)))
+            }
+            None => None,
+        };
+        Ok(Bus {
+            keys,
+            origin,
+            shared,
+            state,
+            script: redis::Script::new(PUBLISH_SCRIPT),
+            log_len: config.log_len,
+            stop,
+            task: Mutex::new(task),
+        })
+    }
+
+    /// The encoded messages for `invalidation` (long key lists are split).
+    pub(crate) fn bodies(&self, invalidation: Invalidation) -> Result<Vec<Vec<u8>>> {
+        let sent_at_ms = unix_millis();
+        let body = |invalidation| {
+            message::encode(&Body {
+                origin: self.origin,
+                sent_at_ms,
+                invalidation,
+            })
+        };
+        match invalidation {
+            Invalidation::Keys(keys) if keys.len() > KEYS_PER_MESSAGE => keys
+                .chunks(KEYS_PER_MESSAGE)
+                .map(|chunk| body(Invalidation::Keys(chunk.to_vec())))
+                .collect(),
+            other => Ok(vec![body(other)?]),
+        }
+    }
+
+    /// Appends the publication of `bodies` to `pipe` (`EVALSHA`; see
+    /// [`finish`](Self::finish) for a server that lost its script cache).
+    pub(crate) fn add_to_pipeline(&self, pipe: &mut redis::Pipeline, bodies: &[Vec<u8>]) {
+        for body in bodies {
+            pipe.cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(3)
+                .arg(&self.keys.seq)
+                .arg(&self.keys.log)
+                .arg(&self.keys.epoch)
+                .arg(&self.keys.channel)
+                .arg(body)
+                .arg(self.log_len)
+                .arg(uuid::Uuid::new_v4().to_string());
+        }
+    }
+
+    /// Checks the results of the publications added by
+    /// [`add_to_pipeline`](Self::add_to_pipeline) (run with
+    /// `ignore_errors`); publishes again, loading the script, those that
+    /// failed because Redis had lost it (after a restart).
+    pub(crate) async fn finish(
+        &self,
+        results: &[redis::RedisResult<Value>],
+        bodies: &[Vec<u8>],
+    ) -> Result<()> {
+        for (result, body) in results.iter().zip(bodies) {
+            match result {
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.publish_one(body).await?
+                }
+                Err(e) => {
+                    crate::metrics::redis_error("publish");
+                    return Err(Error::Redis {
+                        op: "publish",
+                        source: e.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_one(&self, body: &[u8]) -> Result<()> {
+        let mut conn = self.shared.conn();
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(&self.keys.seq)
+            .key(&self.keys.log)
+            .key(&self.keys.epoch)
+            .arg(&self.keys.channel)
+            .arg(body)
+            .arg(self.log_len)
+            .arg(uuid::Uuid::new_v4().to_string());
+        let _: u64 = self
+            .shared
+            .run("publish", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes `invalidation`; returns once it is durable in Redis.
+    pub(crate) async fn publish(&self, invalidation: Invalidation) -> Result<()> {
+        let bodies = self.bodies(invalidation)?;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        self.add_to_pipeline(&mut pipe, &bodies);
+        let mut conn = self.shared.conn();
+        let results: Vec<redis::RedisResult<Value>> = self
+            .shared
+            .run("publish", pipe.query_async(&mut conn))
+            .await?;
+        self.finish(&results, &bodies).await
+    }
+
+    /// A snapshot of the bus's state.
+    pub(crate) fn health(&self) -> BusHealth {
+        let s = &self.state;
+        let last_applied_seq = s.last_applied.load(Ordering::Acquire);
+        let last_seen_seq = s.last_seen.load(Ordering::Acquire).max(last_applied_seq);
+        BusHealth {
+            connected: s.subscribed.load(Ordering::Acquire),
+            last_applied_seq,
+            last_seen_seq,
+            lag: last_seen_seq - last_applied_seq,
+            applied: s.applied.load(Ordering::Relaxed),
+            malformed: s.malformed.load(Ordering::Relaxed),
+            gap_flushes: s.flushes.load(Ordering::Relaxed),
+            suspended: s.suspended.load(Ordering::Acquire),
+            last_check_ok_ms: s.last_check_ok_ms.load(Ordering::Acquire),
+            keyspace_watching: s.keyspace_watching.load(Ordering::Acquire),
+            keyspace_problem: s
+                .keyspace_problem
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Stops the listener and waits for it to end.
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        // The last handle is gone: tell the listener to stop. It holds no
+        // reference to the node, so it ends on its own.
+        let _ = self.stop.send(true);
+    }
+}

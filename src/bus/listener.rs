@@ -1,0 +1,480 @@
+//! The listener task of a node's bus (see the [bus](crate::bus) docs for the
+//! rules it follows). It runs alone on its own state, so the order in which
+//! messages are applied is simply the order of the loop.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::PubSubStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::message::{self, Body, Invalidation, Malformed};
+use super::{BusConfig, BusKeys, BusState};
+use crate::local::{FlushReason, LocalLayer};
+use crate::node::unix_millis;
+use crate::shared::SharedLayer;
+use crate::Result;
+
+/// Entries read from the log per `XRANGE`.
+const CATCH_UP_PAGE: usize = 512;
+/// First and largest pause between two attempts to subscribe again.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Where an applied invalidation came from (a bounded metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The pub/sub channel.
+    PubSub,
+    /// The log, read after a gap or a reconnect.
+    Stream,
+    /// The log, read because the periodic check found the node behind.
+    Check,
+    /// A keyspace notification.
+    Keyspace,
+}
+
+impl Source {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Source::PubSub => "pubsub",
+            Source::Stream => "stream",
+            Source::Check => "check",
+            Source::Keyspace => "keyspace",
+        }
+    }
+}
+
+pub(crate) struct Listener {
+    shared: SharedLayer,
+    local: Arc<LocalLayer>,
+    keys: BusKeys,
+    origin: [u8; 16],
+    state: Arc<BusState>,
+    config: BusConfig,
+    /// Redis's bus epoch as this node last saw it.
+    epoch: Option<String>,
+    last_applied: u64,
+    /// When the last successful check *started*: every invalidation
+    /// acknowledged before that instant has been applied.
+    last_ok: Instant,
+    suspended: bool,
+    /// Prefixes that map keyspace channels back to RAM keys.
+    keyspace: Option<KeyspaceNames>,
+}
+
+#[derive(Debug, Clone)]
+struct KeyspaceNames {
+    /// `__keyspace@{db}__:`
+    channel_prefix: String,
+    /// `{ns}:`
+    namespace_prefix: String,
+}
+
+impl Listener {
+    /// A listener positioned at the bus's current sequence number.
+    pub(crate) async fn new(
+        shared: SharedLayer,
+        local: Arc<LocalLayer>,
+        keys: BusKeys,
+        origin: [u8; 16],
+        state: Arc<BusState>,
+        config: BusConfig,
+        namespace: &str,
+    ) -> Result<Self> {
+        let keyspace = config.watch_keyspace.then(|| KeyspaceNames {
+            channel_prefix: format!("__keyspace@{}__:", shared.db()),
+            namespace_prefix: format!("{namespace}:"),
+        });
+        let mut listener = Listener {
+            shared,
+            local,
+            keys,
+            origin,
+            state,
+            config,
+            epoch: None,
+            last_applied: 0,
+            last_ok: Instant::now(),
+            suspended: false,
+            keyspace,
+        };
+        listener.sync(Source::Check).await?;
+        listener.last_ok = Instant::now();
+        Ok(listener)
+    }
+
+    /// The task: runs until `stop` says so or its sender is dropped.
+    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let period = self.config.deletion_check_frequency / 2;
+        let mut check = tokio::time::interval(period);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sub: Option<PubSubStream> = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut reconnect_at = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                msg = next_message(&mut sub) => match msg {
+                    Some(msg) => self.on_message(&msg).await,
+                    None => {
+                        sub = None;
+                        self.state.subscribed.store(false, Ordering::Release);
+                        tracing::warn!("bus subscription lost; reconnecting");
+                        reconnect_at = Instant::now() + jitter(backoff);
+                    }
+                },
+                _ = tokio::time::sleep_until(reconnect_at), if sub.is_none() => {
+                    match self.subscribe().await {
+                        Ok(stream) => {
+                            sub = Some(stream);
+                            backoff = BACKOFF_MIN;
+                            self.state.subscribed.store(true, Ordering::Release);
+                            tracing::info!(url = self.shared.url(), "bus subscribed");
+                            // Whatever was published while we were away.
+                            self.check(Source::Stream).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "bus cannot subscribe yet");
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                            reconnect_at = Instant::now() + jitter(backoff);
+                        }
+                    }
+                },
+                _ = check.tick() => self.check(Source::Check).await,
+            }
+        }
+        self.state.subscribed.store(false, Ordering::Release);
+        tracing::debug!("bus listener stopped");
+    }
+
+    async fn subscribe(&mut self) -> Result<PubSubStream> {
+        let timeout = self.shared.op_timeout();
+        let connect = async {
+            let mut pubsub = self.shared.client().get_async_pubsub().await?;
+            pubsub.subscribe(&self.keys.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let mut pubsub = self
+            .shared
+            .run_within("subscribe", timeout, connect)
+            .await?;
+        if let Some(names) = self.keyspace.clone() {
+            self.check_keyspace_config().await;
+            for kind in ["k", "f"] {
+                let pattern = format!("{}{}{kind}:*", names.channel_prefix, names.namespace_prefix);
+                self.shared
+                    .run_within("subscribe", timeout, pubsub.psubscribe(pattern))
+                    .await?;
+            }
+            self.state.keyspace_watching.store(true, Ordering::Release);
+        }
+        Ok(pubsub.into_on_message())
+    }
+
+    /// Says clearly when the server will not send the notifications we need.
+    async fn check_keyspace_config(&self) {
+        let mut conn = self.shared.conn();
+        let reply: Result<Vec<String>> = self
+            .shared
+            .run(
+                "config_get",
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("notify-keyspace-events")
+                    .query_async(&mut conn),
+            )
+            .await;
+        let problem = match reply {
+            Ok(pair) => {
+                let flags = pair.get(1).cloned().unwrap_or_default();
+                let has = |c| flags.contains(c) || (c != 'K' && flags.contains('A'));
+                if has('K') && has('g') && has('x') {
+                    None
+                } else {
+                    Some(format!(
+                        "notify-keyspace-events is {flags:?}: it needs K, g and x \
+                         (e.g. CONFIG SET notify-keyspace-events Kgx) for deletions and \
+                         expiries outside cachenode to reach RAM"
+                    ))
+                }
+            }
+            Err(e) => Some(format!(
+                "cannot read notify-keyspace-events ({e}); keyspace watching is on \
+                 but receives nothing unless the server sends K, g and x events"
+            )),
+        };
+        if let Some(p) = &problem {
+            tracing::warn!("{p}");
+        }
+        *self
+            .state
+            .keyspace_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    async fn on_message(&mut self, msg: &redis::Msg) {
+        if msg.from_pattern() {
+            self.on_keyspace_event(msg);
+            return;
+        }
+        let Some((seq, body)) = message::split_channel_payload(msg.get_payload_bytes()) else {
+            self.malformed(Malformed::Garbage, Source::PubSub);
+            // Treat as a lost message: the log holds the real ones.
+            self.check(Source::Stream).await;
+            return;
+        };
+        if seq <= self.last_applied {
+            return; // a replay, or already read from the log
+        }
+        if seq != self.last_applied + 1 {
+            self.check(Source::Stream).await;
+            return;
+        }
+        match message::decode(body) {
+            Ok(body) => {
+                self.apply(&body, Source::PubSub);
+                self.advance(seq);
+            }
+            Err(m) => {
+                self.malformed(m, Source::PubSub);
+                self.check(Source::Stream).await;
+            }
+        }
+    }
+
+    fn on_keyspace_event(&mut self, msg: &redis::Msg) {
+        let Some(names) = &self.keyspace else { return };
+        let event = msg.get_payload_bytes();
+        if !matches!(event, b"del" | b"expired" | b"evicted") {
+            return;
+        }
+        let Some(redis_key) = msg.get_channel_name().strip_prefix(&names.channel_prefix) else {
+            return;
+        };
+        let Some(rest) = redis_key.strip_prefix(&names.namespace_prefix) else {
+            return;
+        };
+        if let Some(ram_key) = crate::keys::ram_key_of(rest) {
+            self.local.remove(&ram_key);
+            crate::metrics::invalidation_applied(Source::Keyspace.label());
+        }
+    }
+
+    /// One deletion check: read the counter, catch up if behind; then decide
+    /// whether RAM may still be served.
+    async fn check(&mut self, source: Source) {
+        let started = Instant::now();
+        match self.sync(source).await {
+            Ok(()) => {
+                self.last_ok = started;
+                self.state
+                    .last_check_ok_ms
+                    .store(unix_millis(), Ordering::Release);
+                if self.suspended {
+                    self.suspended = false;
+                    self.state.suspended.store(false, Ordering::Release);
+                    self.local.resume_serving();
+                    tracing::info!("bus caught up; serving RAM again");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "bus check failed"),
+        }
+        if !self.suspended && self.last_ok.elapsed() > self.config.deletion_check_frequency {
+            self.suspended = true;
+            self.state.suspended.store(true, Ordering::Release);
+            self.local.suspend_older_entries();
+            tracing::warn!(
+                bound = ?self.config.deletion_check_frequency,
+                "bus cannot reach Redis for longer than the staleness bound; \
+                 RAM entries filled before are withheld until it catches up"
+            );
+        }
+    }
+
+    /// Brings this node up to Redis's current sequence number.
+    async fn sync(&mut self, source: Source) -> Result<()> {
+        let timeout = self.check_timeout();
+        let mut conn = self.shared.conn();
+        let (seq, epoch): (Option<u64>, Option<String>) = self
+            .shared
+            .run_within(
+                "bus_check",
+                timeout,
+                redis::cmd("MGET")
+                    .arg(&self.keys.seq)
+                    .arg(&self.keys.epoch)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let epoch = match epoch {
+            Some(e) => e,
+            // A new or emptied Redis: mark its bus state with a new epoch.
+            None => {
+                self.shared
+                    .run_within(
+                        "bus_check",
+                        timeout,
+                        redis::cmd("SET")
+                            .arg(&self.keys.epoch)
+                            .arg(uuid::Uuid::new_v4().to_string())
+                            .arg("NX")
+                            .arg("GET")
+                            .query_async::<Option<String>>(&mut conn),
+                    )
+                    .await?;
+                self.shared
+                    .run_within(
+                        "bus_check",
+                        timeout,
+                        redis::cmd("GET")
+                            .arg(&self.keys.epoch)
+                            .query_async(&mut conn),
+                    )
+                    .await?
+            }
+        };
+        let seq = seq.unwrap_or(0);
+        self.state.last_seen.store(seq, Ordering::Release);
+        if self.epoch.as_deref() != Some(epoch.as_str()) {
+            if self.epoch.is_some() {
+                self.flush("Redis lost the bus state (epoch changed)");
+            }
+            self.epoch = Some(epoch);
+            self.advance(seq);
+            return Ok(());
+        }
+        if seq < self.last_applied {
+            self.flush("the bus counter went back");
+            self.advance(seq);
+            return Ok(());
+        }
+        self.catch_up(seq, source).await
+    }
+
+    /// Applies log entries until `target` is reached.
+    async fn catch_up(&mut self, target: u64, source: Source) -> Result<()> {
+        let timeout = self.check_timeout();
+        while self.last_applied < target {
+            let mut conn = self.shared.conn();
+            let entries: Vec<(String, Vec<Vec<u8>>)> = self
+                .shared
+                .run_within(
+                    "bus_catch_up",
+                    timeout,
+                    redis::cmd("XRANGE")
+                        .arg(&self.keys.log)
+                        .arg(format!("{}-0", self.last_applied + 1))
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(CATCH_UP_PAGE)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if entries.is_empty() {
+                self.flush("the bus log no longer holds the missed messages");
+                self.advance(target);
+                break;
+            }
+            for (id, fields) in entries {
+                let Some(seq) = message::seq_of_entry_id(&id) else {
+                    self.malformed(Malformed::Garbage, Source::Stream);
+                    continue;
+                };
+                if seq <= self.last_applied {
+                    continue;
+                }
+                if seq != self.last_applied + 1 {
+                    self.flush("the bus log was trimmed past this node's position");
+                }
+                let body = fields
+                    .chunks(2)
+                    .find(|f| f.first().map(Vec::as_slice) == Some(b"m"))
+                    .and_then(|f| f.get(1));
+                match body.map(|b| message::decode(b)) {
+                    Some(Ok(body)) => self.apply(&body, source),
+                    Some(Err(m)) => {
+                        // What it meant to drop is unknown: drop everything.
+                        self.malformed(m, Source::Stream);
+                        self.flush("a bus log entry does not decode");
+                    }
+                    None => {
+                        self.malformed(Malformed::Garbage, Source::Stream);
+                        self.flush("a bus log entry does not decode");
+                    }
+                }
+                self.advance(seq);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_timeout(&self) -> Duration {
+        self.shared
+            .op_timeout()
+            .min(self.config.deletion_check_frequency / 2)
+    }
+
+    fn apply(&mut self, body: &Body, source: Source) {
+        if body.origin == self.origin {
+            return; // this node applied it to its own RAM when it published
+        }
+        match &body.invalidation {
+            Invalidation::Keys(keys) => {
+                for key in keys {
+                    self.local.remove(key);
+                }
+            }
+            Invalidation::Func(name) => self.local.remove_group(name),
+            Invalidation::All => {
+                self.local.remove_all(FlushReason::InvalidateAll);
+                crate::metrics::ram_flush(FlushReason::InvalidateAll.label());
+            }
+        }
+        self.state.applied.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::invalidation_applied(source.label());
+        let delay_ms = unix_millis().saturating_sub(body.sent_at_ms);
+        crate::metrics::propagation_delay(Duration::from_millis(delay_ms));
+    }
+
+    fn advance(&mut self, seq: u64) {
+        self.last_applied = seq;
+        self.state.last_applied.store(seq, Ordering::Release);
+        self.state.last_seen.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    fn flush(&mut self, why: &str) {
+        self.local.remove_all(FlushReason::BusGap);
+        self.state.flushes.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::ram_flush(FlushReason::BusGap.label());
+        tracing::warn!(reason = why, "bus dropped the whole RAM layer");
+    }
+
+    fn malformed(&self, why: Malformed, source: Source) {
+        self.state.malformed.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::bus_malformed(why.label());
+        tracing::warn!(
+            reason = why.label(),
+            source = source.label(),
+            "malformed bus message dropped"
+        );
+    }
+}
+
+async fn next_message(sub: &mut Option<PubSubStream>) -> Option<redis::Msg> {
+    match sub {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.0), so that nodes cut off
+/// together do not all come back at the same instant.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
