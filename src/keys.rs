@@ -59,6 +59,11 @@ impl Keys {
         k
     }
 
+    /// The prefix of function `name`'s value keys: `{ns}:f:{name}:`.
+    pub(crate) fn func_prefix(&self, name: &str) -> String {
+        format!("{}:f:{name}:", self.ns)
+    }
+
     /// A glob matching every key of the namespace (the namespace has no glob
     /// characters, see [`Keys::new`]).
     pub(crate) fn namespace_pattern(&self) -> String {

@@ -258,6 +258,21 @@ impl LocalLayer {
         true
     }
 
+    /// Whether an invalidation covering `key` (of `group`, or everything)
+    /// was applied after `ticket` was taken: a value computed since then may
+    /// predate it and should not be stored.
+    pub(crate) fn fenced_since(
+        &self,
+        key: &str,
+        group: Option<&Group>,
+        ticket: FillTicket,
+    ) -> bool {
+        let t = ticket.0;
+        self.key_fences[fence_slot(key)].load(Ordering::Acquire) > t
+            || self.all_fence.load(Ordering::Acquire) > t
+            || group.is_some_and(|g| g.fence.load(Ordering::Acquire) > t)
+    }
+
     /// Inserts a value this node has just written itself: fences the key
     /// first (so a racing fill of an older value cannot overwrite it) and
     /// stamps the entry after that fence.

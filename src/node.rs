@@ -208,7 +208,7 @@ impl CacheNode {
     }
 
     /// Err once [`shutdown`](Self::shutdown) has run.
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.inner.shut_down.load(Ordering::Relaxed) {
             Err(Error::Shutdown)
         } else {
@@ -217,7 +217,7 @@ impl CacheNode {
     }
 
     /// The RAM layer, when this call should use it.
-    fn ram(&self) -> Option<&LocalLayer> {
+    pub(crate) fn ram(&self) -> Option<&LocalLayer> {
         match self.layers {
             Layers::Both | Layers::RamOnly => self.inner.local.as_deref(),
             Layers::RedisOnly => None,
@@ -227,7 +227,7 @@ impl CacheNode {
     /// The Redis layer, when this call should use it. `Ok(None)` when the
     /// node simply has none (RAM-only node, or disabled); an error when the
     /// caller asked for Redis only on a node without it.
-    fn redis(&self, op: &'static str) -> Result<Option<&SharedLayer>> {
+    pub(crate) fn redis(&self, op: &'static str) -> Result<Option<&SharedLayer>> {
         match (self.layers, &self.inner.shared) {
             (Layers::RamOnly, _) => Ok(None),
             (_, Some(shared)) => Ok(Some(shared)),
@@ -311,7 +311,7 @@ impl CacheNode {
 
     /// Decodes `bytes` read from `redis_key`; on failure counts, logs and
     /// removes the key, and returns `None`.
-    async fn decode<T: DeserializeOwned>(
+    pub(crate) async fn decode<T: DeserializeOwned>(
         &self,
         shared: &SharedLayer,
         redis_key: &str,
@@ -339,7 +339,7 @@ impl CacheNode {
 
     /// How long a value read from Redis may stay in RAM: until its Redis
     /// expiry, capped by `ram_max_ttl`. `None` when it has already expired.
-    fn ram_ttl_from_expiry(&self, expires_at_ms: u64) -> Option<Option<Duration>> {
+    pub(crate) fn ram_ttl_from_expiry(&self, expires_at_ms: u64) -> Option<Option<Duration>> {
         let cap = self.inner.config.ram_max_ttl;
         if expires_at_ms == 0 {
             return Some(cap);
@@ -585,13 +585,9 @@ impl CacheNode {
     /// [`Error::Redis`] / [`Error::Timeout`] when it cannot be published.
     pub async fn invalidate_keys(&self, keys: &[&str]) -> Result<()> {
         self.check_open()?;
-        let ram_keys: Vec<String> = keys.iter().map(|k| plain_ram_key(k).into_owned()).collect();
-        if let Some(local) = self.inner.local.as_deref() {
-            for key in &ram_keys {
-                local.remove(key);
-            }
-        }
-        self.announce(Invalidation::Keys(ram_keys)).await
+        let ram_keys: Vec<_> = keys.iter().map(|k| plain_ram_key(k)).collect();
+        let refs: Vec<&str> = ram_keys.iter().map(|k| k.as_ref()).collect();
+        self.invalidate_ram_keys(&refs).await
     }
 
     /// Drops every value of cached function `funcname` from the RAM of every
@@ -636,6 +632,24 @@ impl CacheNode {
         if let Some(bus) = &self.inner.bus {
             bus.shutdown().await;
         }
+    }
+
+    /// Drops RAM keys (internal form) here and on every instance.
+    pub(crate) async fn invalidate_ram_keys(&self, ram_keys: &[&str]) -> Result<()> {
+        if let Some(local) = self.inner.local.as_deref() {
+            for key in ram_keys {
+                local.remove(key);
+            }
+        }
+        self.announce(Invalidation::Keys(
+            ram_keys.iter().map(|k| k.to_string()).collect(),
+        ))
+        .await
+    }
+
+    /// The node's internals, for the crate's other modules.
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// Publishes `invalidation` when the node has a bus.
@@ -690,6 +704,13 @@ impl CacheNode {
             metrics::invalidation_published();
         }
         Ok(replies)
+    }
+}
+
+impl Inner {
+    /// The encoded size of `value`, to weigh RAM entries never encoded.
+    pub(crate) fn codec_len<T: Serialize + ?Sized>(&self, value: &T) -> Option<usize> {
+        self.codec.encoded_len(value)
     }
 }
 

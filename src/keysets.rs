@@ -1,0 +1,264 @@
+//! Funcname key sets: every Redis key a cached function writes is recorded
+//! in that function's key set, so "delete everything of function F" (or of
+//! F with some argument values) walks F's own keys and never scans the
+//! keyspace.
+//!
+//! * Sets are sharded: key `K` of function `F` goes to
+//!   `{ns}:ks:{F}:{xxh3(K) % SHARDS}`, so a hot function never builds one
+//!   giant set. The names of functions that have key sets are kept in the
+//!   registry set `{ns}:ks`.
+//! * The `SADD` travels in the same pipeline as the value's `SET` (they
+//!   live in different cluster slots, so not in one `MULTI`).
+//! * Deletion walks each shard with `SSCAN`, and for each page sends one
+//!   pipeline: `UNLINK` of every member, then `SREM` of the page. A member
+//!   is removed from its set only after its key, so a deletion cut short
+//!   leaves nothing unreachable; members whose key had already expired are
+//!   pruned on the way, and by [`KeySets::prune`].
+
+use redis::Value;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::keys::Keys;
+use crate::shared::SharedLayer;
+use crate::Result;
+
+/// Number of shards of each function's key set.
+pub const SHARDS: u64 = 16;
+
+/// Members read per `SSCAN` step.
+pub(crate) const PAGE: usize = 1000;
+
+/// How far a deletion has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Redis keys deleted so far.
+    pub deleted: u64,
+    /// Whether every shard has been walked.
+    pub finished: bool,
+}
+
+/// Key-set names and operations of one namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct KeySets {
+    ns: String,
+}
+
+impl KeySets {
+    pub(crate) fn new(keys: &Keys) -> Self {
+        KeySets {
+            ns: keys.namespace().to_owned(),
+        }
+    }
+
+    /// The registry of function names.
+    pub(crate) fn registry(&self) -> String {
+        format!("{}:ks", self.ns)
+    }
+
+    /// Shard `shard` of function `funcname`'s key set.
+    pub(crate) fn shard(&self, funcname: &str, shard: u64) -> String {
+        format!("{}:ks:{funcname}:{shard}", self.ns)
+    }
+
+    /// The shard that records `redis_key`.
+    pub(crate) fn shard_of(&self, funcname: &str, redis_key: &str) -> String {
+        self.shard(funcname, xxh3_64(redis_key.as_bytes()) % SHARDS)
+    }
+
+    /// Appends the recording of `redis_key` to `pipe`; with `register`, also
+    /// the function's entry in the registry (once per process is enough).
+    pub(crate) fn add_to_pipeline(
+        &self,
+        pipe: &mut redis::Pipeline,
+        funcname: &str,
+        redis_key: &str,
+        register: bool,
+    ) {
+        pipe.cmd("SADD")
+            .arg(self.shard_of(funcname, redis_key))
+            .arg(redis_key)
+            .ignore();
+        if register {
+            pipe.cmd("SADD").arg(self.registry()).arg(funcname).ignore();
+        }
+    }
+
+    /// Names of the functions that have key sets.
+    pub(crate) async fn functions(&self, shared: &SharedLayer) -> Result<Vec<String>> {
+        let mut conn = shared.conn();
+        let mut names: Vec<String> = shared
+            .run(
+                "keyset_functions",
+                redis::cmd("SMEMBERS")
+                    .arg(self.registry())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Members recorded for `funcname` (`SCARD` of every shard, one round
+    /// trip); includes keys that expired and were not pruned yet.
+    pub(crate) async fn size(&self, shared: &SharedLayer, funcname: &str) -> Result<u64> {
+        let mut pipe = redis::pipe();
+        for shard in 0..SHARDS {
+            pipe.cmd("SCARD").arg(self.shard(funcname, shard));
+        }
+        let mut conn = shared.conn();
+        let sizes: Vec<u64> = shared
+            .run("keyset_size", pipe.query_async(&mut conn))
+            .await?;
+        Ok(sizes.iter().sum())
+    }
+
+    /// One step of a deletion: one `SSCAN` page of the current shard, its
+    /// matching members unlinked and removed from the set. Returns the Redis
+    /// keys that existed and were deleted.
+    pub(crate) async fn delete_step(
+        &self,
+        shared: &SharedLayer,
+        walk: &mut Walk,
+    ) -> Result<Vec<String>> {
+        if walk.progress.finished {
+            return Ok(Vec::new());
+        }
+        let set = self.shard(&walk.funcname, walk.shard);
+        let mut conn = shared.conn();
+        let mut scan = redis::cmd("SSCAN");
+        scan.arg(&set).arg(walk.cursor);
+        if let Some(first) = walk.parts.first() {
+            scan.arg("MATCH").arg(format!("*{first}*"));
+        }
+        scan.arg("COUNT").arg(PAGE);
+        let (next, members): (u64, Vec<String>) = shared
+            .run("keyset_scan", scan.query_async(&mut conn))
+            .await?;
+        let members: Vec<String> = members
+            .into_iter()
+            .filter(|m| walk.parts.iter().all(|p| m.contains(p.as_str())))
+            .collect();
+        let mut deleted = Vec::new();
+        if !members.is_empty() {
+            let mut pipe = redis::pipe();
+            for m in &members {
+                pipe.cmd("UNLINK").arg(m);
+            }
+            pipe.cmd("SREM").arg(&set).arg(&members).ignore();
+            let unlinked: Vec<Value> = shared
+                .run("keyset_delete", pipe.query_async(&mut conn))
+                .await?;
+            for (m, r) in members.into_iter().zip(unlinked) {
+                if matches!(r, Value::Int(n) if n > 0) {
+                    deleted.push(m);
+                }
+            }
+        }
+        walk.progress.deleted += deleted.len() as u64;
+        if next == 0 {
+            walk.shard += 1;
+            walk.cursor = 0;
+            walk.progress.finished = walk.shard >= SHARDS;
+        } else {
+            walk.cursor = next;
+        }
+        Ok(deleted)
+    }
+
+    /// Removes from `funcname`'s key set the members whose key no longer
+    /// exists (expired in Redis). Returns how many were removed.
+    pub(crate) async fn prune(&self, shared: &SharedLayer, funcname: &str) -> Result<u64> {
+        let mut pruned = 0;
+        for shard in 0..SHARDS {
+            let set = self.shard(funcname, shard);
+            let mut cursor = 0u64;
+            loop {
+                let mut conn = shared.conn();
+                let (next, members): (u64, Vec<String>) = shared
+                    .run(
+                        "keyset_scan",
+                        redis::cmd("SSCAN")
+                            .arg(&set)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(PAGE)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                if !members.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for m in &members {
+                        pipe.cmd("EXISTS").arg(m);
+                    }
+                    let exists: Vec<u8> = shared
+                        .run("keyset_prune", pipe.query_async(&mut conn))
+                        .await?;
+                    let gone: Vec<&String> = members
+                        .iter()
+                        .zip(exists)
+                        .filter_map(|(m, e)| (e == 0).then_some(m))
+                        .collect();
+                    if !gone.is_empty() {
+                        let removed: u64 = shared
+                            .run(
+                                "keyset_prune",
+                                redis::cmd("SREM")
+                                    .arg(&set)
+                                    .arg(&gone)
+                                    .query_async(&mut conn),
+                            )
+                            .await?;
+                        pruned += removed;
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+/// A deletion in progress over one function's key set: the position of the
+/// walk and what it matches. Steps are made with [`KeySets::delete_step`].
+#[derive(Debug, Clone)]
+pub(crate) struct Walk {
+    pub(crate) funcname: String,
+    /// Full-args parts (`;name=hash`) a member must all contain; empty: all.
+    pub(crate) parts: Vec<String>,
+    shard: u64,
+    cursor: u64,
+    pub(crate) progress: Progress,
+}
+
+impl Walk {
+    pub(crate) fn new(funcname: &str, parts: Vec<String>) -> Self {
+        Walk {
+            funcname: funcname.to_owned(),
+            parts,
+            shard: 0,
+            cursor: 0,
+            progress: Progress::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        let ks = KeySets::new(&Keys::new("app").unwrap());
+        assert_eq!(ks.shard("f", 3), "app:ks:f:3");
+        assert_eq!(ks.registry(), "app:ks");
+        let a = ks.shard_of("f", "app:f:f:|abc");
+        assert_eq!(a, ks.shard_of("f", "app:f:f:|abc"));
+        let used: std::collections::HashSet<String> = (0..1000)
+            .map(|i| ks.shard_of("f", &format!("app:f:f:|{i}")))
+            .collect();
+        assert_eq!(used.len() as u64, SHARDS);
+    }
+}
