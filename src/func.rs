@@ -66,6 +66,7 @@ type OnComputed<V> = Arc<dyn Fn(&str, &V) -> Computed<V> + Send + Sync>;
 enum Prefix<A: ?Sized> {
     Static(String),
     Dynamic(PrefixFn<A>),
+    Computed(Arc<dyn Fn() -> String + Send + Sync>),
 }
 
 /// The options of a cached function: every option of the seed's `cached`.
@@ -160,6 +161,16 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         prefix: impl Fn(&A) -> String + Send + Sync + 'static,
     ) -> Self {
         self.opts.prefix = Prefix::Dynamic(Arc::new(prefix));
+        self
+    }
+
+    /// A prefix computed per call without looking at the arguments (the
+    /// seed's no-argument prefix callback); `|` and `;` become `_`.
+    pub fn cache_key_prefix_with(
+        mut self,
+        prefix: impl Fn() -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.opts.prefix = Prefix::Computed(Arc::new(prefix));
         self
     }
 
@@ -299,7 +310,13 @@ struct FnInner<A: ?Sized, V> {
     _types: PhantomData<fn(&A) -> V>,
 }
 
+/// A call's key, built ahead of the call; `None`: not cached.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Prepared(Option<CallKey>);
+
 /// The keys of one call.
+#[derive(Debug)]
 struct CallKey {
     /// The part after `{ns}:f:{name}:` (or `\0f{name}:` in RAM).
     suffix: String,
@@ -327,11 +344,30 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     }
 
     fn key(&self, args: &A) -> Result<CallKey> {
+        let prefix = match &self.inner.opts.prefix {
+            Prefix::Dynamic(f) => Some(key::sanitize_prefix(f(args))),
+            _ => None,
+        };
+        self.key_from(args, prefix)
+    }
+
+    /// Builds a call's key from any arguments object; `dynamic_prefix` is
+    /// the prefix computed from `A`, when the function has one.
+    fn key_from<K: KeyArgs + ?Sized>(
+        &self,
+        args: &K,
+        dynamic_prefix: Option<String>,
+    ) -> Result<CallKey> {
         let o = &self.inner.opts;
         let encoded = key::encode_args(args)?;
-        let prefix: Cow<'_, str> = match &o.prefix {
-            Prefix::Static(p) => Cow::Borrowed(p),
-            Prefix::Dynamic(f) => Cow::Owned(key::sanitize_prefix(f(args))),
+        let prefix: Cow<'_, str> = match (&o.prefix, dynamic_prefix) {
+            (Prefix::Static(p), _) => Cow::Borrowed(p),
+            (Prefix::Computed(f), _) => Cow::Owned(key::sanitize_prefix(f())),
+            (Prefix::Dynamic(_), Some(p)) => Cow::Owned(p),
+            (Prefix::Dynamic(_), None) => return Err(Error::Config(format!(
+                "{:?} computes its key prefix from typed arguments, which this call does not have",
+                self.inner.name
+            ))),
         };
         let request = (o.with_request_path || o.with_query_string).then(|| {
             let ctx = crate::scope::current();
@@ -376,9 +412,13 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// # Errors
     /// When Redis fails or an argument cannot be encoded.
     pub async fn clear(&self, args: &A) -> Result<bool> {
-        let node = &self.inner.node;
-        node.check_open()?;
+        self.inner.node.check_open()?;
         let key = self.key(args)?;
+        self.clear_key(key).await
+    }
+
+    async fn clear_key(&self, key: CallKey) -> Result<bool> {
+        let node = &self.inner.node;
         let mut existed = node.ram().is_some_and(|l| l.remove(&key.ram));
         if let Some(shared) = node.redis("clear")? {
             let redis_key = self.redis_key(&key);
@@ -478,20 +518,49 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
+        let prepared = self.prepare(args);
+        self.call_prepared(prepared, compute).await
+    }
+
+    /// The first half of [`call`](Self::call): decides, from the arguments
+    /// alone, whether and under which key the call is cached. Lets a caller
+    /// hand its arguments to `compute` by value after the key is built.
+    #[doc(hidden)]
+    pub fn prepare(&self, args: &A) -> Prepared {
+        if self.inner.opts.unless.as_ref().is_some_and(|u| u(args)) {
+            return Prepared(None);
+        }
+        self.prepared(self.key(args))
+    }
+
+    fn prepared(&self, key: Result<CallKey>) -> Prepared {
         let node = &self.inner.node;
         if node.is_disabled() || node.check_open().is_err() {
-            return compute().await;
+            return Prepared(None);
         }
-        if self.inner.opts.unless.as_ref().is_some_and(|u| u(args)) {
-            return compute().await;
-        }
-        let key = match self.key(args) {
-            Ok(k) => k,
+        match key {
+            Ok(k) => Prepared(Some(k)),
             Err(e) => {
                 tracing::warn!(func = %self.inner.name, error = %e, "cannot build cache key; computing");
-                return compute().await;
+                Prepared(None)
             }
+        }
+    }
+
+    /// The second half of [`call`](Self::call).
+    ///
+    /// # Errors
+    /// Only `compute`'s own errors.
+    #[doc(hidden)]
+    pub async fn call_prepared<F, Fut, E>(&self, prepared: Prepared, compute: F) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let Some(key) = prepared.0 else {
+            return compute().await;
         };
+        let node = &self.inner.node;
         let ram = node.ram();
         if let Some(v) = ram.and_then(|l| l.get_typed::<V>(&key.ram)) {
             node.inner().metrics.hit(Layer::Ram);
@@ -630,6 +699,29 @@ where
         self.inner.registered.store(true, Ordering::Relaxed);
         node.inner().metrics.write(Layer::Redis);
         Ok(bytes.len())
+    }
+}
+
+/// Calls through arguments objects of any lifetime: what the attribute
+/// macros generate (their handles are `CachedFn<dyn KeyArgs, V>`, whose
+/// `dyn KeyArgs` is `'static`). Not a public API.
+#[doc(hidden)]
+impl<V> CachedFn<dyn KeyArgs, V>
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    pub fn prepare_args(&self, args: &dyn KeyArgs) -> Prepared {
+        self.prepared(self.key_from(args, None))
+    }
+
+    pub fn cache_key_args(&self, args: &dyn KeyArgs) -> Result<String> {
+        Ok(self.redis_key(&self.key_from(args, None)?))
+    }
+
+    pub async fn clear_args(&self, args: &dyn KeyArgs) -> Result<bool> {
+        self.inner.node.check_open()?;
+        let key = self.key_from(args, None)?;
+        self.clear_key(key).await
     }
 }
 

@@ -69,6 +69,42 @@ pub use error::{Error, Result};
 pub use func::key::{Args, ArgsWriter, KeyArgs};
 pub use func::{BackgroundClear, CachedFn, ClearSome, Computed, FuncBuilder};
 pub use keysets::Progress;
-pub use node::{CacheNode, Layers, NodeStats};
+pub use node::{global_node, CacheNode, Layers, NodeStats};
 pub use scope::{MemoryFn, OwnerToken, RequestCached, RequestContext, ThreadLocalFn};
 pub use ttl::Ttl;
+
+#[cfg(feature = "macros")]
+pub use cachenode_macros::{cached, cached_for};
+
+/// Support for the attribute macros; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    use crate::{ArgsWriter, KeyArgs, Result};
+
+    /// Arguments written by a closure (what the macros generate).
+    pub struct FnArgs<F>(pub F);
+
+    impl<F: Fn(&mut ArgsWriter) -> Result<()>> KeyArgs for FnArgs<F> {
+        fn write_args(&self, out: &mut ArgsWriter) -> Result<()> {
+            (self.0)(out)
+        }
+    }
+
+    /// The cache name of a function: its module path and name (empty when
+    /// the path already ends with it), with `.` for `::` (a key segment may
+    /// not contain `:`).
+    pub fn funcname(module_path: &str, name: &str) -> String {
+        let path = module_path.replace("::", ".");
+        if name.is_empty() {
+            path
+        } else {
+            format!("{path}.{name}")
+        }
+    }
+
+    /// Logs (once per call site is enough: the handle is retried) why a
+    /// macro's handle could not be built.
+    pub fn report_build_error(funcname: &str, error: &crate::Error) {
+        tracing::error!(func = funcname, %error, "cached function cannot be built; calls run uncached");
+    }
+}

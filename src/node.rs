@@ -707,6 +707,28 @@ impl CacheNode {
     }
 }
 
+/// The process-wide default node, used by the `#[cached]` macros.
+static GLOBAL: std::sync::OnceLock<CacheNode> = std::sync::OnceLock::new();
+
+/// The node installed with [`CacheNode::install_global`], if any.
+pub fn global_node() -> Option<CacheNode> {
+    GLOBAL.get().cloned()
+}
+
+impl CacheNode {
+    /// Makes this node the process-wide default that the `#[cached]` and
+    /// `#[cached_for]` macros use (unless given `node = ...`). Install it
+    /// once, at start-up; until then, macro-cached functions run uncached.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a default node is already installed.
+    pub fn install_global(&self) -> Result<()> {
+        GLOBAL
+            .set(self.clone())
+            .map_err(|_| Error::Config("a global cache node is already installed".into()))
+    }
+}
+
 impl Inner {
     /// The encoded size of `value`, to weigh RAM entries never encoded.
     pub(crate) fn codec_len<T: Serialize + ?Sized>(&self, value: &T) -> Option<usize> {

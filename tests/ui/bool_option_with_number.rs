@@ -1,0 +1,6 @@
+#[cachenode::cached(cache_none_values = 1)]
+async fn maybe(x: u32) -> Option<u32> {
+    Some(x)
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[cachenode::cached]
+fn square(x: u32) -> u32 {
+    x * x
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[cachenode::cached]
+async fn add((a, b): (u32, u32)) -> u32 {
+    a + b
+}
+
+fn main() {}
