@@ -53,6 +53,7 @@ pub(crate) struct Config {
     pub(crate) disabled: bool,
     pub(crate) bus: Option<crate::bus::BusConfig>,
     pub(crate) before_fill: Option<Hook>,
+    pub(crate) sweep_every: Option<Duration>,
 }
 
 /// Builds a [`CacheNode`] with non-default settings.
@@ -87,6 +88,7 @@ pub struct CacheNodeBuilder {
     bus: bool,
     bus_log_len: usize,
     watch_keyspace: bool,
+    sweep_every: Option<Duration>,
     before_fill: Option<Hook>,
 }
 
@@ -107,6 +109,7 @@ impl Default for CacheNodeBuilder {
             bus: true,
             bus_log_len: crate::bus::DEFAULT_LOG_LEN,
             watch_keyspace: false,
+            sweep_every: Some(crate::keysets::DEFAULT_SWEEP_EVERY),
             before_fill: None,
         }
     }
@@ -230,6 +233,15 @@ impl CacheNodeBuilder {
         self
     }
 
+    /// How often one instance prunes every function's key set of keys that
+    /// expired in Redis (default
+    /// [`DEFAULT_SWEEP_EVERY`](crate::keysets::DEFAULT_SWEEP_EVERY)); `None`
+    /// turns the sweep off on this node.
+    pub fn key_set_sweep_every(mut self, every: Option<Duration>) -> Self {
+        self.sweep_every = every;
+        self
+    }
+
     #[doc(hidden)]
     pub fn before_fill_hook(mut self, hook: FillHook) -> Self {
         self.before_fill = Some(Hook(hook));
@@ -320,6 +332,11 @@ impl CacheNodeBuilder {
                 return Err(Error::Config(format!("{name} must be greater than zero")));
             }
         }
+        if self.sweep_every.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Config(
+                "key_set_sweep_every must be greater than zero".into(),
+            ));
+        }
         if self.bus_log_len == 0 {
             return Err(Error::Config(
                 "bus_log_len must be greater than zero".into(),
@@ -348,6 +365,7 @@ impl CacheNodeBuilder {
                 watch_keyspace: self.watch_keyspace,
             }),
             before_fill: self.before_fill,
+            sweep_every: self.sweep_every,
         })
     }
 

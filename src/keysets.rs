@@ -65,22 +65,25 @@ impl KeySets {
         self.shard(funcname, xxh3_64(redis_key.as_bytes()) % SHARDS)
     }
 
-    /// Appends the recording of `redis_key` to `pipe`; with `register`, also
-    /// the function's entry in the registry (once per process is enough).
+    /// Appends the recording of `redis_key` to `pipe`, with the function's
+    /// entry in the registry.
+    ///
+    /// The registry entry goes with every write, not once per process: Redis
+    /// may lose it (a restart without persistence, a namespace-wide
+    /// `clear_all`) while the process lives on, and a function missing from
+    /// the registry is invisible to `key_sets` and `prune_key_sets`. An
+    /// `SADD` of a present member costs O(1) in the same round trip.
     pub(crate) fn add_to_pipeline(
         &self,
         pipe: &mut redis::Pipeline,
         funcname: &str,
         redis_key: &str,
-        register: bool,
     ) {
         pipe.cmd("SADD")
             .arg(self.shard_of(funcname, redis_key))
             .arg(redis_key)
             .ignore();
-        if register {
-            pipe.cmd("SADD").arg(self.registry()).arg(funcname).ignore();
-        }
+        pipe.cmd("SADD").arg(self.registry()).arg(funcname).ignore();
     }
 
     /// Names of the functions that have key sets.
@@ -260,5 +263,60 @@ mod tests {
             .map(|i| ks.shard_of("f", &format!("app:f:f:|{i}")))
             .collect();
         assert_eq!(used.len() as u64, SHARDS);
+    }
+}
+
+/// Default period of the key-set sweep.
+pub const DEFAULT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The background sweep: every period, one instance of the namespace (the
+/// one that takes the sweep lock) prunes every function's key set of the
+/// keys that expired in Redis, so sets do not grow forever.
+pub(crate) async fn sweep_task(
+    shared: SharedLayer,
+    keysets: KeySets,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let lock = format!("{}:lock:sweep", keysets.ns);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate: skip it
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let mut conn = shared.conn();
+        // Held for most of the period, so one instance sweeps per period.
+        let ttl_ms = crate::shared::ttl_millis(every.mul_f64(0.9));
+        let took: Result<Option<String>> = shared
+            .run(
+                "sweep_lock",
+                redis::cmd("SET")
+                    .arg(&lock)
+                    .arg(uuid::Uuid::new_v4().to_string())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut conn),
+            )
+            .await;
+        if !matches!(took, Ok(Some(_))) {
+            continue;
+        }
+        let mut pruned = 0;
+        match keysets.functions(&shared).await {
+            Ok(names) => {
+                for name in names {
+                    match keysets.prune(&shared, &name).await {
+                        Ok(n) => pruned += n,
+                        Err(e) => tracing::warn!(func = %name, error = %e, "key-set sweep failed"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "key-set sweep cannot list functions"),
+        }
+        tracing::debug!(pruned, "key-set sweep done");
     }
 }

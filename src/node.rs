@@ -91,6 +91,9 @@ pub(crate) struct Inner {
     pub(crate) codec: Bincode,
     pub(crate) metrics: metrics::NodeMetrics,
     pub(crate) bus: Option<Bus>,
+    /// Stops the node's own tasks (the key-set sweep) when sent or dropped.
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shut_down: AtomicBool,
     decode_failures: AtomicU64,
 }
@@ -135,6 +138,16 @@ impl CacheNode {
                 .map(|bytes| Arc::new(LocalLayer::new(bytes)));
             (local, shared)
         };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        if let (Some(shared), Some(every)) = (&shared, config.sweep_every) {
+            tasks.push(tokio::spawn(crate::keysets::sweep_task(
+                shared.clone(),
+                crate::keysets::KeySets::new(&config.keys),
+                every,
+                stopped,
+            )));
+        }
         let bus = match (&shared, &config.bus) {
             (Some(shared), Some(bus)) => {
                 Some(Bus::start(shared.clone(), local.clone(), &config.keys, bus.clone()).await?)
@@ -149,6 +162,8 @@ impl CacheNode {
                 codec: Bincode,
                 metrics: metrics::NodeMetrics::new(),
                 bus,
+                stop,
+                tasks: std::sync::Mutex::new(tasks),
                 shut_down: AtomicBool::new(false),
                 decode_failures: AtomicU64::new(0),
             }),
@@ -631,6 +646,12 @@ impl CacheNode {
         self.inner.shut_down.store(true, Ordering::SeqCst);
         if let Some(bus) = &self.inner.bus {
             bus.shutdown().await;
+        }
+        let _ = self.inner.stop.send(true);
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            let _ = task.await;
         }
     }
 

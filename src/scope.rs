@@ -401,10 +401,10 @@ impl<A: KeyArgs + ?Sized, V: Clone + 'static> ThreadLocalFn<A, V> {
 }
 
 #[cfg(feature = "tower")]
-pub use tower_layer::{RequestScope, RequestScopeLayer};
+pub use tower_support::{RequestScope, RequestScopeLayer};
 
 #[cfg(feature = "tower")]
-mod tower_layer {
+mod tower_support {
     use std::future::Future;
     use std::pin::Pin;
     use std::task::{Context, Poll};
@@ -501,6 +501,39 @@ mod tests {
         f.call(&(1,), compute).await.unwrap();
         f.call(&(1,), compute).await.unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 4, "outside a request: no memo");
+        assert!(current().is_none());
+    }
+
+    #[cfg(feature = "tower")]
+    #[tokio::test]
+    async fn tower_layer_opens_a_request_scope() {
+        use ::tower_layer::Layer;
+        use ::tower_service::Service;
+        use std::task::{Context, Poll};
+
+        /// Answers with the path and query the scope saw.
+        struct Echo;
+        impl Service<http::Request<()>> for Echo {
+            type Response = String;
+            type Error = ();
+            type Future = std::pin::Pin<Box<dyn Future<Output = Result<String, ()>> + Send>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: http::Request<()>) -> Self::Future {
+                Box::pin(async {
+                    let ctx = current().ok_or(())?;
+                    Ok(format!("{}?{}", ctx.path(), ctx.query()))
+                })
+            }
+        }
+
+        let mut svc = RequestScopeLayer.layer(Echo);
+        let req = http::Request::builder()
+            .uri("http://h/users/7?lang=fr")
+            .body(())
+            .unwrap();
+        assert_eq!(svc.call(req).await, Ok("/users/7?lang=fr".to_string()));
         assert!(current().is_none());
     }
 }
