@@ -248,24 +248,6 @@ impl Walk {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_are_stable_and_spread() {
-        let ks = KeySets::new(&Keys::new("app").unwrap());
-        assert_eq!(ks.shard("f", 3), "app:ks:f:3");
-        assert_eq!(ks.registry(), "app:ks");
-        let a = ks.shard_of("f", "app:f:f:|abc");
-        assert_eq!(a, ks.shard_of("f", "app:f:f:|abc"));
-        let used: std::collections::HashSet<String> = (0..1000)
-            .map(|i| ks.shard_of("f", &format!("app:f:f:|{i}")))
-            .collect();
-        assert_eq!(used.len() as u64, SHARDS);
-    }
-}
-
 /// Default period of the key-set sweep.
 pub const DEFAULT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -318,5 +300,23 @@ pub(crate) async fn sweep_task(
             Err(e) => tracing::warn!(error = %e, "key-set sweep cannot list functions"),
         }
         tracing::debug!(pruned, "key-set sweep done");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        let ks = KeySets::new(&Keys::new("app").unwrap());
+        assert_eq!(ks.shard("f", 3), "app:ks:f:3");
+        assert_eq!(ks.registry(), "app:ks");
+        let a = ks.shard_of("f", "app:f:f:|abc");
+        assert_eq!(a, ks.shard_of("f", "app:f:f:|abc"));
+        let used: std::collections::HashSet<String> = (0..1000)
+            .map(|i| ks.shard_of("f", &format!("app:f:f:|{i}")))
+            .collect();
+        assert_eq!(used.len() as u64, SHARDS);
     }
 }
