@@ -30,7 +30,6 @@ pub mod key;
 use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -216,7 +215,8 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         self
     }
 
-    /// Called with the key and each freshly computed value before it is
+    /// Called with the call's Redis key (as [`CachedFn::cache_key`] gives
+    /// it) and each freshly computed value before it is
     /// cached: it may keep it, replace it or veto caching.
     pub fn on_cache_computed(
         mut self,
@@ -266,7 +266,6 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
                 node,
                 opts: self.opts,
                 group,
-                registered: AtomicBool::new(false),
                 flights: Flights::default(),
                 _types: PhantomData,
             }),
@@ -304,8 +303,6 @@ struct FnInner<A: ?Sized, V> {
     redis_prefix: String,
     ram_prefix: String,
     keysets: KeySets,
-    /// Whether this process has put the function in the key-set registry.
-    registered: AtomicBool,
     flights: Flights,
     _types: PhantomData<fn(&A) -> V>,
 }
@@ -364,10 +361,12 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
             (Prefix::Static(p), _) => Cow::Borrowed(p),
             (Prefix::Computed(f), _) => Cow::Owned(key::sanitize_prefix(f())),
             (Prefix::Dynamic(_), Some(p)) => Cow::Owned(p),
-            (Prefix::Dynamic(_), None) => return Err(Error::Config(format!(
+            (Prefix::Dynamic(_), None) => {
+                return Err(Error::Config(format!(
                 "{:?} computes its key prefix from typed arguments, which this call does not have",
                 self.inner.name
-            ))),
+            )))
+            }
         };
         let request = (o.with_request_path || o.with_query_string).then(|| {
             let ctx = crate::scope::current();
@@ -626,7 +625,7 @@ where
         let (value, cache) = match o
             .on_cache_computed
             .as_ref()
-            .map(|cb| cb(&key.ram[1..], &value))
+            .map(|cb| cb(&self.redis_key(key), &value))
         {
             None | Some(Computed::Keep) => (value, true),
             Some(Computed::Replace(v)) => (v, true),
@@ -687,16 +686,14 @@ where
             node.inner().config.max_value_bytes,
         )?;
         let redis_key = self.redis_key(key);
-        let register = !self.inner.registered.load(Ordering::Relaxed);
         let mut pipe = redis::pipe();
         crate::shared::add_set(&mut pipe, &redis_key, &bytes, ttl);
         pipe.ignore();
         self.inner
             .keysets
-            .add_to_pipeline(&mut pipe, &self.inner.name, &redis_key, register);
+            .add_to_pipeline(&mut pipe, &self.inner.name, &redis_key);
         let mut conn = shared.conn();
         shared.run::<()>("set", pipe.query_async(&mut conn)).await?;
-        self.inner.registered.store(true, Ordering::Relaxed);
         node.inner().metrics.write(Layer::Redis);
         Ok(bytes.len())
     }
