@@ -54,6 +54,9 @@ pub(crate) struct Config {
     pub(crate) bus: Option<crate::bus::BusConfig>,
     pub(crate) before_fill: Option<Hook>,
     pub(crate) sweep_every: Option<Duration>,
+    pub(crate) builder: bool,
+    pub(crate) refresh_granularity: Duration,
+    pub(crate) min_refresh_period: Duration,
 }
 
 /// Builds a [`CacheNode`] with non-default settings.
@@ -89,6 +92,9 @@ pub struct CacheNodeBuilder {
     bus_log_len: usize,
     watch_keyspace: bool,
     sweep_every: Option<Duration>,
+    builder: bool,
+    refresh_granularity: Duration,
+    min_refresh_period: Duration,
     before_fill: Option<Hook>,
 }
 
@@ -110,6 +116,9 @@ impl Default for CacheNodeBuilder {
             bus_log_len: crate::bus::DEFAULT_LOG_LEN,
             watch_keyspace: false,
             sweep_every: Some(crate::keysets::DEFAULT_SWEEP_EVERY),
+            builder: false,
+            refresh_granularity: crate::refresh::DEFAULT_REFRESH_GRANULARITY,
+            min_refresh_period: crate::refresh::DEFAULT_MIN_REFRESH_PERIOD,
             before_fill: None,
         }
     }
@@ -242,6 +251,31 @@ impl CacheNodeBuilder {
         self
     }
 
+    /// Gives this node the builder role: it consumes the build jobs of
+    /// async-compute functions (the seed's RQ `CACHE_BUILDER_QUEUE` worker).
+    /// The functions must be registered on it too (by building their
+    /// handles with [`FuncBuilder::async_compute`](crate::FuncBuilder::async_compute)).
+    pub fn builder_role(mut self, on: bool) -> Self {
+        self.builder = on;
+        self
+    }
+
+    /// How often a builder node looks for functions due for refresh (the
+    /// seed's `REFRESH_EVERY_GRANULARITY`; default
+    /// [`DEFAULT_REFRESH_GRANULARITY`](crate::refresh::DEFAULT_REFRESH_GRANULARITY)).
+    pub fn refresh_granularity(mut self, every: Duration) -> Self {
+        self.refresh_granularity = every;
+        self
+    }
+
+    /// The smallest `async_refresh_every` accepted (default
+    /// [`DEFAULT_MIN_REFRESH_PERIOD`](crate::refresh::DEFAULT_MIN_REFRESH_PERIOD),
+    /// the seed's 5 minutes); lower it for tests.
+    pub fn min_refresh_period(mut self, period: Duration) -> Self {
+        self.min_refresh_period = period;
+        self
+    }
+
     #[doc(hidden)]
     pub fn before_fill_hook(mut self, hook: FillHook) -> Self {
         self.before_fill = Some(Hook(hook));
@@ -332,6 +366,11 @@ impl CacheNodeBuilder {
                 return Err(Error::Config(format!("{name} must be greater than zero")));
             }
         }
+        if self.refresh_granularity.is_zero() {
+            return Err(Error::Config(
+                "refresh_granularity must be greater than zero".into(),
+            ));
+        }
         if self.sweep_every.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config(
                 "key_set_sweep_every must be greater than zero".into(),
@@ -366,6 +405,9 @@ impl CacheNodeBuilder {
             }),
             before_fill: self.before_fill,
             sweep_every: self.sweep_every,
+            builder: self.builder,
+            refresh_granularity: self.refresh_granularity,
+            min_refresh_period: self.min_refresh_period,
         })
     }
 

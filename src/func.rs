@@ -37,8 +37,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
 
+pub use crate::atomic::AtomicWrites;
 use crate::bus::Invalidation;
-use crate::codec;
+use crate::codec::{self, Codec};
 use crate::keysets::{KeySets, Progress, Walk};
 use crate::local::{Entry, FillTicket, Group, LocalLayer};
 use crate::metrics::Layer;
@@ -80,6 +81,26 @@ struct Options<A: ?Sized, V> {
     on_cache_computed: Option<OnComputed<V>>,
     with_request_path: bool,
     with_query_string: bool,
+    atomic: Option<AtomicWrites>,
+    lock_ttl: Duration,
+    wait_timeout: Duration,
+    /// The job timeout, when values are built asynchronously.
+    async_compute: Option<Duration>,
+    /// The registered build function, for async compute, refresh, warm-up.
+    rebuild: Option<RebuildSpec<A>>,
+    refresh_every: Option<Duration>,
+    warmup: Vec<Vec<u8>>,
+    warmup_decode: Option<WarmupDecode<A>>,
+    warmup_timeout: Duration,
+}
+
+type EncodeArgs<A> = Arc<dyn Fn(&A) -> Option<Vec<u8>> + Send + Sync>;
+type WarmupDecode<A> = Arc<dyn Fn(&[u8]) -> Option<Box<A>> + Send + Sync>;
+
+/// A function registered to build values from encoded arguments.
+struct RebuildSpec<A: ?Sized> {
+    encode: EncodeArgs<A>,
+    build: crate::jobs::JobFn,
 }
 
 /// Configures a cached function; made by [`CacheNode::func`].
@@ -113,6 +134,15 @@ impl CacheNode {
                 on_cache_computed: None,
                 with_request_path: false,
                 with_query_string: false,
+                atomic: None,
+                lock_ttl: crate::atomic::DEFAULT_LOCK_TTL,
+                wait_timeout: crate::atomic::DEFAULT_WAIT_TIMEOUT,
+                async_compute: None,
+                rebuild: None,
+                refresh_every: None,
+                warmup: Vec::new(),
+                warmup_decode: None,
+                warmup_timeout: crate::refresh::DEFAULT_WARMUP_TIMEOUT,
             },
         }
     }
@@ -239,15 +269,92 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         self
     }
 
-    /// Builds the handle.
+    /// Coordinates computation across instances (the seed's
+    /// `atomic_writes`); see [`AtomicWrites`]. Needs Redis: ignored for
+    /// RAM-only functions.
+    pub fn atomic_writes(mut self, mode: AtomicWrites) -> Self {
+        self.opts.atomic = Some(mode);
+        self
+    }
+
+    /// TTL of the [`AtomicWrites::AtMostOnce`] lock (default
+    /// [`DEFAULT_LOCK_TTL`](crate::atomic::DEFAULT_LOCK_TTL)); the holder
+    /// extends it every third of it, so this is how long a dead holder
+    /// delays the others.
+    pub fn atomic_lock_ttl(mut self, ttl: Duration) -> Self {
+        self.opts.lock_ttl = ttl;
+        self
+    }
+
+    /// How long a caller waits for another instance's
+    /// [`AtomicWrites::AtMostOnce`] computation (default
+    /// [`DEFAULT_WAIT_TIMEOUT`](crate::atomic::DEFAULT_WAIT_TIMEOUT)); past
+    /// it, the caller computes for itself and does not store the value.
+    pub fn atomic_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.wait_timeout = timeout;
+        self
+    }
+
+    /// Builds the handle, and registers its refresh and warm-up on the node.
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid function name, prefix or argument
-    /// name.
-    pub fn build(mut self) -> Result<CachedFn<A, V>> {
+    /// [`Error::Config`] for an invalid function name, prefix or option
+    /// combination (refresh or warm-up without
+    /// [`computed_by`](Self::computed_by), with request-dependent keys, or
+    /// with too short a period; `cache_none_values` with async compute).
+    pub fn build(self) -> Result<CachedFn<A, V>> {
+        let warmup_calls = self.opts.warmup.clone();
+        let handle = self.build_handle()?;
+        handle.register(warmup_calls)?;
+        Ok(handle)
+    }
+
+    fn build_handle(mut self) -> Result<CachedFn<A, V>> {
         key::check_funcname(&self.name)?;
         if let Prefix::Static(p) = &self.opts.prefix {
             key::check_prefix(p)?;
+        }
+        if self.opts.async_compute.is_some() && self.opts.cache_none_values {
+            return Err(Error::Config(format!(
+                "{:?}: cache_none_values cannot be combined with async_compute",
+                self.name
+            )));
+        }
+        let request_keys = self.opts.with_request_path || self.opts.with_query_string;
+        if request_keys && (self.opts.refresh_every.is_some() || !self.opts.warmup.is_empty()) {
+            return Err(Error::Config(format!(
+                "{:?}: refresh and warm-up cannot rebuild keys that depend on a request path or query string",
+                self.name
+            )));
+        }
+        if let Some(period) = self.opts.refresh_every {
+            let min = self.node.inner().config.min_refresh_period;
+            if period < min {
+                return Err(Error::Config(format!(
+                    "{:?}: async_refresh_every({period:?}) is below the node's minimum refresh period {min:?}",
+                    self.name
+                )));
+            }
+        }
+        if (self.opts.refresh_every.is_some() || !self.opts.warmup.is_empty())
+            && self.opts.rebuild.is_none()
+        {
+            return Err(Error::Config(format!(
+                "{:?}: refresh and warm-up need computed_by (or async_compute)",
+                self.name
+            )));
+        }
+        if self.opts.async_compute.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Config(format!(
+                "{:?}: async_compute_job_timeout must be greater than zero",
+                self.name
+            )));
+        }
+        if self.opts.lock_ttl.is_zero() || self.opts.wait_timeout.is_zero() {
+            return Err(Error::Config(format!(
+                "{:?}: atomic_lock_ttl and atomic_wait_timeout must be greater than zero",
+                self.name
+            )));
         }
         self.opts.args_mode = match (self.with_func_args, self.full_args) {
             (false, _) => ArgsMode::Ignored,
@@ -271,6 +378,130 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
             }),
         })
     }
+}
+
+impl<A, V> FuncBuilder<A, V>
+where
+    A: KeyArgs + Serialize + DeserializeOwned + Send + 'static,
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// Registers `build`, the function that computes a value from the
+    /// call's arguments, under the function's name. Refresh, warm-up and
+    /// builders of async computation run it; plain calls keep using the
+    /// closure they are given.
+    pub fn computed_by<F, Fut, E>(mut self, build: F) -> Self
+    where
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let build = Arc::new(build);
+        let limit = self.node.inner().config.max_value_bytes;
+        let job: crate::jobs::JobFn = Arc::new(move |args: Vec<u8>, ttl_ms: u64| {
+            let build = build.clone();
+            Box::pin(async move {
+                let args: A = crate::codec::Bincode
+                    .decode(&args, limit)
+                    .map_err(|e| format!("arguments do not decode: {e}"))?;
+                let value = build(args).await.map_err(|e| e.to_string())?;
+                let expires_at_ms = if ttl_ms == 0 {
+                    0
+                } else {
+                    unix_millis().saturating_add(ttl_ms)
+                };
+                codec::seal(&crate::codec::Bincode, &value, expires_at_ms, limit)
+                    .map_err(|e| e.to_string())
+            })
+        });
+        self.node.inner().jobs.register(&self.name, job.clone());
+        self.opts.rebuild = Some(RebuildSpec {
+            encode: Arc::new(|a: &A| {
+                let mut out = Vec::new();
+                crate::codec::Bincode.encode_into(a, &mut out).ok()?;
+                Some(out)
+            }),
+            build: job,
+        });
+        self
+    }
+
+    /// Builds values in the background (the seed's `async_compute`): a
+    /// lookup of a cold key with [`CachedFn::get_or_build`] enqueues a build
+    /// job and answers [`Lookup::BeingBuilt`] at once; a node with the
+    /// [builder role](crate::CacheNodeBuilder::builder_role) runs `build`
+    /// with the call's arguments and stores the value. `build` is registered
+    /// on this node under the function's name: every builder node must build
+    /// this handle too.
+    pub fn async_compute<F, Fut, E>(mut self, build: F) -> Self
+    where
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.opts
+            .async_compute
+            .get_or_insert(crate::jobs::DEFAULT_JOB_TIMEOUT);
+        self.computed_by(build)
+    }
+
+    /// Recomputes every value of the function in the background every
+    /// `period` (the seed's `async_refresh_every`), on one builder instance
+    /// per period; readers keep the old value until the new one is written.
+    /// Needs [`computed_by`](Self::computed_by) (or `async_compute`), a
+    /// period of at least the node's
+    /// [`min_refresh_period`](crate::CacheNodeBuilder::min_refresh_period),
+    /// and no request path or query string in keys. Values whose arguments
+    /// are known are refreshed: those written by calls of this handle,
+    /// build jobs and warm-up.
+    pub fn async_refresh_every(mut self, period: Duration) -> Self {
+        self.opts.refresh_every = Some(period);
+        self
+    }
+
+    /// Computes the values of these calls when
+    /// [`CacheNode::warm_up`] runs (the seed's `warmup_on_startup`). Needs
+    /// [`computed_by`](Self::computed_by) and no request path or query
+    /// string in keys.
+    pub fn warmup_on_startup(mut self, calls: impl IntoIterator<Item = A>) -> Self {
+        self.opts.warmup_decode = Some(Arc::new(|bytes: &[u8]| {
+            crate::codec::Bincode
+                .decode::<A>(bytes, usize::MAX)
+                .ok()
+                .map(Box::new)
+        }));
+        for a in calls {
+            let mut out = Vec::new();
+            if crate::codec::Bincode.encode_into(&a, &mut out).is_ok() {
+                self.opts.warmup.push(out);
+            }
+        }
+        self
+    }
+
+    /// Bounds this function's warm-up (default
+    /// [`DEFAULT_WARMUP_TIMEOUT`](crate::refresh::DEFAULT_WARMUP_TIMEOUT)).
+    pub fn warmup_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.warmup_timeout = timeout;
+        self
+    }
+
+    /// How long a build job may run before another builder takes it over
+    /// (the seed's `async_compute_job_timeout`; default
+    /// [`DEFAULT_JOB_TIMEOUT`](crate::jobs::DEFAULT_JOB_TIMEOUT)).
+    pub fn async_compute_job_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.async_compute = Some(timeout);
+        self
+    }
+}
+
+/// The answer of [`CachedFn::get_or_build`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<V> {
+    /// The value.
+    Ready(V),
+    /// Not cached yet: a build job is queued or running (the seed's
+    /// `AsyncValueBeingBuiltException`). Ask again later.
+    BeingBuilt,
 }
 
 /// A cached function: a cheap `Clone` handle.
@@ -315,6 +546,9 @@ pub struct Prepared(Option<CallKey>);
 /// The keys of one call.
 #[derive(Debug)]
 struct CallKey {
+    /// The call's encoded arguments, kept beside the value when the
+    /// function is refreshed (so the value can be rebuilt).
+    args_record: Option<Vec<u8>>,
     /// The part after `{ns}:f:{name}:` (or `\0f{name}:` in RAM).
     suffix: String,
     ram: String,
@@ -345,7 +579,16 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
             Prefix::Dynamic(f) => Some(key::sanitize_prefix(f(args))),
             _ => None,
         };
-        self.key_from(args, prefix)
+        let mut key = self.key_from(args, prefix)?;
+        if self.inner.opts.refresh_every.is_some() {
+            key.args_record = self
+                .inner
+                .opts
+                .rebuild
+                .as_ref()
+                .and_then(|r| (r.encode)(args));
+        }
+        Ok(key)
     }
 
     /// Builds a call's key from any arguments object; `dynamic_prefix` is
@@ -388,7 +631,49 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
             &o.ignore,
         );
         let ram = format!("{}{suffix}", self.inner.ram_prefix);
-        Ok(CallKey { suffix, ram })
+        Ok(CallKey {
+            args_record: None,
+            suffix,
+            ram,
+        })
+    }
+
+    /// Registers refresh and warm-up with the node.
+    fn register(&self, warmup_calls: Vec<Vec<u8>>) -> Result<()> {
+        let inner = &self.inner;
+        let o = &inner.opts;
+        let Some(spec) = &o.rebuild else {
+            return Ok(()); // build_handle refused refresh/warm-up without it
+        };
+        if o.refresh_every.is_none() && warmup_calls.is_empty() {
+            return Ok(());
+        }
+        let rebuild = crate::refresh::Rebuild {
+            func: inner.name.clone(),
+            build: spec.build.clone(),
+            ttl: self.ttl(),
+            ram_prefix: inner.ram_prefix.clone(),
+            redis_prefix: inner.redis_prefix.clone(),
+        };
+        let registry = &inner.node.inner().refresh;
+        if let Some(period) = o.refresh_every {
+            registry.add_refresh(period, rebuild.clone());
+        }
+        if let (false, Some(decode)) = (warmup_calls.is_empty(), &o.warmup_decode) {
+            let mut calls = Vec::new();
+            for bytes in warmup_calls {
+                let args = decode(&bytes)
+                    .ok_or_else(|| Error::Encode("warm-up arguments do not decode".into()))?;
+                let key = self.key(&args)?;
+                calls.push((self.redis_key(&key), bytes));
+            }
+            registry.add_warmup(crate::refresh::Warmup {
+                rebuild,
+                calls,
+                timeout: o.warmup_timeout,
+            });
+        }
+        Ok(())
     }
 
     fn redis_key(&self, key: &CallKey) -> String {
@@ -582,12 +867,69 @@ where
             }
             return Ok(V::clone(&v));
         }
-        let value = compute().await?;
-        let value = self.store(&key, value, ticket).await;
+        let value = match self.inner.opts.atomic {
+            None => {
+                self.store(&key, compute().await?, ticket, Write::Plain)
+                    .await
+            }
+            Some(AtomicWrites::AtLeastOnce) => {
+                let started = unix_micros();
+                self.store(&key, compute().await?, ticket, Write::IfNewer(started))
+                    .await
+            }
+            Some(AtomicWrites::AtMostOnce) => self.at_most_once(&key, ticket, compute).await?,
+        };
         if let Some(l) = leader {
             l.finish(Some(value.clone()));
         }
         Ok(V::clone(&value))
+    }
+
+    /// The value of the call if cached; otherwise queues a build job (once
+    /// per key at a time) and answers [`Lookup::BeingBuilt`] at once.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the function was not built with
+    /// [`FuncBuilder::async_compute`]; [`Error::NoSharedLayer`] without
+    /// Redis; Redis errors when the job cannot be queued.
+    pub async fn get_or_build(&self, args: &A) -> Result<Lookup<V>>
+    where
+        A: Serialize + Sized,
+    {
+        let Some(timeout) = self.inner.opts.async_compute else {
+            return Err(Error::Config(format!(
+                "{:?} was not built with async_compute",
+                self.inner.name
+            )));
+        };
+        let node = &self.inner.node;
+        node.check_open()?;
+        let key = self.key(args)?;
+        let ram = node.ram();
+        if let Some(v) = ram.and_then(|l| l.get_typed::<V>(&key.ram)) {
+            node.inner().metrics.hit(Layer::Ram);
+            return Ok(Lookup::Ready(V::clone(&v)));
+        }
+        let shared = node
+            .redis("get_or_build")?
+            .ok_or(Error::NoSharedLayer { op: "get_or_build" })?;
+        if let Some(v) = self.read_redis(&key, ram.map(LocalLayer::ticket)).await {
+            return Ok(Lookup::Ready(V::clone(&v)));
+        }
+        let mut encoded = Vec::new();
+        crate::codec::Bincode
+            .encode_into(args, &mut encoded)
+            .map_err(Error::Encode)?;
+        let job = crate::jobs::Job {
+            func: self.inner.name.clone(),
+            record_args: self.inner.opts.refresh_every.is_some(),
+            args: encoded,
+            redis_key: self.redis_key(&key),
+            ttl_ms: self.ttl().map_or(0, crate::shared::ttl_millis),
+            timeout_ms: crate::shared::ttl_millis(timeout),
+        };
+        crate::jobs::enqueue(shared, node.namespace(), &job).await?;
+        Ok(Lookup::BeingBuilt)
     }
 
     /// Reads and decodes the Redis copy, filling RAM; `None` on a miss or
@@ -619,8 +961,73 @@ where
         Some(value)
     }
 
+    /// Computes under the key's lock, or waits for the instance that holds
+    /// it (see [`AtomicWrites::AtMostOnce`]).
+    async fn at_most_once<F, Fut, E>(
+        &self,
+        key: &CallKey,
+        ticket: Option<FillTicket>,
+        compute: F,
+    ) -> Result<Arc<V>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let o = &self.inner.opts;
+        let Ok(Some(shared)) = self.inner.node.redis("call") else {
+            return Ok(self
+                .store(key, compute().await?, ticket, Write::Plain)
+                .await);
+        };
+        let redis_key = self.redis_key(key);
+        let deadline = tokio::time::Instant::now() + o.wait_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match crate::atomic::try_lock(shared, &redis_key, o.lock_ttl).await {
+                Ok(Some(lock)) => {
+                    // The value may have landed between our miss and the lock.
+                    if let Some(v) = self.read_redis(key, ticket).await {
+                        lock.release().await;
+                        return Ok(v);
+                    }
+                    // On an error the guard drops and releases the lock.
+                    let value = compute().await?;
+                    let value = self.store(key, value, ticket, Write::Held(&lock)).await;
+                    lock.release().await;
+                    return Ok(value);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(func = %self.inner.name, error = %e, "cannot take the compute lock; computing");
+                    return Ok(self
+                        .store(key, compute().await?, ticket, Write::Plain)
+                        .await);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    func = %self.inner.name,
+                    waited = ?o.wait_timeout,
+                    "another instance's computation did not finish in time; computing without storing"
+                );
+                return Ok(Arc::new(compute().await?));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+            if let Some(v) = self.read_redis(key, ticket).await {
+                return Ok(v);
+            }
+        }
+    }
+
     /// Applies the caching rules to a computed value and stores it.
-    async fn store(&self, key: &CallKey, value: V, ticket: Option<FillTicket>) -> Arc<V> {
+    async fn store(
+        &self,
+        key: &CallKey,
+        value: V,
+        ticket: Option<FillTicket>,
+        write: Write<'_>,
+    ) -> Arc<V> {
         let o = &self.inner.opts;
         let (value, cache) = match o
             .on_cache_computed
@@ -647,8 +1054,11 @@ where
         let ttl = self.ttl();
         let mut size = None;
         if let Ok(Some(shared)) = node.redis("call") {
-            match self.write_redis(shared, key, &value, ttl).await {
-                Ok(len) => size = Some(len),
+            match self.write_redis(shared, key, &value, ttl, write).await {
+                Ok(Some(len)) => size = Some(len),
+                // Refused: a newer value is stored, or our lock expired and
+                // someone else may have written. Do not keep ours in RAM.
+                Ok(None) => return value,
                 Err(e) => {
                     tracing::warn!(func = %self.inner.name, error = %e, "cannot store computed value in Redis");
                 }
@@ -667,14 +1077,16 @@ where
         value
     }
 
-    /// `SET` the value and record its key in the key set, in one round trip.
+    /// Writes the value and records its key in the key set, in one round
+    /// trip. `Ok(None)` when a conditional write was refused.
     async fn write_redis(
         &self,
         shared: &crate::shared::SharedLayer,
         key: &CallKey,
         value: &V,
         ttl: Option<Duration>,
-    ) -> Result<usize> {
+        write: Write<'_>,
+    ) -> Result<Option<usize>> {
         let node = &self.inner.node;
         let expires_at_ms = ttl.map_or(0, |t| {
             unix_millis().saturating_add(crate::shared::ttl_millis(t))
@@ -687,15 +1099,33 @@ where
         )?;
         let redis_key = self.redis_key(key);
         let mut pipe = redis::pipe();
-        crate::shared::add_set(&mut pipe, &redis_key, &bytes, ttl);
-        pipe.ignore();
+        match write {
+            Write::Plain => crate::shared::add_set(&mut pipe, &redis_key, &bytes, ttl),
+            Write::Held(lock) => lock.add_write(&mut pipe, &redis_key, &bytes, ttl),
+            Write::IfNewer(version) => {
+                crate::atomic::add_write_if_newer(&mut pipe, &redis_key, &bytes, ttl, version)
+            }
+        }
         self.inner
             .keysets
             .add_to_pipeline(&mut pipe, &self.inner.name, &redis_key);
+        if let Some(args) = &key.args_record {
+            crate::refresh::add_args_record(
+                &mut pipe,
+                node.namespace(),
+                &self.inner.name,
+                &redis_key,
+                args,
+            );
+        }
         let mut conn = shared.conn();
-        shared.run::<()>("set", pipe.query_async(&mut conn)).await?;
+        let (written,): (redis::Value,) = shared.run("set", pipe.query_async(&mut conn)).await?;
+        if matches!(written, redis::Value::Int(0)) {
+            tracing::debug!(func = %self.inner.name, "conditional write refused");
+            return Ok(None);
+        }
         node.inner().metrics.write(Layer::Redis);
-        Ok(bytes.len())
+        Ok(Some(bytes.len()))
     }
 }
 
@@ -720,6 +1150,24 @@ where
         let key = self.key_from(args, None)?;
         self.clear_key(key).await
     }
+}
+
+/// How a computed value is written to Redis.
+#[derive(Clone, Copy)]
+enum Write<'a> {
+    /// Unconditionally.
+    Plain,
+    /// Only while this lock is held (at most once).
+    Held(&'a crate::atomic::LockGuard),
+    /// Only if no value from a later computation (start time, Unix µs) is
+    /// stored (at least once).
+    IfNewer(u64),
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn capped(ttl: Option<Duration>, cap: Option<Duration>) -> Option<Duration> {

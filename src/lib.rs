@@ -47,29 +47,34 @@
 //! * [`config`]: the builder and the environment variables.
 #![deny(missing_docs)]
 
+pub mod atomic;
 pub mod bus;
 pub mod codec;
 pub mod config;
 mod error;
 pub mod func;
+pub mod jobs;
 mod keys;
 pub mod keysets;
 mod local;
 pub mod metrics;
 pub mod node;
+pub mod refresh;
 pub mod scope;
 mod shared;
 mod singleflight;
 mod ttl;
 
+pub use atomic::AtomicWrites;
 pub use bus::{BusHealth, Invalidation};
 pub use codec::{Bincode, Codec};
 pub use config::CacheNodeBuilder;
 pub use error::{Error, Result};
 pub use func::key::{Args, ArgsWriter, KeyArgs};
-pub use func::{BackgroundClear, CachedFn, ClearSome, Computed, FuncBuilder};
+pub use func::{BackgroundClear, CachedFn, ClearSome, Computed, FuncBuilder, Lookup};
 pub use keysets::Progress;
 pub use node::{global_node, CacheNode, Layers, NodeStats};
+pub use refresh::WarmupReport;
 pub use scope::{MemoryFn, OwnerToken, RequestCached, RequestContext, ThreadLocalFn};
 pub use ttl::Ttl;
 

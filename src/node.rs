@@ -91,6 +91,10 @@ pub(crate) struct Inner {
     pub(crate) codec: Bincode,
     pub(crate) metrics: metrics::NodeMetrics,
     pub(crate) bus: Option<Bus>,
+    /// Build functions of async-compute cached functions, by name.
+    pub(crate) jobs: Arc<crate::jobs::Registry>,
+    /// Functions to refresh and warm up.
+    pub(crate) refresh: crate::refresh::Registry,
     /// Stops the node's own tasks (the key-set sweep) when sent or dropped.
     stop: tokio::sync::watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -148,13 +152,25 @@ impl CacheNode {
                 stopped,
             )));
         }
+        let jobs = Arc::new(crate::jobs::Registry::default());
+        if let (Some(shared), true) = (&shared, config.builder) {
+            tasks.push(tokio::spawn(crate::jobs::builder_task(
+                shared.clone(),
+                jobs.clone(),
+                crate::keysets::KeySets::new(&config.keys),
+                config.keys.namespace().to_owned(),
+                stop.subscribe(),
+            )));
+        }
         let bus = match (&shared, &config.bus) {
             (Some(shared), Some(bus)) => {
                 Some(Bus::start(shared.clone(), local.clone(), &config.keys, bus.clone()).await?)
             }
             _ => None,
         };
-        Ok(CacheNode {
+        let refresh_on = shared.is_some() && config.builder;
+        let granularity = config.refresh_granularity;
+        let node = CacheNode {
             inner: Arc::new(Inner {
                 config,
                 local,
@@ -162,11 +178,34 @@ impl CacheNode {
                 codec: Bincode,
                 metrics: metrics::NodeMetrics::new(),
                 bus,
+                jobs,
+                refresh: crate::refresh::Registry::default(),
                 stop,
                 tasks: std::sync::Mutex::new(tasks),
                 shut_down: AtomicBool::new(false),
                 decode_failures: AtomicU64::new(0),
             }),
+            layers: Layers::Both,
+        };
+        if refresh_on {
+            let task = tokio::spawn(crate::refresh::refresh_task(
+                Arc::downgrade(&node.inner),
+                granularity,
+                node.inner.stop.subscribe(),
+            ));
+            node.inner
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(task);
+        }
+        Ok(node)
+    }
+
+    /// A handle from a weak reference, while the node lives.
+    pub(crate) fn from_weak(inner: &std::sync::Weak<Inner>) -> Option<CacheNode> {
+        Some(CacheNode {
+            inner: inner.upgrade()?,
             layers: Layers::Both,
         })
     }

@@ -1,0 +1,251 @@
+//! Atomic writes across instances: a Redis lock per key for at-most-once
+//! computation, and versioned writes for at-least-once.
+//!
+//! Keys written together by one script share a slot in Redis Cluster: the
+//! lock of value key `K` is `{K}:lock` and its version `{K}:ver`, whose hash
+//! tag is `K` itself (value keys contain no braces), so they hash like `K`.
+//!
+//! * **At most once.** The first instance to `SET {K}:lock <token> NX PX`
+//!   computes; a keep-alive task extends the lock while it runs. Its value is
+//!   written by a script that checks the lock still holds its token: a
+//!   writer whose lock expired (it stalled, or was cut off) cannot overwrite
+//!   what a later holder wrote. The lock is released by compare-and-delete.
+//! * **At least once.** Every instance may compute; each write carries the
+//!   time its computation started and a script refuses it when a value from
+//!   a later computation is already stored, so a stored value never goes
+//!   back in time.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::shared::{ttl_millis, SharedLayer};
+use crate::Result;
+
+/// How a cached function's computation is coordinated across instances
+/// (the seed's `atomic_writes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtomicWrites {
+    /// Across all instances, the function runs at most once per key and
+    /// expiry period; other callers wait (bounded) for the value. If the
+    /// holder dies mid-computation, another instance computes once its lock
+    /// expires (the lock TTL after its last keep-alive). A Redis restart
+    /// loses locks: a computation running then may be repeated once.
+    AtMostOnce,
+    /// At least one instance computes; several may, and the stored value is
+    /// never older (by computation start) than one already stored.
+    AtLeastOnce,
+}
+
+/// Default lock TTL; the holder extends it every third of it.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
+
+/// Default bound on how long a caller waits for another instance's value.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+const EXTEND: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+/// `KEYS`: lock, value. `ARGV`: token, bytes, ttl ms (0: none).
+const WRITE_IF_HELD: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return 1
+"#;
+
+/// `KEYS`: value, version. `ARGV`: bytes, ttl ms (0: none), version.
+const WRITE_IF_NEWER: &str = r#"
+local cur = redis.call('GET', KEYS[2])
+if cur and tonumber(cur) > tonumber(ARGV[3]) then
+  return 0
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return 1
+"#;
+
+pub(crate) fn lock_key(value_key: &str) -> String {
+    format!("{{{value_key}}}:lock")
+}
+
+fn version_key(value_key: &str) -> String {
+    format!("{{{value_key}}}:ver")
+}
+
+/// A held lock on one value key. Dropping it stops the keep-alive and
+/// releases the lock in the background; [`release`](Self::release) waits.
+pub(crate) struct LockGuard {
+    shared: SharedLayer,
+    key: String,
+    token: String,
+    keepalive: Option<JoinHandle<()>>,
+}
+
+/// Tries to take the lock of `value_key` for `ttl`.
+pub(crate) async fn try_lock(
+    shared: &SharedLayer,
+    value_key: &str,
+    ttl: Duration,
+) -> Result<Option<LockGuard>> {
+    let key = lock_key(value_key);
+    let token = uuid::Uuid::new_v4().to_string();
+    let mut conn = shared.conn();
+    let took: Option<String> = shared
+        .run(
+            "lock",
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_millis(ttl))
+                .query_async(&mut conn),
+        )
+        .await?;
+    if took.is_none() {
+        return Ok(None);
+    }
+    let keepalive = {
+        let (shared, key, token) = (shared.clone(), key.clone(), token.clone());
+        tokio::spawn(async move {
+            let script = redis::Script::new(EXTEND);
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let mut conn = shared.conn();
+                let mut call = script.prepare_invoke();
+                call.key(&key).arg(&token).arg(ttl_millis(ttl));
+                match shared
+                    .run("lock_extend", call.invoke_async::<i64>(&mut conn))
+                    .await
+                {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        tracing::warn!("lock lost while computing; its value will not be written");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot extend lock"),
+                }
+            }
+        })
+    };
+    Ok(Some(LockGuard {
+        shared: shared.clone(),
+        key,
+        token,
+        keepalive: Some(keepalive),
+    }))
+}
+
+impl LockGuard {
+    /// Appends to `pipe` the write of `bytes` to `value_key`, done only if
+    /// this lock is still held.
+    pub(crate) fn add_write(
+        &self,
+        pipe: &mut redis::Pipeline,
+        value_key: &str,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+    ) {
+        pipe.cmd("EVAL")
+            .arg(WRITE_IF_HELD)
+            .arg(2)
+            .arg(&self.key)
+            .arg(value_key)
+            .arg(&self.token)
+            .arg(bytes)
+            .arg(ttl.map_or(0, ttl_millis));
+    }
+
+    /// Releases the lock (if still ours) and stops the keep-alive.
+    pub(crate) async fn release(mut self) {
+        self.stop_keepalive();
+        let _ = release(&self.shared, &self.key, &self.token).await;
+        self.token.clear(); // released: Drop has nothing to do
+    }
+
+    fn stop_keepalive(&mut self) {
+        if let Some(k) = self.keepalive.take() {
+            k.abort();
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.stop_keepalive();
+        if self.token.is_empty() {
+            return;
+        }
+        // Dropped mid-computation (the caller's future was cancelled): give
+        // the lock back so another instance need not wait for it to expire.
+        let (shared, key, token) = (self.shared.clone(), self.key.clone(), self.token.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = release(&shared, &key, &token).await;
+            });
+        }
+    }
+}
+
+async fn release(shared: &SharedLayer, key: &str, token: &str) -> Result<()> {
+    let mut conn = shared.conn();
+    let script = redis::Script::new(RELEASE);
+    let mut call = script.prepare_invoke();
+    call.key(key).arg(token);
+    shared
+        .run("unlock", call.invoke_async::<i64>(&mut conn))
+        .await
+        .map(|_| ())
+}
+
+/// Appends to `pipe` the write of `bytes` to `value_key` unless a value from
+/// a computation started after `version` (Unix µs) is already stored.
+pub(crate) fn add_write_if_newer(
+    pipe: &mut redis::Pipeline,
+    value_key: &str,
+    bytes: &[u8],
+    ttl: Option<Duration>,
+    version: u64,
+) {
+    pipe.cmd("EVAL")
+        .arg(WRITE_IF_NEWER)
+        .arg(2)
+        .arg(value_key)
+        .arg(version_key(value_key))
+        .arg(bytes)
+        .arg(ttl.map_or(0, ttl_millis))
+        .arg(version);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_and_version_keys_hash_like_the_value_key() {
+        assert_eq!(lock_key("ns:f:g:|ab"), "{ns:f:g:|ab}:lock");
+        assert_eq!(version_key("ns:f:g:|ab"), "{ns:f:g:|ab}:ver");
+    }
+}

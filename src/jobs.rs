@@ -1,0 +1,360 @@
+//! Async computation (the seed's `async_compute` with its RQ builder queue):
+//! a call on a cold key enqueues a *build job* and returns at once; builder
+//! nodes consume the jobs and write the values.
+//!
+//! * Jobs live in the Redis stream `{ns}:jobs`, read by the consumer group
+//!   `builders`. A job whose builder died is claimed again by another one
+//!   with `XAUTOCLAIM` once it has been idle for its timeout.
+//! * A job is enqueued once per key at a time (a `{K}:job` marker set with
+//!   `NX` for the job timeout) and built under the key's lock (see
+//!   [`atomic`](crate::atomic)), so it is never built twice at once: a
+//!   builder that cannot take the lock leaves the job pending.
+//! * Functions are registered by name on every node that builds them; a job
+//!   is a name, the encoded arguments, the value's key and its TTL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{Bincode, Codec};
+use crate::keysets::KeySets;
+use crate::shared::SharedLayer;
+use crate::{Error, Result};
+
+/// Default job timeout: a job idle this long is claimed by another builder.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Jobs the stream keeps at most (approximately).
+const MAX_JOBS: usize = 100_000;
+
+/// A stream entry: id and flat field/value list.
+type Entry = (String, Vec<Vec<u8>>);
+
+/// The consumer group of builders.
+const GROUP: &str = "builders";
+
+/// Builds a value from encoded arguments; returns the sealed value for a
+/// TTL in ms (0: never), or why it failed.
+pub(crate) type JobFn = Arc<
+    dyn Fn(Vec<u8>, u64) -> BoxFuture<'static, std::result::Result<Vec<u8>, String>> + Send + Sync,
+>;
+
+/// The build functions a node knows, by name.
+#[derive(Default)]
+pub(crate) struct Registry {
+    fns: Mutex<HashMap<String, JobFn>>,
+}
+
+impl Registry {
+    pub(crate) fn register(&self, name: &str, f: JobFn) {
+        self.fns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), f);
+    }
+
+    fn get(&self, name: &str) -> Option<JobFn> {
+        self.fns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+/// One build job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Job {
+    pub(crate) func: String,
+    /// Keep the arguments beside the value (the function is refreshed).
+    pub(crate) record_args: bool,
+    pub(crate) args: Vec<u8>,
+    pub(crate) redis_key: String,
+    pub(crate) ttl_ms: u64,
+    pub(crate) timeout_ms: u64,
+}
+
+const JOB_VERSION: u8 = 1;
+
+fn encode(job: &Job) -> Result<Vec<u8>> {
+    let mut out = vec![JOB_VERSION];
+    Bincode.encode_into(job, &mut out).map_err(Error::Encode)?;
+    Ok(out)
+}
+
+fn decode(bytes: &[u8]) -> Option<Job> {
+    match bytes.split_first() {
+        Some((&JOB_VERSION, rest)) => Bincode.decode(rest, 64 << 20).ok(),
+        _ => None,
+    }
+}
+
+pub(crate) fn stream_key(ns: &str) -> String {
+    format!("{ns}:jobs")
+}
+
+fn marker_key(value_key: &str) -> String {
+    format!("{{{value_key}}}:job")
+}
+
+/// Enqueues `job` unless one for the same key is pending. Returns whether
+/// it was enqueued.
+pub(crate) async fn enqueue(shared: &SharedLayer, ns: &str, job: &Job) -> Result<bool> {
+    let mut conn = shared.conn();
+    let fresh: Option<String> = shared
+        .run(
+            "job_enqueue",
+            redis::cmd("SET")
+                .arg(marker_key(&job.redis_key))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(job.timeout_ms.max(1))
+                .query_async(&mut conn),
+        )
+        .await?;
+    if fresh.is_none() {
+        return Ok(false);
+    }
+    let _: String = shared
+        .run(
+            "job_enqueue",
+            redis::cmd("XADD")
+                .arg(stream_key(ns))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(MAX_JOBS)
+                .arg("*")
+                .arg("j")
+                .arg(encode(job)?)
+                .query_async(&mut conn),
+        )
+        .await?;
+    Ok(true)
+}
+
+/// The builder loop of a node started with the builder role.
+pub(crate) async fn builder_task(
+    shared: SharedLayer,
+    registry: Arc<Registry>,
+    keysets: KeySets,
+    ns: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let stream = stream_key(&ns);
+    let consumer = uuid::Uuid::new_v4().to_string();
+    let mut backoff = Duration::from_millis(100);
+    // A connection of its own: XREADGROUP BLOCK would hold up the node's
+    // shared, multiplexed connection.
+    let mut conn = loop {
+        let connecting = shared.client().get_multiplexed_async_connection();
+        tokio::select! {
+            _ = stop.changed() => return,
+            c = tokio::time::timeout(shared.op_timeout(), connecting) => match c {
+                Ok(Ok(c)) => break c,
+                _ => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    };
+    let group: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = group {
+        if !e.to_string().contains("BUSYGROUP") {
+            tracing::warn!(error = %e, "cannot create the builders' consumer group");
+        }
+    }
+    let mut reclaim_at = tokio::time::Instant::now();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+        if tokio::time::Instant::now() >= reclaim_at {
+            reclaim_at = tokio::time::Instant::now() + Duration::from_secs(1);
+            // Jobs idle for more than the smallest sensible timeout; each
+            // job's own timeout is checked before it is built again.
+            let claimed: redis::RedisResult<(String, Vec<Entry>, Vec<String>)> =
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&consumer)
+                    .arg(1000)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(10)
+                    .query_async(&mut conn)
+                    .await;
+            if let Ok((_, claimed, _)) = claimed {
+                entries.extend(claimed.into_iter().filter_map(field_j));
+            }
+        }
+        if entries.is_empty() {
+            let mut xread = redis::cmd("XREADGROUP");
+            xread
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">");
+            let read = tokio::select! {
+                _ = stop.changed() => return,
+                r = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    xread.query_async::<Option<Vec<(String, Vec<Entry>)>>>(&mut conn),
+                ) => r,
+            };
+            match read {
+                Ok(Ok(Some(streams))) => {
+                    for (_, items) in streams {
+                        entries.extend(items.into_iter().filter_map(field_j));
+                    }
+                }
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "builder cannot read jobs");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(_) => continue,
+            }
+        }
+        for (id, bytes) in entries {
+            build_one(&ns, &shared, &registry, &keysets, &stream, &id, &bytes).await;
+        }
+    }
+}
+
+fn field_j((id, fields): Entry) -> Option<(String, Vec<u8>)> {
+    let value = fields
+        .chunks(2)
+        .find(|f| f.first().map(Vec::as_slice) == Some(b"j"))
+        .and_then(|f| f.get(1).cloned())
+        .unwrap_or_default();
+    Some((id, value))
+}
+
+async fn ack(shared: &SharedLayer, stream: &str, id: &str) {
+    let mut pipe = redis::pipe();
+    pipe.cmd("XACK").arg(stream).arg(GROUP).arg(id).ignore();
+    pipe.cmd("XDEL").arg(stream).arg(id).ignore();
+    let mut conn = shared.conn();
+    if let Err(e) = shared
+        .run("job_ack", pipe.query_async::<()>(&mut conn))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot acknowledge a build job");
+    }
+}
+
+async fn build_one(
+    ns: &str,
+    shared: &SharedLayer,
+    registry: &Registry,
+    keysets: &KeySets,
+    stream: &str,
+    id: &str,
+    bytes: &[u8],
+) {
+    let Some(job) = decode(bytes) else {
+        tracing::warn!(id, "malformed build job dropped");
+        ack(shared, stream, id).await;
+        return;
+    };
+    let Some(f) = registry.get(&job.func) else {
+        tracing::warn!(func = %job.func, "no build function registered under this name; job dropped");
+        ack(shared, stream, id).await;
+        return;
+    };
+    let timeout = Duration::from_millis(job.timeout_ms.max(1));
+    let lock = match crate::atomic::try_lock(shared, &job.redis_key, timeout).await {
+        Ok(Some(lock)) => lock,
+        // Being built elsewhere (or Redis is failing): leave it pending.
+        _ => return,
+    };
+    let built = tokio::time::timeout(timeout, f(job.args.clone(), job.ttl_ms)).await;
+    match built {
+        Ok(Ok(sealed)) => {
+            let ttl = (job.ttl_ms > 0).then(|| Duration::from_millis(job.ttl_ms));
+            let mut pipe = redis::pipe();
+            lock.add_write(&mut pipe, &job.redis_key, &sealed, ttl);
+            pipe.ignore();
+            keysets.add_to_pipeline(&mut pipe, &job.func, &job.redis_key);
+            if job.record_args {
+                crate::refresh::add_args_record(
+                    &mut pipe,
+                    ns,
+                    &job.func,
+                    &job.redis_key,
+                    &job.args,
+                );
+            }
+            pipe.cmd("DEL").arg(marker_key(&job.redis_key)).ignore();
+            let mut conn = shared.conn();
+            match shared
+                .run("job_write", pipe.query_async::<()>(&mut conn))
+                .await
+            {
+                Ok(()) => ack(shared, stream, id).await,
+                Err(e) => {
+                    tracing::warn!(func = %job.func, error = %e, "cannot store a built value")
+                }
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(func = %job.func, error = %e, "build job failed; dropped");
+            let mut conn = shared.conn();
+            let _ = shared
+                .run(
+                    "job_ack",
+                    redis::cmd("DEL")
+                        .arg(marker_key(&job.redis_key))
+                        .query_async::<()>(&mut conn),
+                )
+                .await;
+            ack(shared, stream, id).await;
+        }
+        Err(_) => {
+            tracing::warn!(func = %job.func, "build job timed out; another builder will retry")
+        }
+    }
+    lock.release().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_roundtrip_and_garbage_is_refused() {
+        let job = Job {
+            func: "report".into(),
+            record_args: false,
+            args: vec![1, 2],
+            redis_key: "ns:f:report:|x".into(),
+            ttl_ms: 1000,
+            timeout_ms: 5000,
+        };
+        assert_eq!(decode(&encode(&job).unwrap()), Some(job));
+        assert_eq!(decode(b""), None);
+        assert_eq!(decode(b"\x01garbage"), None);
+        assert_eq!(decode(b"\x07x"), None);
+        assert_eq!(marker_key("k"), "{k}:job");
+    }
+}

@@ -1,0 +1,327 @@
+//! Periodic refresh and warm-up of cached functions (the seed's
+//! `async_refresh_every` and `warmup_on_startup`).
+//!
+//! Both run a function's registered build function (see
+//! [`FuncBuilder::computed_by`](crate::FuncBuilder::computed_by)) and write
+//! the value like any write: Redis value, key-set entry, the call's encoded
+//! arguments (in the hash `{ns}:args:{func}`, so the value can be rebuilt
+//! later), and a bus invalidation so no instance keeps the old value in RAM.
+//!
+//! * **Refresh.** On nodes with the builder role, a task wakes every
+//!   *granularity* (the seed's `REFRESH_EVERY_GRANULARITY`) and, for each
+//!   function due (its last run, kept in Redis in `{ns}:refresh:last`, is
+//!   older than its period), takes the function's refresh lock so one
+//!   instance per period rebuilds every key of its key set. Readers keep
+//!   the old value until the new one is written (stale-while-revalidate).
+//! * **Warm-up.** [`CacheNode::warm_up`] computes the values marked for
+//!   warm-up, each function bounded by its timeout; it never hangs past
+//!   the timeouts and reports what did not finish.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::bus::Invalidation;
+use crate::jobs::JobFn;
+use crate::keysets::{KeySets, PAGE};
+use crate::node::{unix_millis, CacheNode, Inner};
+use crate::shared::ttl_millis;
+use crate::{Error, Result};
+
+/// Default period between two looks at which functions are due.
+pub const DEFAULT_REFRESH_GRANULARITY: Duration = Duration::from_secs(60);
+
+/// Default smallest refresh period accepted (the seed's 5 minutes).
+pub const DEFAULT_MIN_REFRESH_PERIOD: Duration = Duration::from_secs(300);
+
+/// Default bound on one function's warm-up (the seed's
+/// `DEFAULT_WARMUP_STARTUP_TIMEOUT`).
+pub const DEFAULT_WARMUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A function's build function and how its values are written.
+#[derive(Clone)]
+pub(crate) struct Rebuild {
+    pub(crate) func: String,
+    pub(crate) build: JobFn,
+    pub(crate) ttl: Option<Duration>,
+    /// The RAM key prefix `\0f{func}:` and the Redis one `{ns}:f:{func}:`.
+    pub(crate) ram_prefix: String,
+    pub(crate) redis_prefix: String,
+}
+
+/// What a node refreshes and warms up.
+#[derive(Default)]
+pub(crate) struct Registry {
+    refresh: Mutex<HashMap<String, (Duration, Rebuild)>>,
+    warmups: Mutex<Vec<Warmup>>,
+}
+
+/// One function's warm-up: its calls' encoded arguments and keys.
+pub(crate) struct Warmup {
+    pub(crate) rebuild: Rebuild,
+    pub(crate) calls: Vec<(String, Vec<u8>)>,
+    pub(crate) timeout: Duration,
+}
+
+impl Registry {
+    pub(crate) fn add_refresh(&self, period: Duration, rebuild: Rebuild) {
+        self.refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rebuild.func.clone(), (period, rebuild));
+    }
+
+    pub(crate) fn add_warmup(&self, warmup: Warmup) {
+        self.warmups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(warmup);
+    }
+
+    fn due(&self) -> Vec<(Duration, Rebuild)> {
+        self.refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+fn args_key(ns: &str, func: &str) -> String {
+    format!("{ns}:args:{func}")
+}
+
+/// Builds the value of one call and writes it everywhere.
+pub(crate) async fn rebuild(
+    node: &CacheNode,
+    r: &Rebuild,
+    redis_key: &str,
+    args: Vec<u8>,
+) -> Result<()> {
+    let shared = node
+        .redis("rebuild")?
+        .ok_or(Error::NoSharedLayer { op: "rebuild" })?;
+    let sealed = (r.build)(args.clone(), r.ttl.map_or(0, ttl_millis))
+        .await
+        .map_err(Error::Encode)?;
+    let keysets = KeySets::new(&node.inner().config.keys);
+    let mut pipe = redis::pipe();
+    crate::shared::add_set(&mut pipe, redis_key, &sealed, r.ttl);
+    keysets.add_to_pipeline(&mut pipe, &r.func, redis_key);
+    pipe.cmd("HSET")
+        .arg(args_key(node.namespace(), &r.func))
+        .arg(redis_key)
+        .arg(&args)
+        .ignore();
+    let ram_key = redis_key
+        .strip_prefix(&r.redis_prefix)
+        .map(|suffix| format!("{}{suffix}", r.ram_prefix));
+    node.write_and_announce(shared, "rebuild", pipe, || {
+        Invalidation::Keys(ram_key.into_iter().collect())
+    })
+    .await?;
+    // Our own RAM copy is stale too.
+    if let (Some(local), Some(k)) = (node.ram(), redis_key.strip_prefix(&r.redis_prefix)) {
+        local.remove(&format!("{}{k}", r.ram_prefix));
+    }
+    Ok(())
+}
+
+/// Records the arguments of a call so that refresh can rebuild it.
+pub(crate) fn add_args_record(
+    pipe: &mut redis::Pipeline,
+    ns: &str,
+    func: &str,
+    redis_key: &str,
+    args: &[u8],
+) {
+    pipe.cmd("HSET")
+        .arg(args_key(ns, func))
+        .arg(redis_key)
+        .arg(args)
+        .ignore();
+}
+
+/// What [`CacheNode::warm_up`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmupReport {
+    /// Values computed and stored.
+    pub warmed: usize,
+    /// Functions whose warm-up did not finish in its timeout or failed,
+    /// with the reason.
+    pub unfinished: Vec<(String, String)>,
+}
+
+impl CacheNode {
+    /// Computes the values marked for warm-up
+    /// ([`FuncBuilder::warmup_on_startup`](crate::FuncBuilder::warmup_on_startup))
+    /// on handles built so far, all functions at once, each bounded by its
+    /// warm-up timeout. Never takes longer than the largest timeout; what
+    /// did not finish is logged and reported.
+    pub async fn warm_up(&self) -> WarmupReport {
+        let warmups = std::mem::take(
+            &mut *self
+                .inner()
+                .refresh
+                .warmups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let runs = warmups.into_iter().map(|w| {
+            let node = self.clone();
+            async move {
+                let func = w.rebuild.func.clone();
+                let work = async {
+                    let mut n = 0;
+                    for (key, args) in w.calls {
+                        rebuild(&node, &w.rebuild, &key, args).await?;
+                        n += 1;
+                    }
+                    Ok::<_, Error>(n)
+                };
+                match tokio::time::timeout(w.timeout, work).await {
+                    Ok(Ok(n)) => Ok(n),
+                    Ok(Err(e)) => Err((func, e.to_string())),
+                    Err(_) => Err((func, format!("did not finish within {:?}", w.timeout))),
+                }
+            }
+        });
+        let mut report = WarmupReport::default();
+        for result in futures::future::join_all(runs).await {
+            match result {
+                Ok(n) => report.warmed += n,
+                Err((func, why)) => {
+                    tracing::warn!(func = %func, reason = %why, "warm-up unfinished");
+                    report.unfinished.push((func, why));
+                }
+            }
+        }
+        report
+    }
+}
+
+/// The refresh task of a builder node. Holds the node weakly: it ends when
+/// the node is dropped or shut down.
+pub(crate) fn refresh_task(
+    node: Weak<Inner>,
+    granularity: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let mut tick = tokio::time::interval(granularity);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(node) = CacheNode::from_weak(&node) else {
+                return;
+            };
+            for (period, r) in node.inner().refresh.due() {
+                if let Err(e) = refresh_function(&node, period, &r).await {
+                    tracing::warn!(func = %r.func, error = %e, "refresh failed");
+                }
+            }
+        }
+    })
+}
+
+/// Refreshes every value of one function if it is due and this instance
+/// takes its lock.
+async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Result<()> {
+    let shared = node
+        .redis("refresh")?
+        .ok_or(Error::NoSharedLayer { op: "refresh" })?
+        .clone();
+    let ns = node.namespace().to_owned();
+    let last_key = format!("{ns}:refresh:last");
+    let mut conn = shared.conn();
+    let last: Option<u64> = shared
+        .run(
+            "refresh",
+            redis::cmd("HGET")
+                .arg(&last_key)
+                .arg(&r.func)
+                .query_async(&mut conn),
+        )
+        .await?;
+    let now = unix_millis();
+    if last.is_some_and(|l| now.saturating_sub(l) < ttl_millis(period)) {
+        return Ok(());
+    }
+    let took: Option<String> = shared
+        .run(
+            "refresh",
+            redis::cmd("SET")
+                .arg(format!("{ns}:lock:refresh:{}", r.func))
+                .arg(uuid::Uuid::new_v4().to_string())
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_millis(period))
+                .query_async(&mut conn),
+        )
+        .await?;
+    if took.is_none() {
+        return Ok(());
+    }
+    let keysets = KeySets::new(&node.inner().config.keys);
+    let args_key = args_key(&ns, &r.func);
+    let mut rebuilt = 0u64;
+    for shard in 0..crate::keysets::SHARDS {
+        let set = keysets.shard(&r.func, shard);
+        let mut cursor = 0u64;
+        loop {
+            let (next, members): (u64, Vec<String>) = shared
+                .run(
+                    "refresh",
+                    redis::cmd("SSCAN")
+                        .arg(&set)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(PAGE)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            for key in members {
+                let args: Option<Vec<u8>> = shared
+                    .run(
+                        "refresh",
+                        redis::cmd("HGET")
+                            .arg(&args_key)
+                            .arg(&key)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                if let Some(args) = args {
+                    match rebuild(node, r, &key, args).await {
+                        Ok(()) => rebuilt += 1,
+                        Err(e) => {
+                            tracing::warn!(func = %r.func, error = %e, "cannot refresh a value")
+                        }
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    let _: () = shared
+        .run(
+            "refresh",
+            redis::cmd("HSET")
+                .arg(&last_key)
+                .arg(&r.func)
+                .arg(unix_millis())
+                .query_async(&mut conn),
+        )
+        .await?;
+    tracing::debug!(func = %r.func, rebuilt, "refresh done");
+    Ok(())
+}
