@@ -57,6 +57,7 @@ pub(crate) struct Config {
     pub(crate) builder: bool,
     pub(crate) refresh_granularity: Duration,
     pub(crate) min_refresh_period: Duration,
+    pub(crate) serve_metrics: Option<std::net::SocketAddr>,
 }
 
 /// Builds a [`CacheNode`] with non-default settings.
@@ -95,6 +96,7 @@ pub struct CacheNodeBuilder {
     builder: bool,
     refresh_granularity: Duration,
     min_refresh_period: Duration,
+    serve_metrics: Option<std::net::SocketAddr>,
     before_fill: Option<Hook>,
 }
 
@@ -119,6 +121,7 @@ impl Default for CacheNodeBuilder {
             builder: false,
             refresh_granularity: crate::refresh::DEFAULT_REFRESH_GRANULARITY,
             min_refresh_period: crate::refresh::DEFAULT_MIN_REFRESH_PERIOD,
+            serve_metrics: None,
             before_fill: None,
         }
     }
@@ -276,6 +279,16 @@ impl CacheNodeBuilder {
         self
     }
 
+    /// Serves Prometheus metrics at `http://{addr}/metrics`, through a
+    /// process-wide recorder installed when the node is built (for apps
+    /// without an exporter of their own; apps that install their own
+    /// `metrics` recorder just get the metrics, see [`crate::metrics`]).
+    /// Fails at build if a recorder is already installed.
+    pub fn serve_metrics(mut self, addr: std::net::SocketAddr) -> Self {
+        self.serve_metrics = Some(addr);
+        self
+    }
+
     #[doc(hidden)]
     pub fn before_fill_hook(mut self, hook: FillHook) -> Self {
         self.before_fill = Some(Hook(hook));
@@ -408,6 +421,7 @@ impl CacheNodeBuilder {
             builder: self.builder,
             refresh_granularity: self.refresh_granularity,
             min_refresh_period: self.min_refresh_period,
+            serve_metrics: self.serve_metrics,
         })
     }
 

@@ -273,12 +273,32 @@ impl LocalLayer {
             || group.is_some_and(|g| g.fence.load(Ordering::Acquire) > t)
     }
 
-    /// Inserts a value this node has just written itself: fences the key
-    /// first (so a racing fill of an older value cannot overwrite it) and
-    /// stamps the entry after that fence.
-    pub(crate) fn insert_own_write(&self, key: String, entry: Entry) {
-        let epoch = self.fence_key(&key);
-        self.insert(key, entry, FillTicket(epoch));
+    /// Starts a write of `key` by this node, before it goes to Redis: fences
+    /// the key, so the write's own RAM insert can later tell whether anything
+    /// else invalidated the key meanwhile.
+    pub(crate) fn begin_own_write(&self, key: &str) -> FillTicket {
+        FillTicket(self.fence_key(key))
+    }
+
+    /// Finishes a write begun with [`begin_own_write`](Self::begin_own_write),
+    /// once Redis has it: fences the key again (so a fill that read the
+    /// previous value meanwhile cannot insert it) and inserts `entry`, unless
+    /// the key was invalidated since the write began (another writer's value
+    /// may have landed after ours: RAM is left empty, and the next read asks
+    /// Redis). Returns whether the entry was kept.
+    pub(crate) fn finish_own_write(&self, key: String, entry: Entry, begun: FillTicket) -> bool {
+        let slot = &self.key_fences[fence_slot(&key)];
+        let epoch = self.next_epoch();
+        if slot
+            .compare_exchange(begun.0, epoch, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.insert(key, entry, FillTicket(epoch))
+        } else {
+            slot.fetch_max(epoch, Ordering::SeqCst);
+            self.cache.invalidate(&key);
+            false
+        }
     }
 
     fn next_epoch(&self) -> u64 {
@@ -411,6 +431,24 @@ mod tests {
         l.remove_all(FlushReason::InvalidateAll);
         assert!(l.get("y").is_none());
         assert!(!l.insert("y".into(), entry(1), t));
+    }
+
+    #[test]
+    fn own_write_yields_to_an_invalidation_that_arrived_meanwhile() {
+        let l = LocalLayer::new(1 << 20);
+        let begun = l.begin_own_write("k");
+        assert!(l.finish_own_write("k".into(), entry(1), begun));
+        assert_eq!(l.get_typed::<u32>("k").as_deref(), Some(&1));
+        let begun = l.begin_own_write("k");
+        l.remove("k"); // another writer's invalidation, during our Redis write
+        assert!(!l.finish_own_write("k".into(), entry(2), begun));
+        assert!(l.get("k").is_none());
+        // A fill that read the old value while we wrote is refused.
+        let begun = l.begin_own_write("k");
+        let fill = l.ticket();
+        assert!(l.finish_own_write("k".into(), entry(3), begun));
+        assert!(!l.insert("k".into(), entry(0), fill));
+        assert_eq!(l.get_typed::<u32>("k").as_deref(), Some(&3));
     }
 
     #[test]

@@ -29,6 +29,65 @@ pub const PROPAGATION_SECONDS: &str = "cachenode_bus_propagation_seconds";
 /// Bus messages dropped as malformed, by `reason`.
 pub const BUS_MALFORMED_TOTAL: &str = "cachenode_bus_malformed_total";
 
+/// Latency of cache operations, by `layer`: every Redis command, and one in
+/// [`RAM_SAMPLE_EVERY`] RAM lookups (timing each would cost more than the
+/// lookup).
+pub const OPERATION_SECONDS: &str = "cachenode_operation_seconds";
+/// Calls of cached functions answered from the cache, by `function`, `layer`.
+pub const FUNCTION_HITS_TOTAL: &str = "cachenode_function_hits_total";
+/// Calls of cached functions that ran the function, by `function`.
+pub const FUNCTION_MISSES_TOTAL: &str = "cachenode_function_misses_total";
+/// Runs of cached functions (after single-flight), by `function`.
+pub const COMPUTATIONS_TOTAL: &str = "cachenode_computations_total";
+/// Duration of those runs, by `function`.
+pub const COMPUTATION_SECONDS: &str = "cachenode_computation_seconds";
+/// Entries in the RAM layer.
+pub const RAM_ENTRIES: &str = "cachenode_ram_entries";
+/// Weight of the RAM layer in bytes.
+pub const RAM_BYTES: &str = "cachenode_ram_bytes";
+/// 1 while the bus listener is subscribed, else 0.
+pub const BUS_CONNECTED: &str = "cachenode_bus_connected";
+/// Sequence number of the last invalidation applied.
+pub const BUS_LAST_APPLIED_SEQ: &str = "cachenode_bus_last_applied_seq";
+/// Invalidations published but not yet applied here.
+pub const BUS_LAG: &str = "cachenode_bus_lag";
+/// Keys recorded in a function's key set, by `function`.
+pub const KEYSET_SIZE: &str = "cachenode_keyset_size";
+
+/// Every metric name, for tools that check dashboards against them.
+pub const ALL: &[&str] = &[
+    HITS_TOTAL,
+    MISSES_TOTAL,
+    WRITES_TOTAL,
+    DECODE_FAILURES_TOTAL,
+    REDIS_ERRORS_TOTAL,
+    RAM_FLUSHES_TOTAL,
+    INVALIDATIONS_PUBLISHED_TOTAL,
+    INVALIDATIONS_APPLIED_TOTAL,
+    PROPAGATION_SECONDS,
+    BUS_MALFORMED_TOTAL,
+    OPERATION_SECONDS,
+    FUNCTION_HITS_TOTAL,
+    FUNCTION_MISSES_TOTAL,
+    COMPUTATIONS_TOTAL,
+    COMPUTATION_SECONDS,
+    RAM_ENTRIES,
+    RAM_BYTES,
+    BUS_CONNECTED,
+    BUS_LAST_APPLIED_SEQ,
+    BUS_LAG,
+    KEYSET_SIZE,
+];
+
+/// One RAM lookup in this many is timed.
+pub const RAM_SAMPLE_EVERY: u32 = 64;
+
+/// Buckets of the `_seconds` histograms: 20 µs to 10 s.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The label values of the `layer` label.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Layer {
@@ -83,6 +142,82 @@ impl NodeMetrics {
 
 pub(crate) fn decode_failure(reason: &'static str) {
     metrics::counter!(DECODE_FAILURES_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Whether this RAM lookup should be timed (one in [`RAM_SAMPLE_EVERY`],
+/// counted per thread so it costs no shared write).
+pub(crate) fn sample_ram() -> bool {
+    thread_local!(static N: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    N.with(|n| {
+        let v = n.get().wrapping_add(1);
+        n.set(v);
+        v % RAM_SAMPLE_EVERY == 0
+    })
+}
+
+pub(crate) fn operation(layer: Layer, took: std::time::Duration) {
+    metrics::histogram!(OPERATION_SECONDS, "layer" => layer.label()).record(took.as_secs_f64());
+}
+
+/// Per-function handles, registered when the function's handle is built.
+pub(crate) struct FnMetrics {
+    hits: [metrics::Counter; 2],
+    misses: metrics::Counter,
+    computations: metrics::Counter,
+    computation_seconds: metrics::Histogram,
+}
+
+impl FnMetrics {
+    pub(crate) fn new(function: &str) -> Self {
+        let f = function.to_owned();
+        FnMetrics {
+            hits: [Layer::Ram, Layer::Redis].map(|l| {
+                metrics::counter!(FUNCTION_HITS_TOTAL, "function" => f.clone(), "layer" => l.label())
+            }),
+            misses: metrics::counter!(FUNCTION_MISSES_TOTAL, "function" => f.clone()),
+            computations: metrics::counter!(COMPUTATIONS_TOTAL, "function" => f.clone()),
+            computation_seconds: metrics::histogram!(COMPUTATION_SECONDS, "function" => f),
+        }
+    }
+
+    pub(crate) fn hit(&self, layer: Layer) {
+        self.hits[layer as usize].increment(1);
+    }
+
+    pub(crate) fn miss(&self) {
+        self.misses.increment(1);
+    }
+
+    pub(crate) fn computed(&self, took: std::time::Duration) {
+        self.computations.increment(1);
+        self.computation_seconds.record(took.as_secs_f64());
+    }
+}
+
+/// Node gauges, set by the node's gauge task.
+pub(crate) fn ram_gauges(entries: u64, bytes: u64) {
+    metrics::gauge!(RAM_ENTRIES).set(entries as f64);
+    metrics::gauge!(RAM_BYTES).set(bytes as f64);
+}
+
+pub(crate) fn bus_gauges(connected: bool, last_applied: u64, lag: u64) {
+    metrics::gauge!(BUS_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+    metrics::gauge!(BUS_LAST_APPLIED_SEQ).set(last_applied as f64);
+    metrics::gauge!(BUS_LAG).set(lag as f64);
+}
+
+pub(crate) fn keyset_size(function: &str, size: u64) {
+    metrics::gauge!(KEYSET_SIZE, "function" => function.to_owned()).set(size as f64);
+}
+
+/// Installs a Prometheus recorder serving `/metrics` on `addr`.
+pub(crate) fn serve(addr: std::net::SocketAddr) -> crate::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(SECONDS_BUCKETS)
+        .map_err(|e| crate::Error::Config(format!("metrics buckets: {e}")))?
+        .install()
+        .map_err(|e| crate::Error::Config(format!("cannot serve metrics on {addr}: {e}")))
 }
 
 pub(crate) fn redis_error(op: &'static str) {

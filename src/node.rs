@@ -130,6 +130,9 @@ impl CacheNode {
     }
 
     pub(crate) async fn from_config(config: Config) -> Result<Self> {
+        if let Some(addr) = config.serve_metrics {
+            metrics::serve(addr)?;
+        }
         let (local, shared) = if config.disabled {
             (None, None)
         } else {
@@ -187,6 +190,17 @@ impl CacheNode {
             }),
             layers: Layers::Both,
         };
+        {
+            let task = tokio::spawn(gauge_task(
+                Arc::downgrade(&node.inner),
+                node.inner.stop.subscribe(),
+            ));
+            node.inner
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(task);
+        }
         if refresh_on {
             let task = tokio::spawn(crate::refresh::refresh_task(
                 Arc::downgrade(&node.inner),
@@ -319,7 +333,12 @@ impl CacheNode {
         self.check_open()?;
         let ram = self.ram();
         if let Some(local) = ram {
-            if let Some(v) = local.get_typed::<T>(&plain_ram_key(key)) {
+            let sampled = metrics::sample_ram().then(std::time::Instant::now);
+            let found = local.get_typed::<T>(&plain_ram_key(key));
+            if let Some(started) = sampled {
+                metrics::operation(Layer::Ram, started.elapsed());
+            }
+            if let Some(v) = found {
                 self.inner.metrics.hit(Layer::Ram);
                 return Ok(Some(v));
             }
@@ -495,6 +514,7 @@ impl CacheNode {
         let ttl = ttl.into().resolve(self.inner.config.default_ttl);
         let ram_key = plain_ram_key(key);
         let mut encoded_len = None;
+        let begun = self.ram().map(|l| l.begin_own_write(&ram_key));
         if let Some(shared) = self.redis("set")? {
             let expires_at_ms = ttl.map_or(0, |t| unix_millis().saturating_add(millis(t)));
             let bytes = codec::seal(
@@ -528,8 +548,11 @@ impl CacheNode {
                 (Some(t), Some(cap)) => Some(t.min(cap)),
                 (t, cap) => t.or(cap),
             };
-            local.insert_own_write(ram_key.into_owned(), Entry::new(value, ttl, size, None));
-            self.inner.metrics.write(Layer::Ram);
+            let begun = begun.unwrap_or_else(|| local.begin_own_write(&ram_key));
+            let entry = Entry::new(value, ttl, size, None);
+            if local.finish_own_write(ram_key.into_owned(), entry, begun) {
+                self.inner.metrics.write(Layer::Ram);
+            }
         }
         Ok(())
     }
@@ -764,6 +787,43 @@ impl CacheNode {
             metrics::invalidation_published();
         }
         Ok(replies)
+    }
+}
+
+/// How often the node's gauges (RAM, bus) are updated.
+const GAUGE_EVERY: Duration = Duration::from_secs(1);
+/// How often, in gauge periods, key-set sizes are read (one `SCARD`
+/// pipeline per function).
+const KEYSET_GAUGE_EVERY: u32 = 30;
+
+/// Keeps the node's gauges current. Holds the node weakly.
+async fn gauge_task(node: std::sync::Weak<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(GAUGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(node) = CacheNode::from_weak(&node) else {
+            return;
+        };
+        let stats = node.stats();
+        metrics::ram_gauges(stats.ram_entries, stats.ram_bytes);
+        if let Some(h) = node.bus_health() {
+            metrics::bus_gauges(h.connected, h.last_applied_seq, h.lag);
+        }
+        // First one period after start (functions have written by then),
+        // then every KEYSET_GAUGE_EVERY periods.
+        if n % KEYSET_GAUGE_EVERY == 1 && node.has_redis() {
+            if let Ok(sets) = node.key_sets().await {
+                for (function, size) in sets {
+                    metrics::keyset_size(&function, size);
+                }
+            }
+        }
+        n = n.wrapping_add(1);
     }
 }
 

@@ -130,8 +130,12 @@ impl SharedLayer {
         timeout: Duration,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
+        let started = std::time::Instant::now();
         let result = match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(v)) => return Ok(v),
+            Ok(Ok(v)) => {
+                crate::metrics::operation(crate::metrics::Layer::Redis, started.elapsed());
+                return Ok(v);
+            }
             Ok(Err(e)) if e.is_timeout() => Err(Error::Timeout { op, after: timeout }),
             Ok(Err(source)) => Err(Error::Redis { op, source }),
             Err(_) => Err(Error::Timeout { op, after: timeout }),

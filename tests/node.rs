@@ -68,6 +68,14 @@ async fn redis_hit_fills_ram() {
         .await
         .unwrap();
     assert_eq!(reader.ram_only().get::<User>("k").await.unwrap(), None);
+    // Let the writer's invalidation reach the reader first: arriving during
+    // the read, it would rightly make the reader skip its RAM fill.
+    let caught_up = eventually(Duration::from_secs(5), || async {
+        let h = reader.bus_health().unwrap();
+        h.last_applied_seq >= writer.bus_health().unwrap().last_applied_seq
+    })
+    .await;
+    assert!(caught_up);
     assert_eq!(reader.get::<User>("k").await.unwrap(), Some(user(2)));
     assert_eq!(
         reader.ram_only().get::<User>("k").await.unwrap(),

@@ -108,11 +108,17 @@ impl Listener {
     }
 
     /// The task: runs until `stop` says so or its sender is dropped.
+    ///
+    /// Subscribing runs as a future of its own, polled alongside the
+    /// periodic check: a connection attempt that hangs (for up to the
+    /// operation timeout) must not hold up the checks, or the node would go
+    /// on serving RAM past the staleness bound (rule 5).
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let period = self.config.deletion_check_frequency / 2;
         let mut check = tokio::time::interval(period);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sub: Option<PubSubStream> = None;
+        let mut connecting: Option<Connecting> = None;
         let mut backoff = BACKOFF_MIN;
         let mut reconnect_at = Instant::now();
         loop {
@@ -128,8 +134,19 @@ impl Listener {
                         reconnect_at = Instant::now() + jitter(backoff);
                     }
                 },
-                _ = tokio::time::sleep_until(reconnect_at), if sub.is_none() => {
-                    match self.subscribe().await {
+                _ = tokio::time::sleep_until(reconnect_at),
+                    if sub.is_none() && connecting.is_none() =>
+                {
+                    connecting = Some(Box::pin(subscribe(
+                        self.shared.clone(),
+                        self.keys.channel.clone(),
+                        self.keyspace.clone(),
+                        self.state.clone(),
+                    )));
+                }
+                result = subscribed(&mut connecting), if connecting.is_some() => {
+                    connecting = None;
+                    match result {
                         Ok(stream) => {
                             sub = Some(stream);
                             backoff = BACKOFF_MIN;
@@ -150,72 +167,6 @@ impl Listener {
         }
         self.state.subscribed.store(false, Ordering::Release);
         tracing::debug!("bus listener stopped");
-    }
-
-    async fn subscribe(&mut self) -> Result<PubSubStream> {
-        let timeout = self.shared.op_timeout();
-        let connect = async {
-            let mut pubsub = self.shared.client().get_async_pubsub().await?;
-            pubsub.subscribe(&self.keys.channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let mut pubsub = self
-            .shared
-            .run_within("subscribe", timeout, connect)
-            .await?;
-        if let Some(names) = self.keyspace.clone() {
-            self.check_keyspace_config().await;
-            for kind in ["k", "f"] {
-                let pattern = format!("{}{}{kind}:*", names.channel_prefix, names.namespace_prefix);
-                self.shared
-                    .run_within("subscribe", timeout, pubsub.psubscribe(pattern))
-                    .await?;
-            }
-            self.state.keyspace_watching.store(true, Ordering::Release);
-        }
-        Ok(pubsub.into_on_message())
-    }
-
-    /// Says clearly when the server will not send the notifications we need.
-    async fn check_keyspace_config(&self) {
-        let mut conn = self.shared.conn();
-        let reply: Result<Vec<String>> = self
-            .shared
-            .run(
-                "config_get",
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("notify-keyspace-events")
-                    .query_async(&mut conn),
-            )
-            .await;
-        let problem = match reply {
-            Ok(pair) => {
-                let flags = pair.get(1).cloned().unwrap_or_default();
-                let has = |c| flags.contains(c) || (c != 'K' && flags.contains('A'));
-                if has('K') && has('g') && has('x') {
-                    None
-                } else {
-                    Some(format!(
-                        "notify-keyspace-events is {flags:?}: it needs K, g and x \
-                         (e.g. CONFIG SET notify-keyspace-events Kgx) for deletions and \
-                         expiries outside cachenode to reach RAM"
-                    ))
-                }
-            }
-            Err(e) => Some(format!(
-                "cannot read notify-keyspace-events ({e}); keyspace watching is on \
-                 but receives nothing unless the server sends K, g and x events"
-            )),
-        };
-        if let Some(p) = &problem {
-            tracing::warn!("{p}");
-        }
-        *self
-            .state
-            .keyspace_problem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
     async fn on_message(&mut self, msg: &redis::Msg) {
@@ -464,6 +415,86 @@ impl Listener {
             "malformed bus message dropped"
         );
     }
+}
+
+/// A subscription being set up (see [`Listener::run`]).
+type Connecting = futures::future::BoxFuture<'static, Result<PubSubStream>>;
+
+/// Resolves when the subscription being set up is ready or has failed;
+/// never when there is none.
+async fn subscribed(connecting: &mut Option<Connecting>) -> Result<PubSubStream> {
+    match connecting {
+        Some(fut) => fut.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Subscribes to the bus channel and, when asked, to the namespace's
+/// keyspace notifications.
+async fn subscribe(
+    shared: SharedLayer,
+    channel: String,
+    keyspace: Option<KeyspaceNames>,
+    state: Arc<BusState>,
+) -> Result<PubSubStream> {
+    let timeout = shared.op_timeout();
+    let connect = async {
+        let mut pubsub = shared.client().get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        Ok::<_, redis::RedisError>(pubsub)
+    };
+    let mut pubsub = shared.run_within("subscribe", timeout, connect).await?;
+    if let Some(names) = keyspace {
+        check_keyspace_config(&shared, &state).await;
+        for kind in ["k", "f"] {
+            let pattern = format!("{}{}{kind}:*", names.channel_prefix, names.namespace_prefix);
+            shared
+                .run_within("subscribe", timeout, pubsub.psubscribe(pattern))
+                .await?;
+        }
+        state.keyspace_watching.store(true, Ordering::Release);
+    }
+    Ok(pubsub.into_on_message())
+}
+
+/// Says clearly when the server will not send the notifications we need.
+async fn check_keyspace_config(shared: &SharedLayer, state: &BusState) {
+    let mut conn = shared.conn();
+    let reply: Result<Vec<String>> = shared
+        .run(
+            "config_get",
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("notify-keyspace-events")
+                .query_async(&mut conn),
+        )
+        .await;
+    let problem = match reply {
+        Ok(pair) => {
+            let flags = pair.get(1).cloned().unwrap_or_default();
+            let has = |c| flags.contains(c) || (c != 'K' && flags.contains('A'));
+            if has('K') && has('g') && has('x') {
+                None
+            } else {
+                Some(format!(
+                    "notify-keyspace-events is {flags:?}: it needs K, g and x \
+                     (e.g. CONFIG SET notify-keyspace-events Kgx) for deletions and \
+                     expiries outside cachenode to reach RAM"
+                ))
+            }
+        }
+        Err(e) => Some(format!(
+            "cannot read notify-keyspace-events ({e}); keyspace watching is on \
+             but receives nothing unless the server sends K, g and x events"
+        )),
+    };
+    if let Some(p) = &problem {
+        tracing::warn!("{p}");
+    }
+    *state
+        .keyspace_problem
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = problem;
 }
 
 async fn next_message(sub: &mut Option<PubSubStream>) -> Option<redis::Msg> {
