@@ -40,7 +40,6 @@ pub use message::Invalidation;
 
 use crate::keys::Keys;
 use crate::local::LocalLayer;
-use crate::node::unix_millis;
 use crate::shared::SharedLayer;
 use crate::{Error, Result};
 
@@ -58,12 +57,16 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('SET', KEYS[3], ARGV[4])
 end
 local seq = redis.call('INCR', KEYS[1])
-local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if top[1] then
-  local last = tonumber(string.match(top[1][1], '^(%d+)'))
-  if last and seq <= last then
-    seq = last + 1
-    redis.call('SET', KEYS[1], seq)
+if seq == 1 then
+  -- The counter was missing (new bus, or the key was lost while the log
+  -- was kept): continue after the log's last entry.
+  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if top[1] then
+    local last = tonumber(string.match(top[1][1], '^(%d+)'))
+    if last and seq <= last then
+      seq = last + 1
+      redis.call('SET', KEYS[1], seq)
+    end
   end
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'm', ARGV[2])
@@ -200,11 +203,11 @@ impl Bus {
 
     /// The encoded messages for `invalidation` (long key lists are split).
     pub(crate) fn bodies(&self, invalidation: Invalidation) -> Result<Vec<Vec<u8>>> {
-        let sent_at_ms = unix_millis();
+        let sent_at_us = crate::node::unix_micros();
         let body = |invalidation| {
             message::encode(&Body {
                 origin: self.origin,
-                sent_at_ms,
+                sent_at_us,
                 invalidation,
             })
         };

@@ -389,8 +389,8 @@ impl Listener {
         }
         self.state.applied.fetch_add(1, Ordering::Relaxed);
         crate::metrics::invalidation_applied(source.label());
-        let delay_ms = unix_millis().saturating_sub(body.sent_at_ms);
-        crate::metrics::propagation_delay(Duration::from_millis(delay_ms));
+        let delay_us = crate::node::unix_micros().saturating_sub(body.sent_at_us);
+        crate::metrics::propagation_delay(Duration::from_micros(delay_us));
     }
 
     fn advance(&mut self, seq: u64) {

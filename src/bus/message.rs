@@ -39,8 +39,8 @@ pub enum Invalidation {
 pub(crate) struct Body {
     /// The id of the node that published it.
     pub(crate) origin: [u8; 16],
-    /// When it was published, Unix milliseconds (for the propagation delay).
-    pub(crate) sent_at_ms: u64,
+    /// When it was published, Unix microseconds (for the propagation delay).
+    pub(crate) sent_at_us: u64,
     /// What to drop.
     pub(crate) invalidation: Invalidation,
 }
@@ -114,7 +114,7 @@ mod tests {
     fn body(inv: Invalidation) -> Body {
         Body {
             origin: [7; 16],
-            sent_at_ms: 123,
+            sent_at_us: 123,
             invalidation: inv,
         }
     }
