@@ -50,7 +50,10 @@ impl Recorder for CaptureRecorder {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 #[derive(Default, Clone, Copy)]
@@ -83,7 +86,8 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let per_tick = (rate / 1000).max(1);
-    let mut tick = tokio::time::interval(Duration::from_millis(1000 * per_tick as u64 / rate as u64));
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(1000 * per_tick as u64 / rate as u64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut handles = Vec::with_capacity(count);
     let mut i = 0;
@@ -160,7 +164,8 @@ async fn bare_run(url: &str, receivers: usize, rate: usize, count: usize) -> (Su
             let mut stream = ps.into_on_message();
             let mut got = 0;
             while got < count {
-                let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await
+                let Ok(Some(msg)) =
+                    tokio::time::timeout(Duration::from_secs(10), stream.next()).await
                 else {
                     break;
                 };
@@ -168,7 +173,10 @@ async fn bare_run(url: &str, receivers: usize, rate: usize, count: usize) -> (Su
                     .unwrap()
                     .parse()
                     .unwrap();
-                delays.lock().unwrap().push(now_us().saturating_sub(sent) as f64);
+                delays
+                    .lock()
+                    .unwrap()
+                    .push(now_us().saturating_sub(sent) as f64);
                 got += 1;
             }
         }));
@@ -213,7 +221,11 @@ async fn main() {
         other => panic!("unexpected address {other:?}"),
     };
     for _ in 0..100 {
-        if redis::Client::open(url.as_str()).unwrap().get_connection().is_ok() {
+        if redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .is_ok()
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -71,11 +71,14 @@ return 1
 "#;
 
 /// `KEYS`: value, version. `ARGV`: bytes, ttl ms (0: none), version.
+/// Returns 0 when refused, 1 when written, 2 when it replaced a value
+/// (which other instances may hold in RAM).
 const WRITE_IF_NEWER: &str = r#"
 local cur = redis.call('GET', KEYS[2])
 if cur and tonumber(cur) > tonumber(ARGV[3]) then
   return 0
 end
+local replaced = redis.call('EXISTS', KEYS[1]) == 1
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
@@ -83,8 +86,14 @@ else
   redis.call('SET', KEYS[1], ARGV[1])
   redis.call('SET', KEYS[2], ARGV[3])
 end
+if replaced then
+  return 2
+end
 return 1
 "#;
+
+/// The reply of a write from [`add_write_if_newer`] that replaced a value.
+pub(crate) const REPLACED: i64 = 2;
 
 pub(crate) fn lock_key(value_key: &str) -> String {
     format!("{{{value_key}}}:lock")
@@ -221,7 +230,8 @@ async fn release(shared: &SharedLayer, key: &str, token: &str) -> Result<()> {
 }
 
 /// Appends to `pipe` the write of `bytes` to `value_key` unless a value from
-/// a computation started after `version` (Unix µs) is already stored.
+/// a computation started after `version` (Unix µs) is already stored. Its
+/// reply is [`REPLACED`] when it overwrote a value.
 pub(crate) fn add_write_if_newer(
     pipe: &mut redis::Pipeline,
     value_key: &str,

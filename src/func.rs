@@ -369,6 +369,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
                 redis_prefix: keys.func_prefix(&self.name),
                 ram_prefix: format!("\0f{}:", self.name),
                 keysets: KeySets::new(keys),
+                metrics: crate::metrics::FnMetrics::new(&self.name),
                 name: self.name,
                 node,
                 opts: self.opts,
@@ -535,6 +536,7 @@ struct FnInner<A: ?Sized, V> {
     ram_prefix: String,
     keysets: KeySets,
     flights: Flights,
+    metrics: crate::metrics::FnMetrics,
     _types: PhantomData<fn(&A) -> V>,
 }
 
@@ -848,6 +850,7 @@ where
         let ram = node.ram();
         if let Some(v) = ram.and_then(|l| l.get_typed::<V>(&key.ram)) {
             node.inner().metrics.hit(Layer::Ram);
+            self.inner.metrics.hit(Layer::Ram);
             return Ok(V::clone(&v));
         }
         if ram.is_some() {
@@ -862,11 +865,19 @@ where
         };
         let ticket = ram.map(LocalLayer::ticket);
         if let Some(v) = self.read_redis(&key, ticket).await {
+            self.inner.metrics.hit(Layer::Redis);
             if let Some(l) = leader {
                 l.finish(Some(v.clone()));
             }
             return Ok(V::clone(&v));
         }
+        self.inner.metrics.miss();
+        let started = std::time::Instant::now();
+        let compute = || async {
+            let v = compute().await;
+            self.inner.metrics.computed(started.elapsed());
+            v
+        };
         let value = match self.inner.opts.atomic {
             None => {
                 self.store(&key, compute().await?, ticket, Write::Plain)
@@ -1124,6 +1135,21 @@ where
             tracing::debug!(func = %self.inner.name, "conditional write refused");
             return Ok(None);
         }
+        if matches!(write, Write::IfNewer(_))
+            && matches!(written, redis::Value::Int(crate::atomic::REPLACED))
+        {
+            // Instances computing at once store in turn: one that stored an
+            // older value keeps it in RAM unless told that a newer one
+            // replaced it. Only a replacement is announced: announcing a
+            // first write would fence, and so discard, the value of every
+            // computation still running elsewhere, newer ones included.
+            if let Err(e) = node
+                .announce(Invalidation::Keys(vec![key.ram.clone()]))
+                .await
+            {
+                tracing::warn!(func = %self.inner.name, error = %e, "cannot announce a newer value");
+            }
+        }
         node.inner().metrics.write(Layer::Redis);
         Ok(Some(bytes.len()))
     }
@@ -1207,6 +1233,11 @@ pub struct ClearSome {
 }
 
 impl ClearSome {
+    /// A partial deletion of `node`'s values that `walk` matches.
+    pub(crate) fn new(node: CacheNode, walk: Walk) -> Self {
+        ClearSome { node, walk }
+    }
+
     /// Deletes one batch of matching values (Redis, key set, and the RAM of
     /// every instance) and returns the progress so far; call again until
     /// `finished`.

@@ -3,12 +3,18 @@
 //! nodes consume the jobs and write the values.
 //!
 //! * Jobs live in the Redis stream `{ns}:jobs`, read by the consumer group
-//!   `builders`. A job whose builder died is claimed again by another one
-//!   with `XAUTOCLAIM` once it has been idle for its timeout.
+//!   `builders`. Jobs left idle are claimed again with `XAUTOCLAIM`; one
+//!   whose builder died is built by another once the dead builder's lock
+//!   on the key has expired (within the job timeout).
 //! * A job is enqueued once per key at a time (a `{K}:job` marker set with
-//!   `NX` for the job timeout) and built under the key's lock (see
-//!   [`atomic`](crate::atomic)), so it is never built twice at once: a
-//!   builder that cannot take the lock leaves the job pending.
+//!   `NX` for the job timeout, and only while the value is missing) and
+//!   built under the key's lock (see [`atomic`](crate::atomic)), so it is
+//!   never built twice at once: a builder that cannot take the lock leaves
+//!   the job pending. A builder that takes the lock and finds the value
+//!   already stored drops the job, so a duplicate is not built again.
+//! * A job of a function the builder does not know is left pending for a
+//!   builder that does (or for this one, once the function is registered),
+//!   and dropped once older than its timeout.
 //! * Functions are registered by name on every node that builds them; a job
 //!   is a name, the encoded arguments, the value's key and its TTL.
 
@@ -100,23 +106,34 @@ fn marker_key(value_key: &str) -> String {
     format!("{{{value_key}}}:job")
 }
 
-/// Enqueues `job` unless one for the same key is pending. Returns whether
-/// it was enqueued.
+/// `KEYS`: value, marker. `ARGV`: marker TTL in ms. Sets the marker unless
+/// the value is stored (1: set, 0: a job is pending, -1: the value is
+/// there). Checking both at once closes the race with a builder that writes
+/// the value and deletes the marker between a caller's miss and its
+/// enqueue, which would queue a job for a value just built.
+const MARK: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return -1
+end
+if redis.call('SET', KEYS[2], 1, 'NX', 'PX', ARGV[1]) then
+  return 1
+end
+return 0
+"#;
+
+/// Enqueues `job` unless one for the same key is pending or its value is
+/// already stored. Returns whether it was enqueued.
 pub(crate) async fn enqueue(shared: &SharedLayer, ns: &str, job: &Job) -> Result<bool> {
     let mut conn = shared.conn();
-    let fresh: Option<String> = shared
-        .run(
-            "job_enqueue",
-            redis::cmd("SET")
-                .arg(marker_key(&job.redis_key))
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(job.timeout_ms.max(1))
-                .query_async(&mut conn),
-        )
+    let script = redis::Script::new(MARK);
+    let mut mark = script.prepare_invoke();
+    mark.key(&job.redis_key)
+        .key(marker_key(&job.redis_key))
+        .arg(job.timeout_ms.max(1));
+    let marked: i64 = shared
+        .run("job_enqueue", mark.invoke_async(&mut conn))
         .await?;
-    if fresh.is_none() {
+    if marked != 1 {
         return Ok(false);
     }
     let _: String = shared
@@ -176,6 +193,10 @@ pub(crate) async fn builder_task(
         }
     }
     let mut reclaim_at = tokio::time::Instant::now();
+    // Where the next XAUTOCLAIM resumes its walk of the pending jobs, so
+    // that jobs left pending again (built elsewhere, or of a function this
+    // node does not know) do not hide the ones behind them.
+    let mut reclaim_from = "0-0".to_owned();
     loop {
         if *stop.borrow() {
             return;
@@ -183,20 +204,22 @@ pub(crate) async fn builder_task(
         let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
         if tokio::time::Instant::now() >= reclaim_at {
             reclaim_at = tokio::time::Instant::now() + Duration::from_secs(1);
-            // Jobs idle for more than the smallest sensible timeout; each
-            // job's own timeout is checked before it is built again.
+            // Jobs idle for a second: their builder may have died. Whether
+            // it did is decided by the key's lock, which a live builder
+            // keeps and a dead one loses within the job's timeout.
             let claimed: redis::RedisResult<(String, Vec<Entry>, Vec<String>)> =
                 redis::cmd("XAUTOCLAIM")
                     .arg(&stream)
                     .arg(GROUP)
                     .arg(&consumer)
                     .arg(1000)
-                    .arg("0-0")
+                    .arg(&reclaim_from)
                     .arg("COUNT")
                     .arg(10)
                     .query_async(&mut conn)
                     .await;
-            if let Ok((_, claimed, _)) = claimed {
+            if let Ok((next, claimed, _)) = claimed {
+                reclaim_from = next;
                 entries.extend(claimed.into_iter().filter_map(field_j));
             }
         }
@@ -241,6 +264,14 @@ pub(crate) async fn builder_task(
     }
 }
 
+/// The Unix time in ms at which a stream entry was added, from its id.
+fn id_millis(id: &str) -> u64 {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0)
+}
+
 fn field_j((id, fields): Entry) -> Option<(String, Vec<u8>)> {
     let value = fields
         .chunks(2)
@@ -278,8 +309,17 @@ async fn build_one(
         return;
     };
     let Some(f) = registry.get(&job.func) else {
-        tracing::warn!(func = %job.func, "no build function registered under this name; job dropped");
-        ack(shared, stream, id).await;
+        // Another builder may know it, or this one once the function is
+        // registered (jobs can be read before the node's handles are
+        // built): leave it pending, to be claimed again, until it is older
+        // than its timeout.
+        let age_ms = crate::node::unix_millis().saturating_sub(id_millis(id));
+        if age_ms > job.timeout_ms {
+            tracing::warn!(func = %job.func, "no builder knows this function; job dropped");
+            ack(shared, stream, id).await;
+        } else {
+            tracing::debug!(func = %job.func, "no build function registered under this name yet; job left pending");
+        }
         return;
     };
     let timeout = Duration::from_millis(job.timeout_ms.max(1));
@@ -288,6 +328,39 @@ async fn build_one(
         // Being built elsewhere (or Redis is failing): leave it pending.
         _ => return,
     };
+    // The value may have been built since this job was queued: by a
+    // duplicate job (queued after this one's marker expired), or by this
+    // very job, claimed again just as its builder finished. Build it once.
+    let mut conn = shared.conn();
+    let already: Result<bool> = shared
+        .run(
+            "job_check",
+            redis::cmd("EXISTS")
+                .arg(&job.redis_key)
+                .query_async(&mut conn),
+        )
+        .await;
+    match already {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::debug!(func = %job.func, "value already built; job dropped");
+            let _ = shared
+                .run(
+                    "job_ack",
+                    redis::cmd("DEL")
+                        .arg(marker_key(&job.redis_key))
+                        .query_async::<()>(&mut conn),
+                )
+                .await;
+            ack(shared, stream, id).await;
+            lock.release().await;
+            return;
+        }
+        Err(_) => {
+            lock.release().await;
+            return;
+        }
+    }
     let built = tokio::time::timeout(timeout, f(job.args.clone(), job.ttl_ms)).await;
     match built {
         Ok(Ok(sealed)) => {
@@ -356,5 +429,7 @@ mod tests {
         assert_eq!(decode(b"\x01garbage"), None);
         assert_eq!(decode(b"\x07x"), None);
         assert_eq!(marker_key("k"), "{k}:job");
+        assert_eq!(id_millis("1700000000123-4"), 1_700_000_000_123);
+        assert_eq!(id_millis("garbage"), 0);
     }
 }

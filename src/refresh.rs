@@ -107,15 +107,20 @@ pub(crate) async fn rebuild(
     let sealed = (r.build)(args.clone(), r.ttl.map_or(0, ttl_millis))
         .await
         .map_err(Error::Encode)?;
+    // First the key's entry in the key set and its arguments, then the
+    // value with its invalidation. Two round trips: `write_and_announce`
+    // tells the writes' replies from the publication's by counting
+    // commands, and the key-set commands are ignored ones (no reply).
     let keysets = KeySets::new(&node.inner().config.keys);
+    let mut record = redis::pipe();
+    keysets.add_to_pipeline(&mut record, &r.func, redis_key);
+    add_args_record(&mut record, node.namespace(), &r.func, redis_key, &args);
+    let mut conn = shared.conn();
+    shared
+        .run("rebuild", record.query_async::<()>(&mut conn))
+        .await?;
     let mut pipe = redis::pipe();
     crate::shared::add_set(&mut pipe, redis_key, &sealed, r.ttl);
-    keysets.add_to_pipeline(&mut pipe, &r.func, redis_key);
-    pipe.cmd("HSET")
-        .arg(args_key(node.namespace(), &r.func))
-        .arg(redis_key)
-        .arg(&args)
-        .ignore();
     let ram_key = redis_key
         .strip_prefix(&r.redis_prefix)
         .map(|suffix| format!("{}{suffix}", r.ram_prefix));
