@@ -848,7 +848,13 @@ where
         };
         let node = &self.inner.node;
         let ram = node.ram();
-        if let Some(v) = ram.and_then(|l| l.get_typed::<V>(&key.ram)) {
+        let sampled = ram.is_some() && crate::metrics::sample_ram();
+        let started = sampled.then(std::time::Instant::now);
+        let found = ram.and_then(|l| l.get_typed::<V>(&key.ram));
+        if let Some(started) = started {
+            crate::metrics::operation(Layer::Ram, started.elapsed());
+        }
+        if let Some(v) = found {
             node.inner().metrics.hit(Layer::Ram);
             self.inner.metrics.hit(Layer::Ram);
             return Ok(V::clone(&v));

@@ -749,7 +749,7 @@ impl CacheNode {
 
     /// Runs the write commands in `pipe` and, in the same round trip, the
     /// bus publication of `invalidation` (built only when there is a bus).
-    /// Returns the write commands' replies.
+    /// Returns the replies of the write commands not marked `.ignore()`.
     ///
     /// The writes come first in the pipeline, so no node can re-read the old
     /// value after hearing the invalidation. Values and bus keys live in
@@ -761,7 +761,6 @@ impl CacheNode {
         mut pipe: redis::Pipeline,
         invalidation: impl FnOnce() -> Invalidation,
     ) -> Result<Vec<redis::Value>> {
-        let writes = pipe.cmd_iter().count();
         let bodies = match &self.inner.bus {
             Some(bus) => {
                 let bodies = bus.bodies(invalidation())?;
@@ -774,7 +773,10 @@ impl CacheNode {
         let mut conn = shared.conn();
         let mut results: Vec<redis::RedisResult<redis::Value>> =
             shared.run(op, pipe.query_async(&mut conn)).await?;
-        let published = results.split_off(writes.min(results.len()));
+        // The publications come last and are never ignored: the replies
+        // before them are those of the write commands that were not
+        // `.ignore()`d.
+        let published = results.split_off(results.len().saturating_sub(bodies.len()));
         let mut replies = Vec::with_capacity(results.len());
         for r in results {
             replies.push(r.map_err(|source| {
