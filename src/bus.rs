@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use message::Body;
 pub use message::Invalidation;
+pub use message::{decode_channel_payload, BusMessage, MalformedMessage, RamKey};
 
 use crate::keys::Keys;
 use crate::local::LocalLayer;

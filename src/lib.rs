@@ -47,6 +47,7 @@
 //! * [`config`]: the builder and the environment variables.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod atomic;
 pub mod bus;
 pub mod codec;
@@ -65,6 +66,7 @@ mod shared;
 mod singleflight;
 mod ttl;
 
+pub use admin::{BusTail, NamespaceStats};
 pub use atomic::AtomicWrites;
 pub use bus::{BusHealth, Invalidation};
 pub use codec::{Bincode, Codec};

@@ -107,6 +107,115 @@ pub(crate) fn seq_of_entry_id(id: &str) -> Option<u64> {
     id.split_once('-')?.0.parse().ok()
 }
 
+/// A bus message as read from the channel, for tools that watch the bus
+/// (`cachenode tail`). See [`decode_channel_payload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusMessage {
+    /// Its sequence number, assigned by Redis when it was published.
+    pub seq: u64,
+    /// The node that published it (a random id drawn when a node starts).
+    pub origin: uuid::Uuid,
+    /// When it was published, Unix microseconds (the publisher's clock).
+    pub sent_at_us: u64,
+    /// What it drops from RAM.
+    pub invalidation: Invalidation,
+}
+
+/// A bus channel payload that is not a message this build can read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MalformedMessage {
+    /// The sequence number, when the payload starts with one.
+    pub seq: Option<u64>,
+    /// Why: `no_sequence`, `oversized`, `unknown_version` or `garbage`.
+    pub reason: &'static str,
+    /// The payload's length in bytes.
+    pub len: usize,
+}
+
+impl std::fmt::Display for MalformedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "malformed bus message ({}, {} bytes",
+            self.reason, self.len
+        )?;
+        if let Some(seq) = self.seq {
+            write!(f, ", seq {seq}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl std::error::Error for MalformedMessage {}
+
+/// Decodes a payload of the bus channel (`{seq}:{body}`). Never panics:
+/// anything else is a [`MalformedMessage`].
+pub fn decode_channel_payload(payload: &[u8]) -> Result<BusMessage, MalformedMessage> {
+    let Some((seq, body)) = split_channel_payload(payload) else {
+        return Err(MalformedMessage {
+            seq: None,
+            reason: "no_sequence",
+            len: payload.len(),
+        });
+    };
+    let body = decode(body).map_err(|m| MalformedMessage {
+        seq: Some(seq),
+        reason: m.label(),
+        len: payload.len(),
+    })?;
+    Ok(BusMessage {
+        seq,
+        origin: uuid::Uuid::from_bytes(body.origin),
+        sent_at_us: body.sent_at_us,
+        invalidation: body.invalidation,
+    })
+}
+
+/// A key of an [`Invalidation::Keys`] message, told apart: plain keys are
+/// carried as the application wrote them, keys of cached functions in an
+/// internal form (`\0f{func}:{call}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RamKey<'a> {
+    /// A plain key (`node.set`, `node.delete`, …).
+    Plain(&'a str),
+    /// A value of a cached function.
+    Func {
+        /// The function's name.
+        name: &'a str,
+        /// The call's part of the key (`{prefix}|{args}`), as in Redis.
+        call: &'a str,
+    },
+}
+
+impl<'a> RamKey<'a> {
+    /// Tells what the RAM key `key` (from an [`Invalidation::Keys`]) is.
+    pub fn parse(key: &'a str) -> Self {
+        if let Some(plain) = key.strip_prefix("\0k") {
+            RamKey::Plain(plain)
+        } else if let Some(func) = key.strip_prefix("\0f") {
+            let (name, call) = func.split_once(':').unwrap_or((func, ""));
+            RamKey::Func { name, call }
+        } else {
+            RamKey::Plain(key)
+        }
+    }
+}
+
+/// Shown as the Redis key after `{ns}:`: `k:{key}` or `f:{func}:{call}`,
+/// control characters escaped.
+impl std::fmt::Display for RamKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RamKey::Plain(key) => write!(f, "k:{}", key.escape_debug()),
+            RamKey::Func { name, call } => {
+                write!(f, "f:{}:{}", name.escape_debug(), call.escape_debug())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +265,45 @@ mod tests {
         assert_eq!(split_channel_payload(b"99999999999999999999999:a"), None);
         assert_eq!(seq_of_entry_id("17-0"), Some(17));
         assert_eq!(seq_of_entry_id("bad"), None);
+    }
+
+    #[test]
+    fn public_decoding_never_panics() {
+        let b = body(Invalidation::Keys(vec!["a".into()]));
+        let mut payload = b"7:".to_vec();
+        payload.extend(encode(&b).unwrap());
+        let m = decode_channel_payload(&payload).unwrap();
+        assert_eq!(m.seq, 7);
+        assert_eq!(m.origin, uuid::Uuid::from_bytes([7; 16]));
+        assert_eq!(m.sent_at_us, 123);
+        assert_eq!(m.invalidation, Invalidation::Keys(vec!["a".into()]));
+        let bad = decode_channel_payload(b"hello").unwrap_err();
+        assert_eq!((bad.seq, bad.reason, bad.len), (None, "no_sequence", 5));
+        let bad = decode_channel_payload(b"3:\x01zz").unwrap_err();
+        assert_eq!((bad.seq, bad.reason), (Some(3), "garbage"));
+        let bad = decode_channel_payload(b"4:\x09zz").unwrap_err();
+        assert_eq!(bad.reason, "unknown_version");
+        assert_eq!(
+            bad.to_string(),
+            "malformed bus message (unknown_version, 5 bytes, seq 4)"
+        );
+    }
+
+    #[test]
+    fn ram_keys_are_told_apart() {
+        assert_eq!(RamKey::parse("user:1"), RamKey::Plain("user:1"));
+        assert_eq!(RamKey::parse("\0k\0odd"), RamKey::Plain("\0odd"));
+        let f = RamKey::parse("\0fget_user:|;user=00ff");
+        assert_eq!(
+            f,
+            RamKey::Func {
+                name: "get_user",
+                call: "|;user=00ff"
+            }
+        );
+        assert_eq!(f.to_string(), "f:get_user:|;user=00ff");
+        assert_eq!(RamKey::parse("user:1").to_string(), "k:user:1");
+        assert_eq!(RamKey::parse("\0k\0odd").to_string(), "k:\\0odd");
     }
 
     #[test]
