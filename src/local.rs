@@ -47,6 +47,7 @@ const KEY_FENCE_SLOTS: usize = 4096;
 /// cached functions start with a NUL byte followed by `f`. The rare plain key
 /// that itself starts with NUL is escaped with a `\0k` prefix, so the two
 /// spaces never collide.
+#[inline]
 pub(crate) fn plain_ram_key(key: &str) -> Cow<'_, str> {
     if key.starts_with('\0') {
         Cow::Owned(format!("\0k{key}"))
@@ -194,6 +195,7 @@ impl LocalLayer {
     /// A valid entry for `key`, if any. Entries invalidated through their
     /// function, through "everything" or by the outage floor are removed as
     /// they are found.
+    #[inline]
     pub(crate) fn get(&self, key: &str) -> Option<Entry> {
         let entry = self.cache.get(key)?;
         match self.validity(&entry) {
@@ -212,6 +214,7 @@ impl LocalLayer {
         self.get(key)?.value.downcast::<T>().ok()
     }
 
+    #[inline]
     fn validity(&self, entry: &Entry) -> Validity {
         let group_fence = entry
             .group

@@ -127,10 +127,12 @@ impl NodeMetrics {
         }
     }
 
+    #[inline]
     pub(crate) fn hit(&self, layer: Layer) {
         self.hits[layer as usize].increment(1);
     }
 
+    #[inline]
     pub(crate) fn miss(&self, layer: Layer) {
         self.misses[layer as usize].increment(1);
     }
@@ -146,6 +148,7 @@ pub(crate) fn decode_failure(reason: &'static str) {
 
 /// Whether this RAM lookup should be timed (one in [`RAM_SAMPLE_EVERY`],
 /// counted per thread so it costs no shared write).
+#[inline]
 pub(crate) fn sample_ram() -> bool {
     thread_local!(static N: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
     N.with(|n| {

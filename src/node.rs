@@ -276,6 +276,7 @@ impl CacheNode {
     }
 
     /// Err once [`shutdown`](Self::shutdown) has run.
+    #[inline]
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.inner.shut_down.load(Ordering::Relaxed) {
             Err(Error::Shutdown)
@@ -285,6 +286,7 @@ impl CacheNode {
     }
 
     /// The RAM layer, when this call should use it.
+    #[inline]
     pub(crate) fn ram(&self) -> Option<&LocalLayer> {
         match self.layers {
             Layers::Both | Layers::RamOnly => self.inner.local.as_deref(),
