@@ -21,7 +21,8 @@
 
 use futures::StreamExt;
 
-use crate::bus::{decode_channel_payload, BusMessage, MalformedMessage};
+use crate::bus::message::{decode_channel_payload_with, BusAuth};
+use crate::bus::{BusMessage, MalformedMessage};
 use crate::func::key::{self, Args};
 use crate::keysets::{KeySets, Walk};
 use crate::{CacheNode, ClearSome, Error, Result};
@@ -64,6 +65,7 @@ pub struct NamespaceStats {
 /// [`CacheNode::tail_bus`].
 pub struct BusTail {
     channel: String,
+    auth: Option<BusAuth>,
     stream: redis::aio::PubSubStream,
 }
 
@@ -82,11 +84,17 @@ impl BusTail {
     }
 
     /// The next message published on the bus, decoded; a payload that does
-    /// not decode is returned as a [`MalformedMessage`]. `None` once the
+    /// not decode is returned as a [`MalformedMessage`], and so is, when the
+    /// node has a [`bus_secret`](crate::CacheNodeBuilder::bus_secret), one
+    /// that is unsigned or badly signed (reason `unsigned` /
+    /// `bad_signature`). `None` once the
     /// connection is lost (nothing reconnects: subscribe again).
     pub async fn next(&mut self) -> Option<Result<BusMessage, MalformedMessage>> {
         let msg = self.stream.next().await?;
-        Some(decode_channel_payload(msg.get_payload_bytes()))
+        Some(decode_channel_payload_with(
+            msg.get_payload_bytes(),
+            self.auth.as_ref(),
+        ))
     }
 }
 
@@ -237,7 +245,12 @@ impl CacheNode {
         let shared = self
             .redis("tail_bus")?
             .ok_or(Error::NoSharedLayer { op: "tail_bus" })?;
-        let channel = self.inner().config.keys.bus_channel();
+        let config = &self.inner().config;
+        let channel = config.keys.bus_channel();
+        let auth = config
+            .bus
+            .as_ref()
+            .and_then(|b| b.auth(config.keys.namespace()));
         let subscribe = async {
             let mut pubsub = shared.client().get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -246,6 +259,7 @@ impl CacheNode {
         let pubsub = shared.run("subscribe", subscribe).await?;
         Ok(BusTail {
             channel,
+            auth,
             stream: pubsub.into_on_message(),
         })
     }

@@ -20,6 +20,16 @@
 //! 6. optionally watches keyspace notifications for deletions and expiries
 //!    made outside cachenode.
 //!
+//! **Authentication.** With a [`bus_secret`](crate::CacheNodeBuilder::bus_secret),
+//! every body is signed (HMAC-SHA256 over namespace and body; see the
+//! `message` module) and the listener drops, without flushing, catching up or
+//! advancing, every message that is unsigned or badly signed, counting it in
+//! [`BusHealth::unauthenticated`]. A forged *log* entry is skipped (its
+//! sequence number cannot also hold a real entry: stream ids are unique)
+//! rather than treated as undecodable, which would flush RAM. Not covered:
+//! replays of genuine signed messages (the sequence number is assigned by
+//! Redis after signing), and deleting or trimming the bus keys.
+//!
 //! **Guarantee.** Once an invalidation call returns `Ok`, no node serves the
 //! old value from RAM later than `deletion_check_frequency` plus one Redis
 //! round trip, whatever messages are lost; normally within one pub/sub hop.
@@ -35,9 +45,9 @@ use redis::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use message::Body;
 pub use message::Invalidation;
 pub use message::{decode_channel_payload, BusMessage, MalformedMessage, RamKey};
+use message::{Body, BusAuth};
 
 use crate::keys::Keys;
 use crate::local::LocalLayer;
@@ -81,6 +91,25 @@ pub(crate) struct BusConfig {
     pub(crate) deletion_check_frequency: Duration,
     pub(crate) log_len: usize,
     pub(crate) watch_keyspace: bool,
+    /// The shared secret that signs and verifies messages.
+    pub(crate) secret: Option<BusSecret>,
+}
+
+/// A bus secret; its `Debug` never shows it.
+#[derive(Clone)]
+pub(crate) struct BusSecret(pub(crate) Arc<[u8]>);
+
+impl std::fmt::Debug for BusSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BusSecret(<redacted>)")
+    }
+}
+
+impl BusConfig {
+    /// The MAC for `namespace`, when a secret is set.
+    pub(crate) fn auth(&self, namespace: &str) -> Option<BusAuth> {
+        self.secret.as_ref().map(|s| BusAuth::new(&s.0, namespace))
+    }
 }
 
 /// Names of the bus's Redis keys, computed once.
@@ -111,6 +140,7 @@ pub(crate) struct BusState {
     pub(crate) last_seen: AtomicU64,
     pub(crate) applied: AtomicU64,
     pub(crate) malformed: AtomicU64,
+    pub(crate) unauthenticated: AtomicU64,
     pub(crate) flushes: AtomicU64,
     pub(crate) suspended: AtomicBool,
     pub(crate) last_check_ok_ms: AtomicU64,
@@ -135,6 +165,11 @@ pub struct BusHealth {
     pub applied: u64,
     /// Messages dropped as malformed, oversized or of an unknown version.
     pub malformed: u64,
+    /// Messages dropped because they were unsigned or badly signed, on a
+    /// node with a [`bus_secret`](crate::CacheNodeBuilder::bus_secret):
+    /// forgeries, or nodes of the namespace configured with another secret
+    /// or none. Always 0 without a secret.
+    pub unauthenticated: u64,
     /// Times the whole RAM layer was dropped because the log could not fill
     /// a gap or Redis lost the bus's state.
     pub gap_flushes: u64,
@@ -152,6 +187,7 @@ pub struct BusHealth {
 pub(crate) struct Bus {
     keys: BusKeys,
     origin: [u8; 16],
+    auth: Option<BusAuth>,
     shared: SharedLayer,
     state: Arc<BusState>,
     script: redis::Script,
@@ -172,6 +208,7 @@ impl Bus {
         let keys_ns = keys.namespace();
         let keys = BusKeys::new(keys);
         let origin = *uuid::Uuid::new_v4().as_bytes();
+        let auth = config.auth(keys_ns);
         let state = Arc::new(BusState::default());
         let (stop, stopped) = watch::channel(false);
         let task = match local {
@@ -193,6 +230,7 @@ impl Bus {
         Ok(Bus {
             keys,
             origin,
+            auth,
             shared,
             state,
             script: redis::Script::new(PUBLISH_SCRIPT),
@@ -206,11 +244,14 @@ impl Bus {
     pub(crate) fn bodies(&self, invalidation: Invalidation) -> Result<Vec<Vec<u8>>> {
         let sent_at_us = crate::node::unix_micros();
         let body = |invalidation| {
-            message::encode(&Body {
-                origin: self.origin,
-                sent_at_us,
-                invalidation,
-            })
+            message::encode(
+                &Body {
+                    origin: self.origin,
+                    sent_at_us,
+                    invalidation,
+                },
+                self.auth.as_ref(),
+            )
         };
         match invalidation {
             Invalidation::Keys(keys) if keys.len() > KEYS_PER_MESSAGE => keys
@@ -311,6 +352,7 @@ impl Bus {
             lag: last_seen_seq - last_applied_seq,
             applied: s.applied.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
+            unauthenticated: s.unauthenticated.load(Ordering::Relaxed),
             gap_flushes: s.flushes.load(Ordering::Relaxed),
             suspended: s.suspended.load(Ordering::Acquire),
             last_check_ok_ms: s.last_check_ok_ms.load(Ordering::Acquire),

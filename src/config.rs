@@ -92,6 +92,8 @@ pub struct CacheNodeBuilder {
     bus: bool,
     bus_log_len: usize,
     watch_keyspace: bool,
+    /// Redacted in `Debug`.
+    bus_secret: Option<crate::bus::BusSecret>,
     sweep_every: Option<Duration>,
     builder: bool,
     refresh_granularity: Duration,
@@ -117,6 +119,7 @@ impl Default for CacheNodeBuilder {
             bus: true,
             bus_log_len: crate::bus::DEFAULT_LOG_LEN,
             watch_keyspace: false,
+            bus_secret: None,
             sweep_every: Some(crate::keysets::DEFAULT_SWEEP_EVERY),
             builder: false,
             refresh_granularity: crate::refresh::DEFAULT_REFRESH_GRANULARITY,
@@ -231,6 +234,27 @@ impl CacheNodeBuilder {
     /// more than this while disconnected drops its whole RAM layer.
     pub fn bus_log_len(mut self, len: usize) -> Self {
         self.bus_log_len = len;
+        self
+    }
+
+    /// Authenticates the invalidation bus with a secret shared by every node
+    /// of the namespace (and the `cachenode` CLI: `--bus-secret-file` or
+    /// `CACHENODE_BUS_SECRET`). Each message then carries an HMAC-SHA256 over
+    /// the namespace and its body, and messages that are unsigned or badly
+    /// signed are dropped and counted in
+    /// [`BusHealth::unauthenticated`](crate::bus::BusHealth::unauthenticated),
+    /// without flushing RAM: a client allowed to publish on the bus channel
+    /// or append to its log cannot make nodes drop entries by forging
+    /// messages. Replays of genuine signed messages are not detected.
+    ///
+    /// Every node of a namespace must have the same secret, or none: a node
+    /// with a secret ignores the messages of nodes without one (and of nodes
+    /// with another), so their invalidations do not reach its RAM. A node
+    /// without a secret still applies signed messages (it cannot check them)
+    /// and logs a warning. An empty secret is refused by
+    /// [`build`](Self::build).
+    pub fn bus_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.bus_secret = Some(crate::bus::BusSecret(secret.into().into()));
         self
     }
 
@@ -389,6 +413,9 @@ impl CacheNodeBuilder {
                 "key_set_sweep_every must be greater than zero".into(),
             ));
         }
+        if self.bus_secret.as_ref().is_some_and(|s| s.0.is_empty()) {
+            return Err(Error::Config("bus_secret must not be empty".into()));
+        }
         if self.bus_log_len == 0 {
             return Err(Error::Config(
                 "bus_log_len must be greater than zero".into(),
@@ -415,6 +442,7 @@ impl CacheNodeBuilder {
                 deletion_check_frequency: self.deletion_check_frequency,
                 log_len: self.bus_log_len,
                 watch_keyspace: self.watch_keyspace,
+                secret: self.bus_secret,
             }),
             before_fill: self.before_fill,
             sweep_every: self.sweep_every,

@@ -28,6 +28,9 @@ pub const INVALIDATIONS_APPLIED_TOTAL: &str = "cachenode_invalidations_applied_t
 pub const PROPAGATION_SECONDS: &str = "cachenode_bus_propagation_seconds";
 /// Bus messages dropped as malformed, by `reason`.
 pub const BUS_MALFORMED_TOTAL: &str = "cachenode_bus_malformed_total";
+/// Bus messages dropped as unsigned or badly signed (on a node with a bus
+/// secret), by `reason` (`unsigned`, `bad_signature`).
+pub const BUS_UNAUTHENTICATED_TOTAL: &str = "cachenode_bus_unauthenticated_total";
 
 /// Latency of cache operations, by `layer`: every Redis command, and one in
 /// [`RAM_SAMPLE_EVERY`] RAM lookups (timing each would cost more than the
@@ -66,6 +69,7 @@ pub const ALL: &[&str] = &[
     INVALIDATIONS_APPLIED_TOTAL,
     PROPAGATION_SECONDS,
     BUS_MALFORMED_TOTAL,
+    BUS_UNAUTHENTICATED_TOTAL,
     OPERATION_SECONDS,
     FUNCTION_HITS_TOTAL,
     FUNCTION_MISSES_TOTAL,
@@ -245,4 +249,8 @@ pub(crate) fn propagation_delay(delay: std::time::Duration) {
 
 pub(crate) fn bus_malformed(reason: &'static str) {
     metrics::counter!(BUS_MALFORMED_TOTAL, "reason" => reason).increment(1);
+}
+
+pub(crate) fn bus_unauthenticated(reason: &'static str) {
+    metrics::counter!(BUS_UNAUTHENTICATED_TOTAL, "reason" => reason).increment(1);
 }

@@ -11,7 +11,7 @@ use redis::aio::PubSubStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::message::{self, Body, Invalidation, Malformed};
+use super::message::{self, Body, BusAuth, Invalidation, Malformed};
 use super::{BusConfig, BusKeys, BusState};
 use crate::local::{FlushReason, LocalLayer};
 use crate::node::unix_millis;
@@ -23,6 +23,8 @@ const CATCH_UP_PAGE: usize = 512;
 /// First and largest pause between two attempts to subscribe again.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// One unauthenticated message in this many is logged as a warning.
+const UNAUTHENTICATED_LOG_EVERY: u64 = 1000;
 
 /// Where an applied invalidation came from (a bounded metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,10 @@ pub(crate) struct Listener {
     origin: [u8; 16],
     state: Arc<BusState>,
     config: BusConfig,
+    /// Verifies messages when the node has a bus secret.
+    auth: Option<BusAuth>,
+    /// Whether the "signed messages but no secret here" warning was logged.
+    warned_signed: bool,
     /// Redis's bus epoch as this node last saw it.
     epoch: Option<String>,
     last_applied: u64,
@@ -89,6 +95,7 @@ impl Listener {
             channel_prefix: format!("__keyspace@{}__:", shared.db()),
             namespace_prefix: format!("{namespace}:"),
         });
+        let auth = config.auth(namespace);
         let mut listener = Listener {
             shared,
             local,
@@ -96,6 +103,8 @@ impl Listener {
             origin,
             state,
             config,
+            auth,
+            warned_signed: false,
             epoch: None,
             last_applied: 0,
             last_ok: Instant::now(),
@@ -175,26 +184,44 @@ impl Listener {
             return;
         }
         let Some((seq, body)) = message::split_channel_payload(msg.get_payload_bytes()) else {
-            self.malformed(Malformed::Garbage, Source::PubSub);
-            // Treat as a lost message: the log holds the real ones.
-            self.check(Source::Stream).await;
+            self.refused(Malformed::Garbage, Source::PubSub);
+            if self.auth.is_none() {
+                // Treat as a lost message: the log holds the real ones.
+                self.check(Source::Stream).await;
+            }
             return;
         };
         if seq <= self.last_applied {
             return; // a replay, or already read from the log
         }
         if seq != self.last_applied + 1 {
+            // With a secret, a message that does not verify is not a real
+            // one: it must not even cost a catch-up.
+            if let Some(auth) = &self.auth {
+                if let Err(m) = message::decode(body, Some(auth)) {
+                    self.refused(m, Source::PubSub);
+                    return;
+                }
+            }
             self.check(Source::Stream).await;
             return;
         }
-        match message::decode(body) {
-            Ok(body) => {
-                self.apply(&body, Source::PubSub);
+        match message::decode(body, self.auth.as_ref()) {
+            Ok(decoded) => {
+                self.warn_if_signed(body);
+                self.apply(&decoded, Source::PubSub);
                 self.advance(seq);
             }
             Err(m) => {
-                self.malformed(m, Source::PubSub);
-                self.check(Source::Stream).await;
+                self.refused(m, Source::PubSub);
+                // With a secret: not applied, not advanced, no catch-up (a
+                // forger could otherwise make every node hit Redis at will).
+                // The real message with this number, if any, comes next; a
+                // lost one is found by the next message's gap or the
+                // periodic check, within the usual bound.
+                if self.auth.is_none() {
+                    self.check(Source::Stream).await;
+                }
             }
         }
     }
@@ -340,15 +367,44 @@ impl Listener {
                 if seq <= self.last_applied {
                     continue;
                 }
-                if seq != self.last_applied + 1 {
-                    self.flush("the bus log was trimmed past this node's position");
-                }
                 let body = fields
                     .chunks(2)
                     .find(|f| f.first().map(Vec::as_slice) == Some(b"m"))
                     .and_then(|f| f.get(1));
-                match body.map(|b| message::decode(b)) {
-                    Some(Ok(body)) => self.apply(&body, source),
+                let decoded = match (body, &self.auth) {
+                    (Some(b), auth) => Some(message::decode(b, auth.as_ref())),
+                    (None, Some(_)) => Some(Err(Malformed::Unsigned)),
+                    (None, None) => None,
+                };
+                if let Some(Err(m)) = decoded {
+                    // With a secret, nothing that fails to verify (or is
+                    // oversized: refused before verifying) is a real entry.
+                    if self.auth.is_some() {
+                        // Forged (or from a node with another secret): never
+                        // a flush, whatever gap precedes it. Its number holds
+                        // no real entry (stream ids are unique); a real
+                        // publication that found it in the way failed and
+                        // was not acknowledged. Never advance past the
+                        // counter, or the next check would see the counter
+                        // "go back" and flush.
+                        self.refused(m, Source::Stream);
+                        self.advance(seq.min(target));
+                        if seq >= target {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                if seq != self.last_applied + 1 {
+                    self.flush("the bus log was trimmed past this node's position");
+                }
+                match decoded {
+                    Some(Ok(decoded)) => {
+                        if let Some(b) = body {
+                            self.warn_if_signed(b);
+                        }
+                        self.apply(&decoded, source)
+                    }
                     Some(Err(m)) => {
                         // What it meant to drop is unknown: drop everything.
                         self.malformed(m, Source::Stream);
@@ -404,6 +460,47 @@ impl Listener {
         self.state.flushes.fetch_add(1, Ordering::Relaxed);
         crate::metrics::ram_flush(FlushReason::BusGap.label());
         tracing::warn!(reason = why, "bus dropped the whole RAM layer");
+    }
+
+    /// Counts a message that is dropped: unauthenticated or malformed.
+    fn refused(&self, why: Malformed, source: Source) {
+        if why.is_unauthenticated() {
+            self.unauthenticated(why, source);
+        } else {
+            self.malformed(why, source);
+        }
+    }
+
+    /// Logs the first and then one in [`UNAUTHENTICATED_LOG_EVERY`], so
+    /// that a forger cannot flood the logs.
+    fn unauthenticated(&self, why: Malformed, source: Source) {
+        let before = self.state.unauthenticated.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::bus_unauthenticated(why.label());
+        if !before.is_multiple_of(UNAUTHENTICATED_LOG_EVERY) {
+            tracing::debug!(reason = why.label(), "unauthenticated bus message dropped");
+            return;
+        }
+        tracing::warn!(
+            total = before + 1,
+            reason = why.label(),
+            source = source.label(),
+            "unauthenticated bus message dropped: forged, or a node of this \
+             namespace has another bus secret or none (a misconfiguration: \
+             its invalidations do not reach this node's RAM)"
+        );
+    }
+
+    /// A node without a secret applies signed messages unchecked; says once
+    /// that the namespace's nodes are configured differently.
+    fn warn_if_signed(&mut self, body: &[u8]) {
+        if self.auth.is_none() && !self.warned_signed && message::is_signed(body) {
+            self.warned_signed = true;
+            tracing::error!(
+                "this node has no bus secret but receives signed bus messages: \
+                 other nodes of the namespace have one, and ignore this node's \
+                 invalidations. Configure the same bus_secret on every node"
+            );
+        }
     }
 
     fn malformed(&self, why: Malformed, source: Source) {

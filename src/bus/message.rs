@@ -9,13 +9,68 @@
 //!
 //! Decoding checks the version and decodes under [`MAX_MESSAGE_BYTES`], so a
 //! malformed or oversized message is refused without panicking.
+//!
+//! **Authenticated bodies.** With a bus secret configured, bodies are version
+//! [`VERSION_SIGNED`]: the version byte, a 32-byte tag, then the bincode
+//! encoding, where tag = HMAC-SHA256(secret, namespace || 0x00 || bincode).
+//! The namespace is bound into the tag, so a message signed for one
+//! namespace is refused in another. The sequence number is *not* covered
+//! (Redis assigns it after signing): a party that can publish could replay a
+//! genuine signed message it captured. A node with a secret accepts only
+//! signed bodies with a valid tag (checked in constant time); a node without
+//! one writes version 1 and reads both versions, the tag of version 2
+//! unchecked (it trusts every message anyway), and warns loudly: mixing
+//! nodes with and without a secret in one namespace is a misconfiguration.
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::codec::{Bincode, Codec};
 
-/// The body version this build writes and reads.
+/// The body version this build writes and reads without a secret.
 pub(crate) const VERSION: u8 = 1;
+/// The body version written and required with a bus secret.
+pub(crate) const VERSION_SIGNED: u8 = 2;
+/// Length of the HMAC-SHA256 tag of a signed body.
+pub(crate) const TAG_LEN: usize = 32;
+
+/// The keyed MAC of a namespace's bus: signs and verifies bodies. Its
+/// `Debug` never shows the secret.
+#[derive(Clone)]
+pub(crate) struct BusAuth {
+    /// Keyed with the secret and already fed `namespace || 0x00`.
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for BusAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BusAuth(<secret>)")
+    }
+}
+
+impl BusAuth {
+    /// The MAC for `namespace`'s bus under `secret`.
+    pub(crate) fn new(secret: &[u8], namespace: &str) -> Self {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+        mac.update(namespace.as_bytes());
+        mac.update(&[0]);
+        BusAuth { mac }
+    }
+
+    fn tag(&self, encoded: &[u8]) -> [u8; TAG_LEN] {
+        let mut mac = self.mac.clone();
+        mac.update(encoded);
+        mac.finalize().into_bytes().into()
+    }
+
+    fn verify(&self, tag: &[u8], encoded: &[u8]) -> bool {
+        let mut mac = self.mac.clone();
+        mac.update(encoded);
+        mac.verify_slice(tag).is_ok()
+    }
+}
 
 /// The largest body accepted; bigger invalidations are split by the publisher.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -54,6 +109,11 @@ pub(crate) enum Malformed {
     UnknownVersion,
     /// Not a message at all.
     Garbage,
+    /// Not signed, on a node that has a bus secret.
+    Unsigned,
+    /// Signed, but the tag does not match (another secret, another
+    /// namespace, or tampered with).
+    BadSignature,
 }
 
 impl Malformed {
@@ -62,16 +122,35 @@ impl Malformed {
             Malformed::Oversized => "oversized",
             Malformed::UnknownVersion => "unknown_version",
             Malformed::Garbage => "garbage",
+            Malformed::Unsigned => "unsigned",
+            Malformed::BadSignature => "bad_signature",
         }
+    }
+
+    /// Whether the message was refused for lack of a valid signature (it may
+    /// be forged: it must never cause a flush or a catch-up).
+    pub(crate) fn is_unauthenticated(self) -> bool {
+        matches!(self, Malformed::Unsigned | Malformed::BadSignature)
     }
 }
 
-/// Encodes a body.
-pub(crate) fn encode(body: &Body) -> crate::Result<Vec<u8>> {
-    let mut out = vec![VERSION];
+/// Encodes a body: version 1, or version 2 signed when `auth` is given.
+pub(crate) fn encode(body: &Body, auth: Option<&BusAuth>) -> crate::Result<Vec<u8>> {
+    let mut out = match auth {
+        None => vec![VERSION],
+        Some(_) => {
+            let mut out = vec![0; 1 + TAG_LEN];
+            out[0] = VERSION_SIGNED;
+            out
+        }
+    };
     Bincode
         .encode_into(body, &mut out)
         .map_err(crate::Error::Encode)?;
+    if let Some(auth) = auth {
+        let tag = auth.tag(&out[1 + TAG_LEN..]);
+        out[1..1 + TAG_LEN].copy_from_slice(&tag);
+    }
     if out.len() > MAX_MESSAGE_BYTES {
         return Err(crate::Error::ValueTooLarge {
             size: out.len(),
@@ -81,18 +160,41 @@ pub(crate) fn encode(body: &Body) -> crate::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decodes a body.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Body, Malformed> {
+/// Decodes a body. With `auth`, only a signed body whose tag verifies is
+/// accepted; without, both versions are (the tag of a signed one unchecked).
+pub(crate) fn decode(bytes: &[u8], auth: Option<&BusAuth>) -> Result<Body, Malformed> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(Malformed::Oversized);
     }
-    match bytes.first() {
-        None => Err(Malformed::Garbage),
-        Some(&VERSION) => Bincode
-            .decode(&bytes[1..], MAX_MESSAGE_BYTES)
-            .map_err(|_| Malformed::Garbage),
-        Some(_) => Err(Malformed::UnknownVersion),
-    }
+    let encoded = match (bytes.first(), auth) {
+        (None, _) => return Err(Malformed::Garbage),
+        (Some(&VERSION), None) => &bytes[1..],
+        (Some(&VERSION), Some(_)) => return Err(Malformed::Unsigned),
+        (Some(&VERSION_SIGNED), _) if bytes.len() < 1 + TAG_LEN => {
+            return Err(match auth {
+                Some(_) => Malformed::BadSignature,
+                None => Malformed::Garbage,
+            })
+        }
+        (Some(&VERSION_SIGNED), None) => &bytes[1 + TAG_LEN..],
+        (Some(&VERSION_SIGNED), Some(auth)) => {
+            let (tag, encoded) = bytes[1..].split_at(TAG_LEN);
+            if !auth.verify(tag, encoded) {
+                return Err(Malformed::BadSignature);
+            }
+            encoded
+        }
+        (Some(_), Some(_)) => return Err(Malformed::Unsigned),
+        (Some(_), None) => return Err(Malformed::UnknownVersion),
+    };
+    Bincode
+        .decode(encoded, MAX_MESSAGE_BYTES)
+        .map_err(|_| Malformed::Garbage)
+}
+
+/// Whether `bytes` is a signed body (version 2), whatever its tag.
+pub(crate) fn is_signed(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&VERSION_SIGNED)
 }
 
 /// Splits a channel payload `{seq}:{body}` into its parts.
@@ -128,7 +230,8 @@ pub struct BusMessage {
 pub struct MalformedMessage {
     /// The sequence number, when the payload starts with one.
     pub seq: Option<u64>,
-    /// Why: `no_sequence`, `oversized`, `unknown_version` or `garbage`.
+    /// Why: `no_sequence`, `oversized`, `unknown_version`, `garbage`, or,
+    /// when the reader has a bus secret, `unsigned` or `bad_signature`.
     pub reason: &'static str,
     /// The payload's length in bytes.
     pub len: usize,
@@ -151,8 +254,19 @@ impl std::fmt::Display for MalformedMessage {
 impl std::error::Error for MalformedMessage {}
 
 /// Decodes a payload of the bus channel (`{seq}:{body}`). Never panics:
-/// anything else is a [`MalformedMessage`].
+/// anything else is a [`MalformedMessage`]. Signed messages (version 2) are
+/// decoded without checking their tag: this function knows no secret
+/// ([`tail_bus`](crate::CacheNode::tail_bus) on a node with a bus secret
+/// checks it).
 pub fn decode_channel_payload(payload: &[u8]) -> Result<BusMessage, MalformedMessage> {
+    decode_channel_payload_with(payload, None)
+}
+
+/// [`decode_channel_payload`], verifying signatures when `auth` is given.
+pub(crate) fn decode_channel_payload_with(
+    payload: &[u8],
+    auth: Option<&BusAuth>,
+) -> Result<BusMessage, MalformedMessage> {
     let Some((seq, body)) = split_channel_payload(payload) else {
         return Err(MalformedMessage {
             seq: None,
@@ -160,7 +274,7 @@ pub fn decode_channel_payload(payload: &[u8]) -> Result<BusMessage, MalformedMes
             len: payload.len(),
         });
     };
-    let body = decode(body).map_err(|m| MalformedMessage {
+    let body = decode(body, auth).map_err(|m| MalformedMessage {
         seq: Some(seq),
         reason: m.label(),
         len: payload.len(),
@@ -236,22 +350,25 @@ mod tests {
             Invalidation::All,
         ] {
             let b = body(inv);
-            assert_eq!(decode(&encode(&b).unwrap()).unwrap(), b);
+            assert_eq!(decode(&encode(&b, None).unwrap(), None).unwrap(), b);
         }
     }
 
     #[test]
     fn refuses_malformed() {
-        assert_eq!(decode(b""), Err(Malformed::Garbage));
-        assert_eq!(decode(b"\x01garbage"), Err(Malformed::Garbage));
-        assert_eq!(decode(b"\x09whatever"), Err(Malformed::UnknownVersion));
+        assert_eq!(decode(b"", None), Err(Malformed::Garbage));
+        assert_eq!(decode(b"\x01garbage", None), Err(Malformed::Garbage));
         assert_eq!(
-            decode(&vec![1u8; MAX_MESSAGE_BYTES + 1]),
+            decode(b"\x09whatever", None),
+            Err(Malformed::UnknownVersion)
+        );
+        assert_eq!(
+            decode(&vec![1u8; MAX_MESSAGE_BYTES + 1], None),
             Err(Malformed::Oversized)
         );
-        let mut ok = encode(&body(Invalidation::All)).unwrap();
+        let mut ok = encode(&body(Invalidation::All), None).unwrap();
         ok.push(0);
-        assert_eq!(decode(&ok), Err(Malformed::Garbage), "trailing bytes");
+        assert_eq!(decode(&ok, None), Err(Malformed::Garbage), "trailing bytes");
     }
 
     #[test]
@@ -271,7 +388,7 @@ mod tests {
     fn public_decoding_never_panics() {
         let b = body(Invalidation::Keys(vec!["a".into()]));
         let mut payload = b"7:".to_vec();
-        payload.extend(encode(&b).unwrap());
+        payload.extend(encode(&b, None).unwrap());
         let m = decode_channel_payload(&payload).unwrap();
         assert_eq!(m.seq, 7);
         assert_eq!(m.origin, uuid::Uuid::from_bytes([7; 16]));
@@ -310,8 +427,67 @@ mod tests {
     fn oversized_invalidation_is_refused_on_encode() {
         let keys = (0..100_000).map(|i| format!("key-{i:020}")).collect();
         assert!(matches!(
-            encode(&body(Invalidation::Keys(keys))),
+            encode(&body(Invalidation::Keys(keys)), None),
             Err(crate::Error::ValueTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn signed_roundtrip_and_tamper() {
+        let auth = BusAuth::new(b"s3cret", "ns");
+        let b = body(Invalidation::Keys(vec!["a".into(), "b".into()]));
+        let signed = encode(&b, Some(&auth)).unwrap();
+        assert_eq!(signed[0], VERSION_SIGNED);
+        assert!(is_signed(&signed));
+        assert_eq!(decode(&signed, Some(&auth)).unwrap(), b);
+        // A node without a secret reads it (tag unchecked).
+        assert_eq!(decode(&signed, None).unwrap(), b);
+
+        // Unsigned, on a node with a secret.
+        let plain = encode(&b, None).unwrap();
+        assert_eq!(decode(&plain, Some(&auth)), Err(Malformed::Unsigned));
+        // Another secret, another namespace.
+        for other in [BusAuth::new(b"other", "ns"), BusAuth::new(b"s3cret", "ns2")] {
+            assert_eq!(decode(&signed, Some(&other)), Err(Malformed::BadSignature));
+        }
+        // Any flipped bit, in the tag or the body.
+        for i in 1..signed.len() {
+            let mut t = signed.clone();
+            t[i] ^= 0x01;
+            assert_eq!(
+                decode(&t, Some(&auth)),
+                Err(Malformed::BadSignature),
+                "byte {i}"
+            );
+        }
+        // A v1 body re-labelled as v2 with a zero tag; truncated; other versions.
+        let mut relabel = vec![VERSION_SIGNED];
+        relabel.extend([0u8; TAG_LEN]);
+        relabel.extend(&plain[1..]);
+        assert_eq!(decode(&relabel, Some(&auth)), Err(Malformed::BadSignature));
+        assert_eq!(
+            decode(&signed[..20], Some(&auth)),
+            Err(Malformed::BadSignature)
+        );
+        assert_eq!(decode(&signed[..20], None), Err(Malformed::Garbage));
+        assert_eq!(decode(b"\x09x", Some(&auth)), Err(Malformed::Unsigned));
+        assert!(Malformed::Unsigned.is_unauthenticated());
+        assert!(Malformed::BadSignature.is_unauthenticated());
+        assert!(!Malformed::Garbage.is_unauthenticated());
+        // The secret never shows.
+        assert_eq!(format!("{auth:?}"), "BusAuth(<secret>)");
+
+        let mut payload = b"5:".to_vec();
+        payload.extend(&plain);
+        let bad = decode_channel_payload_with(&payload, Some(&auth)).unwrap_err();
+        assert_eq!((bad.seq, bad.reason), (Some(5), "unsigned"));
+        let mut payload = b"6:".to_vec();
+        payload.extend(&signed);
+        assert_eq!(
+            decode_channel_payload_with(&payload, Some(&auth))
+                .unwrap()
+                .seq,
+            6
+        );
     }
 }

@@ -175,6 +175,8 @@ pub struct Proxy {
 
 struct ProxyShared {
     mode: std::sync::atomic::AtomicU8,
+    /// Added before forwarding each chunk, in microseconds.
+    delay_us: std::sync::atomic::AtomicU64,
     stop: std::sync::atomic::AtomicBool,
     /// Both ends of every forwarded connection, and the connections held
     /// open without an answer while black-holed.
@@ -204,6 +206,7 @@ impl Proxy {
         let port = listener.local_addr().expect("proxy address").port();
         let shared = std::sync::Arc::new(ProxyShared {
             mode: std::sync::atomic::AtomicU8::new(FORWARD),
+            delay_us: std::sync::atomic::AtomicU64::new(0),
             stop: std::sync::atomic::AtomicBool::new(false),
             conns: std::sync::Mutex::new(Vec::new()),
         });
@@ -231,8 +234,23 @@ impl Proxy {
                             else {
                                 continue;
                             };
+                            let s = s.clone();
                             std::thread::spawn(move || {
-                                let _ = std::io::copy(&mut from, &mut to);
+                                use std::io::{Read, Write};
+                                let mut buf = [0u8; 16 * 1024];
+                                loop {
+                                    let n = match from.read(&mut buf) {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => n,
+                                    };
+                                    let delay = s.delay_us.load(Ordering::Relaxed);
+                                    if delay > 0 {
+                                        std::thread::sleep(Duration::from_micros(delay));
+                                    }
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
                                 let _ = from.shutdown(std::net::Shutdown::Both);
                                 let _ = to.shutdown(std::net::Shutdown::Both);
                             });
@@ -259,6 +277,14 @@ impl Proxy {
     /// (a partition that drops packets: connecting hangs, not fails).
     pub fn blackhole(&self) {
         self.set_mode(BLACKHOLE);
+    }
+
+    /// Delays every chunk forwarded in either direction by `d` (zero: none),
+    /// on existing and new connections: a slow network path.
+    pub fn set_delay(&self, d: Duration) {
+        self.shared
+            .delay_us
+            .store(d.as_micros() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Forwards new connections again (black-holed ones are closed).
@@ -312,5 +338,92 @@ where
             return None;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A redis-server that only speaks TLS (`--port 0 --tls-port N`), with a CA
+/// and a server certificate (SANs `localhost`, `127.0.0.1`) generated for it
+/// by the `openssl` CLI. Killed on drop.
+#[cfg(feature = "tls")]
+pub struct TlsRedis {
+    server: RedisServer,
+    port: u16,
+}
+
+#[cfg(feature = "tls")]
+impl TlsRedis {
+    /// Starts the server on a free port and waits until it answers over TLS.
+    pub fn start() -> Self {
+        let port = redis_test::utils::get_random_available_port();
+        let server = RedisServer::new_with_addr_tls_modules_and_spawner(
+            ConnectionAddr::TcpTls {
+                host: "127.0.0.1".into(),
+                port,
+                insecure: true,
+                tls_params: None,
+            },
+            None,
+            None,
+            false,
+            None,
+            &[],
+            |cmd| cmd.spawn().expect("spawn redis-server"),
+        );
+        let t = TlsRedis { server, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = t
+                .client()
+                .get_connection_with_timeout(Duration::from_millis(500))
+            {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return t;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "TLS redis on port {port} did not start: {:?}",
+                t.server.log_file_contents()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `rediss://` URL that skips certificate checks (`#insecure`).
+    pub fn insecure_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/#insecure", self.port)
+    }
+
+    /// `rediss://` URL whose certificate is checked against the system's
+    /// roots (point `SSL_CERT_FILE` at [`ca_file`](Self::ca_file)).
+    pub fn verified_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// The plain-text URL of the same port (which must not work).
+    pub fn plain_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA certificate that signed the server's certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.server
+            .tls_paths
+            .as_ref()
+            .expect("TLS server has certificates")
+            .ca_crt
+            .clone()
+    }
+
+    /// A client for raw commands, over TLS.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.insecure_url()).expect("test rediss url")
+    }
+
+    /// A synchronous TLS connection for raw commands.
+    pub fn conn(&self) -> redis::Connection {
+        self.client()
+            .get_connection()
+            .expect("connect to TLS test redis")
     }
 }

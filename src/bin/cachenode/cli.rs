@@ -33,6 +33,19 @@ pub struct Cli {
     )]
     pub namespace: Option<String>,
 
+    /// File holding the bus secret of the namespace's nodes (their
+    /// `bus_secret`), to sign what this tool publishes and verify what
+    /// `tail` shows; one trailing newline is ignored. Else the secret
+    /// itself from CACHENODE_BUS_SECRET, when set and not empty. Needed
+    /// whenever the nodes have a secret: they ignore unsigned messages
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PATH"
+    )]
+    pub bus_secret_file: Option<std::path::PathBuf>,
+
     /// Machine-readable output: one JSON document on stdout (one per line
     /// for `tail`); no progress bar.
     #[arg(long, global = true, help_heading = "Global options")]
@@ -71,6 +84,34 @@ impl Cli {
         )
     }
 }
+
+impl Cli {
+    /// The bus secret: the contents of `--bus-secret-file` (one trailing
+    /// `\n` or `\r\n` removed), else `CACHENODE_BUS_SECRET` when set and
+    /// not empty, else none.
+    pub fn bus_secret(&self) -> Result<Option<Vec<u8>>, String> {
+        if let Some(path) = &self.bus_secret_file {
+            let mut secret = std::fs::read(path)
+                .map_err(|e| format!("cannot read --bus-secret-file {}: {e}", path.display()))?;
+            if secret.ends_with(b"\n") {
+                secret.pop();
+                if secret.ends_with(b"\r") {
+                    secret.pop();
+                }
+            }
+            if secret.is_empty() {
+                return Err(format!("--bus-secret-file {} is empty", path.display()));
+            }
+            return Ok(Some(secret));
+        }
+        Ok(std::env::var_os(BUS_SECRET_VAR)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.into_encoded_bytes()))
+    }
+}
+
+/// The variable that may hold the bus secret itself.
+pub const BUS_SECRET_VAR: &str = "CACHENODE_BUS_SECRET";
 
 /// Where the CLI looks for Redis when told nothing.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";

@@ -93,13 +93,17 @@ async fn run(cli: &Cli) -> Result<Option<Report>, Failure> {
         check_invalidate(inv)?;
     }
     let url = cli.redis_url();
-    let node = CacheNode::builder()
+    let mut builder = CacheNode::builder()
         .redis_url(&url)
         .namespace(cli.namespace())
         .without_ram()
         .key_set_sweep_every(None)
         .op_timeout(cli.timeout)
-        .connect_timeout(cli.timeout)
+        .connect_timeout(cli.timeout);
+    if let Some(secret) = cli.bus_secret().map_err(Failure::Usage)? {
+        builder = builder.bus_secret(secret);
+    }
+    let node = builder
         .build()
         .await
         .map_err(|e| Failure::from_error(e, &url))?;

@@ -1,0 +1,456 @@
+//! Fault injection under a steady mixed workload, checked by a staleness
+//! checker.
+//!
+//! Four nodes share one real redis-server (one of them, in some tests,
+//! through a proxy that can cut it off or slow it down). Tasks on every node
+//! read, write and invalidate a small set of keys while a fault is injected.
+//! Every operation is recorded with its start and end; afterwards the
+//! checker verifies that **no read that started later than the staleness
+//! bound after an acknowledged write returned an older version**, and that
+//! every call returned within its timeout. It prints the worst staleness it
+//! observed next to the bound.
+//!
+//! Writes to one key are serialized across nodes (a per-key lock in the
+//! test), so "the newest acknowledged write" is well defined; versions only
+//! grow. A read that finds nothing is never stale: Redis may have lost the
+//! value (a restart), and RAM holding *no* value is always safe.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cachenode::{CacheNode, Ttl};
+use support::{Proxy, TestRedis};
+
+/// The nodes' deletion-check period: the staleness bound, before slack.
+const CHECK: Duration = Duration::from_millis(500);
+/// The nodes' operation timeout.
+const OP_TIMEOUT: Duration = Duration::from_millis(700);
+/// One Redis round trip plus scheduling on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_millis(400);
+const KEYS: u64 = 40;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        key: u64,
+        version: u64,
+        end: Instant,
+    },
+    Read {
+        node: usize,
+        key: u64,
+        start: Instant,
+        version: Option<u64>,
+    },
+}
+
+/// Everything the workload did.
+#[derive(Default)]
+struct History {
+    ops: Mutex<Vec<Op>>,
+    slowest_call: Mutex<Duration>,
+    failed_calls: AtomicU64,
+}
+
+impl History {
+    fn record(&self, op: Op) {
+        self.ops.lock().unwrap().push(op);
+    }
+
+    fn took(&self, d: Duration) {
+        let mut s = self.slowest_call.lock().unwrap();
+        *s = (*s).max(d);
+    }
+
+    /// Checks every read against the writes acknowledged more than `bound`
+    /// before it started; returns the worst staleness seen (how long after
+    /// a newer write's acknowledgement a read still returned an older
+    /// version), or the violations.
+    fn check(&self, bound: Duration) -> Result<Duration, Vec<String>> {
+        let ops = self.ops.lock().unwrap();
+        let mut writes: HashMap<u64, Vec<(Instant, u64)>> = HashMap::new();
+        for op in ops.iter() {
+            if let Op::Write { key, version, end } = op {
+                writes.entry(*key).or_default().push((*end, *version));
+            }
+        }
+        let mut worst = Duration::ZERO;
+        let mut violations = Vec::new();
+        for op in ops.iter() {
+            let Op::Read {
+                node,
+                key,
+                start,
+                version: Some(v),
+            } = op
+            else {
+                continue;
+            };
+            for (acked, newer) in writes.get(key).into_iter().flatten() {
+                if newer > v && acked <= start {
+                    let stale_for = start.duration_since(*acked);
+                    worst = worst.max(stale_for);
+                    if stale_for > bound {
+                        violations.push(format!(
+                            "node {node} read version {v} of key {key} {stale_for:?} after version {newer} was acknowledged"
+                        ));
+                    }
+                }
+            }
+        }
+        if violations.is_empty() {
+            Ok(worst)
+        } else {
+            Err(violations)
+        }
+    }
+}
+
+async fn node(url: &str) -> CacheNode {
+    CacheNode::builder()
+        .redis_url(url)
+        .namespace("faults")
+        .deletion_check_frequency(CHECK)
+        .op_timeout(OP_TIMEOUT)
+        .connect_timeout(OP_TIMEOUT)
+        .build()
+        .await
+        .expect("node")
+}
+
+/// Runs the workload on `nodes` until `stop`; writes are serialized per key.
+async fn workload(nodes: Vec<CacheNode>, history: Arc<History>, stop: Arc<AtomicBool>, seed: u64) {
+    let versions = Arc::new(AtomicU64::new(1));
+    let key_locks: Arc<Vec<tokio::sync::Mutex<()>>> =
+        Arc::new((0..KEYS).map(|_| tokio::sync::Mutex::new(())).collect());
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.into_iter().enumerate() {
+        for t in 0..2u64 {
+            let (node, history, stop, versions, key_locks) = (
+                node.clone(),
+                history.clone(),
+                stop.clone(),
+                versions.clone(),
+                key_locks.clone(),
+            );
+            let mut rng = fastrand::Rng::with_seed(seed ^ ((i as u64) << 8) ^ t);
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let key = rng.u64(..KEYS);
+                    let name = format!("key{key}");
+                    let started = Instant::now();
+                    // 10% writes, 2% RAM invalidations, 88% reads: RAM
+                    // entries live long enough for staleness to show.
+                    match rng.u8(..50) {
+                        0..=4 => {
+                            let _guard = key_locks[key as usize].lock().await;
+                            let version = versions.fetch_add(1, Ordering::SeqCst);
+                            let started = Instant::now();
+                            let r = node.set(&name, &version, Ttl::Default).await;
+                            history.took(started.elapsed());
+                            match r {
+                                Ok(()) => history.record(Op::Write {
+                                    key,
+                                    version,
+                                    end: Instant::now(),
+                                }),
+                                Err(_) => {
+                                    history.failed_calls.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        5 => {
+                            let r = node.invalidate_keys(&[name.as_str()]).await;
+                            history.took(started.elapsed());
+                            if r.is_err() {
+                                history.failed_calls.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        _ => {
+                            let r = node.get::<u64>(&name).await;
+                            history.took(started.elapsed());
+                            match r {
+                                Ok(version) => history.record(Op::Read {
+                                    node: i,
+                                    key,
+                                    start: started,
+                                    version,
+                                }),
+                                Err(_) => {
+                                    history.failed_calls.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(rng.u64(1..6))).await;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("no workload task panics");
+    }
+}
+
+/// Runs the workload for `total`, calling `fault` after `warmup`; then
+/// checks the history against `bound` and prints the worst staleness.
+async fn under_fault<F, Fut>(
+    name: &str,
+    nodes: Vec<CacheNode>,
+    bound: Duration,
+    total: Duration,
+    fault: F,
+) where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = tokio::spawn(workload(nodes.clone(), history.clone(), stop.clone(), 7));
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fault().await;
+    tokio::time::sleep(total.saturating_sub(started.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
+    run.await.expect("workload");
+    let slowest = *history.slowest_call.lock().unwrap();
+    let ops = history.ops.lock().unwrap().len();
+    let verdict = history.check(bound);
+    println!(
+        "{name}: {ops} ops, {} failed calls, slowest call {slowest:?}, worst staleness {:?} (bound {bound:?})",
+        history.failed_calls.load(Ordering::Relaxed),
+        verdict.as_ref().ok(),
+    );
+    assert!(
+        slowest <= OP_TIMEOUT * 3 + SLACK,
+        "{name}: a call took {slowest:?}, past its timeouts"
+    );
+    if let Err(v) = verdict {
+        panic!(
+            "{name}: {} stale reads, e.g. {:?}",
+            v.len(),
+            &v[..v.len().min(5)]
+        );
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+async fn four_nodes(url: &str) -> Vec<CacheNode> {
+    let mut v = Vec::new();
+    for _ in 0..4 {
+        v.push(node(url).await);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_holds_when_redis_is_killed_and_restarted_empty() {
+    let redis = Arc::new(Mutex::new(TestRedis::start()));
+    let url = redis.lock().unwrap().url();
+    let nodes = four_nodes(&url).await;
+    let server = redis.clone();
+    let restart = move || async move {
+        server.lock().unwrap().kill();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::task::spawn_blocking(move || server.lock().unwrap().restart())
+            .await
+            .unwrap();
+    };
+    under_fault(
+        "kill -9 + restart",
+        nodes,
+        CHECK + SLACK,
+        Duration::from_secs(4),
+        restart,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_holds_when_subscriptions_are_killed_repeatedly() {
+    let redis = TestRedis::start();
+    let nodes = four_nodes(&redis.url()).await;
+    let client = redis.client();
+    let kill = || async move {
+        for _ in 0..6 {
+            let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut client.get_connection().unwrap());
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    };
+    under_fault(
+        "CLIENT KILL TYPE pubsub x6",
+        nodes,
+        CHECK + SLACK,
+        Duration::from_secs(4),
+        kill,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_holds_when_redis_pauses_longer_than_the_call_timeout() {
+    let redis = TestRedis::start();
+    let nodes = four_nodes(&redis.url()).await;
+    let client = redis.client();
+    let pause = || async move {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1500)
+            .query(&mut client.get_connection().unwrap())
+            .unwrap();
+    };
+    under_fault(
+        "CLIENT PAUSE 1.5 s",
+        nodes,
+        CHECK + SLACK,
+        Duration::from_secs(4),
+        pause,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_holds_when_one_node_is_cut_off_past_the_bound_then_heals() {
+    let redis = TestRedis::start();
+    let proxy = Proxy::start(redis.port());
+    let mut nodes = vec![node(&proxy.url()).await];
+    for _ in 0..3 {
+        nodes.push(node(&redis.url()).await);
+    }
+    let partition = || async {
+        proxy.cut();
+        tokio::time::sleep(CHECK * 4).await;
+        proxy.restore();
+    };
+    under_fault(
+        "one node cut off 2 s",
+        nodes,
+        CHECK + SLACK,
+        Duration::from_secs(5),
+        partition,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_holds_when_one_node_sees_200ms_of_latency() {
+    let redis = TestRedis::start();
+    let proxy = Proxy::start(redis.port());
+    let mut nodes = vec![node(&proxy.url()).await];
+    for _ in 0..3 {
+        nodes.push(node(&redis.url()).await);
+    }
+    let slow = || async {
+        proxy.set_delay(Duration::from_millis(200));
+    };
+    // Its round trips take 400 ms more (200 ms each way).
+    let bound = CHECK + SLACK + Duration::from_millis(400);
+    under_fault(
+        "one node +200 ms",
+        nodes,
+        bound,
+        Duration::from_secs(4),
+        slow,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_holds_over_random_fault_schedules() {
+    let redis = TestRedis::start();
+    let client = redis.client();
+    for seed in 1..=4u64 {
+        let nodes = four_nodes(&redis.url()).await;
+        let client = client.clone();
+        let faults = move || async move {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let end = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < end {
+                let mut c = client.get_connection().unwrap();
+                let _: redis::RedisResult<redis::Value> = match rng.u8(..3) {
+                    0 => redis::cmd("CLIENT")
+                        .arg("KILL")
+                        .arg("TYPE")
+                        .arg("pubsub")
+                        .query(&mut c),
+                    1 => redis::cmd("CLIENT")
+                        .arg("PAUSE")
+                        .arg(rng.u64(50..600))
+                        .query(&mut c),
+                    _ => redis::cmd("PING").query(&mut c),
+                };
+                tokio::time::sleep(Duration::from_millis(rng.u64(50..300))).await;
+            }
+        };
+        under_fault(
+            &format!("random schedule, seed {seed}"),
+            nodes,
+            CHECK + SLACK,
+            Duration::from_millis(2500),
+            faults,
+        )
+        .await;
+    }
+}
+
+#[test]
+fn checker_flags_a_stale_read_and_accepts_a_fresh_one() {
+    let h = History::default();
+    let t0 = Instant::now();
+    h.record(Op::Write {
+        key: 1,
+        version: 1,
+        end: t0,
+    });
+    h.record(Op::Write {
+        key: 1,
+        version: 2,
+        end: t0 + Duration::from_millis(10),
+    });
+    h.record(Op::Read {
+        node: 0,
+        key: 1,
+        start: t0 + Duration::from_millis(50),
+        version: Some(1),
+    });
+    assert_eq!(
+        h.check(Duration::from_millis(100)),
+        Ok(Duration::from_millis(40))
+    );
+    h.record(Op::Read {
+        node: 1,
+        key: 1,
+        start: t0 + Duration::from_millis(500),
+        version: Some(1),
+    });
+    assert!(h.check(Duration::from_millis(100)).is_err());
+    let fresh = History::default();
+    fresh.record(Op::Write {
+        key: 1,
+        version: 2,
+        end: t0,
+    });
+    fresh.record(Op::Read {
+        node: 0,
+        key: 1,
+        start: t0 + Duration::from_secs(1),
+        version: Some(2),
+    });
+    fresh.record(Op::Read {
+        node: 0,
+        key: 1,
+        start: t0 + Duration::from_secs(1),
+        version: None,
+    });
+    assert_eq!(fresh.check(Duration::from_millis(100)), Ok(Duration::ZERO));
+}
