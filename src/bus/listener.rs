@@ -543,13 +543,34 @@ async fn subscribe(
     let mut pubsub = shared.run_within("subscribe", timeout, connect).await?;
     if let Some(names) = keyspace {
         check_keyspace_config(&shared, &state).await;
+        let mut watching = true;
         for kind in ["k", "f"] {
             let pattern = format!("{}{}{kind}:*", names.channel_prefix, names.namespace_prefix);
-            shared
-                .run_within("subscribe", timeout, pubsub.psubscribe(pattern))
-                .await?;
+            match shared
+                .run_within("subscribe", timeout, pubsub.psubscribe(&pattern))
+                .await
+            {
+                Ok(()) => {}
+                // Refused by the server (an ACL without these channels): the
+                // bus itself still works; say why keyspace watching does not.
+                Err(crate::Error::Redis { source, .. })
+                    if matches!(source.kind(), redis::ErrorKind::Server(_)) =>
+                {
+                    let problem = format!(
+                        "cannot subscribe to keyspace notifications {pattern:?} ({source}); \
+                         keyspace watching is off, the bus works without it"
+                    );
+                    tracing::warn!("{problem}");
+                    *state
+                        .keyspace_problem
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(problem);
+                    watching = false;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        state.keyspace_watching.store(true, Ordering::Release);
+        state.keyspace_watching.store(watching, Ordering::Release);
     }
     Ok(pubsub.into_on_message())
 }
