@@ -83,6 +83,37 @@ pub use ttl::Ttl;
 #[cfg(feature = "macros")]
 pub use cachenode_macros::{cached, cached_for};
 
+/// Entry points for the fuzz targets in `fuzz/`; not a public API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Shape {
+        id: u64,
+        name: String,
+        tags: Vec<String>,
+        score: Option<f64>,
+    }
+
+    /// Decodes `data` as an envelope holding several value types.
+    pub fn decode_envelope(data: &[u8]) {
+        let limit = crate::config::DEFAULT_MAX_VALUE_BYTES;
+        let _ = crate::codec::unseal::<_, String>(&crate::Bincode, data, limit);
+        let _ = crate::codec::unseal::<_, Vec<u64>>(&crate::Bincode, data, limit);
+        let _ = crate::codec::unseal::<_, Shape>(&crate::Bincode, data, limit);
+    }
+
+    /// Decodes `data` as a channel payload, and as a bare message body.
+    pub fn decode_bus(data: &[u8]) {
+        let _ = crate::bus::decode_channel_payload(data);
+        if let Some(rest) = data.get(1..) {
+            let _ = crate::bus::decode_channel_payload(&[b"1:", rest].concat());
+        }
+    }
+}
+
 /// Support for the attribute macros; not a public API.
 #[doc(hidden)]
 pub mod __private {
