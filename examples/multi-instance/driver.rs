@@ -33,6 +33,13 @@ pub async fn run(args: &[String]) -> i32 {
     let duration = Duration::from_secs(crate::flag(args, "--duration", 20));
     let rate: u64 = crate::flag(args, "--rate", 200).clamp(1, 5000);
     let every = Duration::from_secs(crate::flag(args, "--invalidate-every", 2).max(1));
+    let keys: u64 = crate::flag(args, "--keys", 100).max(20);
+    let ram_mb: u64 = crate::flag(args, "--ram-mb", 64).max(1);
+    let faults = args.iter().any(|a| a == "--faults");
+    let report: Option<String> = args
+        .iter()
+        .position(|a| a == "--report")
+        .and_then(|i| args.get(i + 1).cloned());
 
     let mut children = Children(Vec::new());
     let url = match std::env::var("REDIS_URL") {
@@ -96,7 +103,18 @@ pub async fn run(args: &[String]) -> i32 {
         "{n} instances up on ports {ports:?}, Redis at {url}; running {duration:?} at {rate} req/s"
     );
 
-    let load = tokio::spawn(load(ports.clone(), rate, duration));
+    let pids: Vec<u32> = children
+        .0
+        .iter()
+        .rev()
+        .take(n)
+        .rev()
+        .map(Child::id)
+        .collect();
+    let load = tokio::spawn(load(ports.clone(), rate, duration, keys));
+    let fault_task = faults.then(|| tokio::spawn(inject_faults(url.clone(), duration)));
+    let mut samples: Vec<String> = Vec::new();
+    let mut next_sample = Instant::now();
     let mut checks = Vec::new();
     let started = Instant::now();
     let mut next_view = Instant::now();
@@ -110,6 +128,21 @@ pub async fn run(args: &[String]) -> i32 {
         if now >= next_view {
             view(&ports, started.elapsed(), &checks).await;
             next_view = now + Duration::from_secs(1);
+        }
+        if report.is_some() && now >= next_sample {
+            for (port, pid) in ports.iter().zip(&pids) {
+                if let Some(s) = stats(*port).await {
+                    samples.push(format!(
+                        "{:.0},{port},{},{},{},{}",
+                        started.elapsed().as_secs_f64(),
+                        rss_kib(*pid).unwrap_or(0),
+                        s.ram_bytes,
+                        s.ram_entries,
+                        ram_mb << 20,
+                    ));
+                }
+            }
+            next_sample = now + Duration::from_secs(10);
         }
         if now >= next_rename {
             k += 1;
@@ -128,6 +161,23 @@ pub async fn run(args: &[String]) -> i32 {
         }
     }
     let (sent, errors) = load.await.unwrap_or((0, 0));
+    let injected = match fault_task {
+        Some(t) => t.await.unwrap_or(0),
+        None => 0,
+    };
+    if let Some(path) = &report {
+        let mut csv = String::from("seconds,port,rss_kib,ram_bytes,ram_entries,ram_budget_bytes\n");
+        for line in &samples {
+            csv.push_str(line);
+            csv.push('\n');
+        }
+        if let Err(e) = std::fs::write(path, csv) {
+            eprintln!("cannot write {path}: {e}");
+        }
+    }
+    if faults {
+        println!("faults injected: {injected}");
+    }
     view(&ports, started.elapsed(), &checks).await;
     summary(&ports, &checks, sent, errors)
 }
@@ -187,7 +237,44 @@ async fn reset(url: &str) -> Result<(), String> {
 }
 
 /// Reads random users from random instances at `rate` per second.
-async fn load(ports: Vec<u16>, rate: u64, duration: Duration) -> (u64, u64) {
+/// Resident memory of process `pid`, from /proc (Linux).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every few seconds, one fault on Redis: the bus subscriptions killed, or
+/// every client paused for 300 ms. Returns how many were injected.
+async fn inject_faults(url: String, duration: Duration) -> u64 {
+    let end = Instant::now() + duration;
+    let mut n = 0;
+    while Instant::now() + Duration::from_secs(4) < end {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let Ok(client) = redis::Client::open(url.as_str()) else {
+            continue;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            continue;
+        };
+        let mut cmd = redis::cmd("CLIENT");
+        if n % 2 == 0 {
+            cmd.arg("KILL").arg("TYPE").arg("pubsub");
+        } else {
+            cmd.arg("PAUSE").arg(300);
+        }
+        let _: redis::RedisResult<redis::Value> = cmd.query_async(&mut conn).await;
+        n += 1;
+    }
+    n
+}
+
+async fn load(ports: Vec<u16>, rate: u64, duration: Duration, keys: u64) -> (u64, u64) {
     let per_tick = (rate / 100).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(1000 * per_tick / rate));
     let end = Instant::now() + duration;
@@ -198,7 +285,7 @@ async fn load(ports: Vec<u16>, rate: u64, duration: Duration) -> (u64, u64) {
         for _ in 0..per_tick {
             let port = ports[fastrand::usize(..ports.len())];
             // A skewed key choice: a few hot users, a long tail.
-            let id = (fastrand::f64().powi(3) * 100.0) as u64;
+            let id = (fastrand::f64().powi(3) * keys as f64) as u64;
             inflight.push(tokio::spawn(async move {
                 request(port, "GET", &format!("/users/{id}")).await
             }));

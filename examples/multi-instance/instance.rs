@@ -43,11 +43,14 @@ pub struct Stats {
     pub invalidations_applied: u64,
     pub propagation_p99_ms: f64,
     pub bus_connected: bool,
+    pub ram_bytes: u64,
+    pub ram_entries: u64,
 }
 
 pub async fn run(args: &[String]) -> i32 {
     let port: u16 = crate::flag(args, "--port", 8081);
     let url: String = crate::flag(args, "--redis-url", String::new());
+    let ram_mb: u64 = crate::flag(args, "--ram-mb", 64);
     let prometheus = match PrometheusBuilder::new()
         .set_buckets(cachenode::metrics::SECONDS_BUCKETS)
         .and_then(|b| b.install_recorder())
@@ -61,6 +64,7 @@ pub async fn run(args: &[String]) -> i32 {
     let node = match CacheNode::builder()
         .redis_url(&url)
         .namespace("demo")
+        .ram_capacity_bytes(ram_mb << 20)
         .deletion_check_frequency(DELETION_CHECK_FREQUENCY)
         .build()
         .await
@@ -199,6 +203,8 @@ async fn stats(State(app): State<Arc<App>>) -> Json<Stats> {
         invalidations_applied: sum(&text, "cachenode_invalidations_applied_total", &[]) as u64,
         propagation_p99_ms: quantile(&text, "cachenode_bus_propagation_seconds", 0.99) * 1e3,
         bus_connected: app.node.bus_health().is_some_and(|h| h.connected),
+        ram_bytes: app.node.stats().ram_bytes,
+        ram_entries: app.node.stats().ram_entries,
     })
 }
 
