@@ -43,7 +43,7 @@ use crate::codec::{self, Codec};
 use crate::keysets::{KeySets, Progress, Walk};
 use crate::local::{Entry, FillTicket, Group, LocalLayer};
 use crate::metrics::Layer;
-use crate::node::{unix_millis, CacheNode, Layers};
+use crate::node::{unix_micros, unix_millis, CacheNode, Layers};
 use crate::singleflight::{Flights, Role};
 use crate::{Error, Result, Ttl};
 use key::{ArgsMode, KeyArgs};
@@ -1194,12 +1194,6 @@ enum Write<'a> {
     /// Only if no value from a later computation (start time, Unix µs) is
     /// stored (at least once).
     IfNewer(u64),
-}
-
-fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn capped(ttl: Option<Duration>, cap: Option<Duration>) -> Option<Duration> {

@@ -190,30 +190,30 @@ impl CacheNode {
             }),
             layers: Layers::Both,
         };
-        {
-            let task = tokio::spawn(gauge_task(
-                Arc::downgrade(&node.inner),
-                node.inner.stop.subscribe(),
-            ));
-            node.inner
-                .tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(task);
-        }
+        node.spawn_task(gauge_task(
+            Arc::downgrade(&node.inner),
+            node.inner.stop.subscribe(),
+        ));
         if refresh_on {
-            let task = tokio::spawn(crate::refresh::refresh_task(
+            node.spawn_task(crate::refresh::refresh_task(
                 Arc::downgrade(&node.inner),
                 granularity,
                 node.inner.stop.subscribe(),
             ));
-            node.inner
-                .tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(task);
         }
         Ok(node)
+    }
+
+    /// Runs a background task owned by the node: stopped by
+    /// [`shutdown`](Self::shutdown) (which waits for it) or when the last
+    /// handle is dropped (through the stop channel it must watch).
+    fn spawn_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(task);
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
     }
 
     /// A handle from a weak reference, while the node lives.
