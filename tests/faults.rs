@@ -200,6 +200,7 @@ async fn workload(nodes: Vec<CacheNode>, history: Arc<History>, stop: Arc<Atomic
 /// checks the history against `bound` and prints the worst staleness.
 async fn under_fault<F, Fut>(
     name: &str,
+    redis_url: &str,
     nodes: Vec<CacheNode>,
     bound: Duration,
     total: Duration,
@@ -239,6 +240,36 @@ async fn under_fault<F, Fut>(
     for n in &nodes {
         n.shutdown().await;
     }
+    drop(nodes);
+    // No task leaked: once the nodes are shut down and dropped, none of
+    // their connections (the bus subscriptions, the shared connections, the
+    // builders) is left on the server.
+    let client = redis::Client::open(redis_url).unwrap();
+    let count = |kind: &'static str| {
+        let client = client.clone();
+        async move {
+            let mut c = client.get_multiplexed_async_connection().await.ok()?;
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg(kind)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            Some(list.lines().filter(|l| !l.trim().is_empty()).count())
+        }
+    };
+    let clean = support::eventually(Duration::from_secs(5), || async {
+        // Our own connection is the one normal client left.
+        count("pubsub").await == Some(0) && count("normal").await == Some(1)
+    })
+    .await;
+    assert!(
+        clean,
+        "{name}: connections left after shutdown: pubsub {:?}, normal {:?}",
+        count("pubsub").await,
+        count("normal").await
+    );
 }
 
 async fn four_nodes(url: &str) -> Vec<CacheNode> {
@@ -264,6 +295,7 @@ async fn staleness_holds_when_redis_is_killed_and_restarted_empty() {
     };
     under_fault(
         "kill -9 + restart",
+        &url,
         nodes,
         CHECK + SLACK,
         Duration::from_secs(4),
@@ -289,6 +321,7 @@ async fn staleness_holds_when_subscriptions_are_killed_repeatedly() {
     };
     under_fault(
         "CLIENT KILL TYPE pubsub x6",
+        &redis.url(),
         nodes,
         CHECK + SLACK,
         Duration::from_secs(4),
@@ -311,6 +344,7 @@ async fn staleness_holds_when_redis_pauses_longer_than_the_call_timeout() {
     };
     under_fault(
         "CLIENT PAUSE 1.5 s",
+        &redis.url(),
         nodes,
         CHECK + SLACK,
         Duration::from_secs(4),
@@ -334,6 +368,7 @@ async fn staleness_holds_when_one_node_is_cut_off_past_the_bound_then_heals() {
     };
     under_fault(
         "one node cut off 2 s",
+        &redis.url(),
         nodes,
         CHECK + SLACK,
         Duration::from_secs(5),
@@ -357,6 +392,7 @@ async fn staleness_holds_when_one_node_sees_200ms_of_latency() {
     let bound = CHECK + SLACK + Duration::from_millis(400);
     under_fault(
         "one node +200 ms",
+        &redis.url(),
         nodes,
         bound,
         Duration::from_secs(4),
@@ -394,6 +430,7 @@ async fn staleness_holds_over_random_fault_schedules() {
         };
         under_fault(
             &format!("random schedule, seed {seed}"),
+            &redis.url(),
             nodes,
             CHECK + SLACK,
             Duration::from_millis(2500),
