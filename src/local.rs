@@ -482,3 +482,29 @@ mod tests {
         assert!(l.entry_count() < 10_000);
     }
 }
+
+#[cfg(test)]
+mod expiry_bound {
+    use super::*;
+
+    /// Entries expiring while new ones keep arriving over a key space far
+    /// larger than the budget: the byte bound holds after maintenance.
+    #[test]
+    fn byte_bound_holds_while_entries_expire() {
+        let l = LocalLayer::new(400_000);
+        let start = Instant::now();
+        let mut i = 0u64;
+        let mut worst = 0;
+        while start.elapsed() < Duration::from_millis(1000) {
+            for _ in 0..500 {
+                let key = format!("\0fdemo.get_user:|{:032x}", (i * 7919) % 2_000_000);
+                let entry = Entry::new(Arc::new(i), Some(Duration::from_millis(300)), 60, None);
+                l.insert(key, entry, l.ticket());
+                i += 1;
+            }
+            l.run_pending_tasks();
+            worst = worst.max(l.weighted_bytes());
+        }
+        assert!(worst <= 400_000, "worst {worst} bytes");
+    }
+}
