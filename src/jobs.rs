@@ -294,6 +294,21 @@ async fn ack(shared: &SharedLayer, stream: &str, id: &str) {
     }
 }
 
+/// Forgets a job for good: its pending marker (so the key can be queued
+/// again) and its stream entry.
+async fn drop_job(shared: &SharedLayer, stream: &str, id: &str, job: &Job) {
+    let mut conn = shared.conn();
+    let _ = shared
+        .run(
+            "job_ack",
+            redis::cmd("DEL")
+                .arg(marker_key(&job.redis_key))
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+    ack(shared, stream, id).await;
+}
+
 async fn build_one(
     ns: &str,
     shared: &SharedLayer,
@@ -344,15 +359,7 @@ async fn build_one(
         Ok(false) => {}
         Ok(true) => {
             tracing::debug!(func = %job.func, "value already built; job dropped");
-            let _ = shared
-                .run(
-                    "job_ack",
-                    redis::cmd("DEL")
-                        .arg(marker_key(&job.redis_key))
-                        .query_async::<()>(&mut conn),
-                )
-                .await;
-            ack(shared, stream, id).await;
+            drop_job(shared, stream, id, &job).await;
             lock.release().await;
             return;
         }
@@ -392,16 +399,7 @@ async fn build_one(
         }
         Ok(Err(e)) => {
             tracing::warn!(func = %job.func, error = %e, "build job failed; dropped");
-            let mut conn = shared.conn();
-            let _ = shared
-                .run(
-                    "job_ack",
-                    redis::cmd("DEL")
-                        .arg(marker_key(&job.redis_key))
-                        .query_async::<()>(&mut conn),
-                )
-                .await;
-            ack(shared, stream, id).await;
+            drop_job(shared, stream, id, &job).await;
         }
         Err(_) => {
             tracing::warn!(func = %job.func, "build job timed out; another builder will retry")

@@ -177,17 +177,7 @@ impl KeySets {
             let mut cursor = 0u64;
             loop {
                 let mut conn = shared.conn();
-                let (next, members): (u64, Vec<String>) = shared
-                    .run(
-                        "keyset_scan",
-                        redis::cmd("SSCAN")
-                            .arg(&set)
-                            .arg(cursor)
-                            .arg("COUNT")
-                            .arg(PAGE)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
+                let (next, members) = scan_page(shared, &set, cursor).await?;
                 if !members.is_empty() {
                     let mut pipe = redis::pipe();
                     for m in &members {
@@ -222,6 +212,27 @@ impl KeySets {
         }
         Ok(pruned)
     }
+}
+
+/// One `SSCAN` page (of [`PAGE`] members) of key-set shard `set`: the
+/// next cursor (0 at the end) and the members.
+pub(crate) async fn scan_page(
+    shared: &SharedLayer,
+    set: &str,
+    cursor: u64,
+) -> Result<(u64, Vec<String>)> {
+    let mut conn = shared.conn();
+    shared
+        .run(
+            "keyset_scan",
+            redis::cmd("SSCAN")
+                .arg(set)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut conn),
+        )
+        .await
 }
 
 /// A deletion in progress over one function's key set: the position of the

@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 
 use crate::bus::Invalidation;
 use crate::jobs::JobFn;
-use crate::keysets::{KeySets, PAGE};
+use crate::keysets::KeySets;
 use crate::node::{unix_millis, CacheNode, Inner};
 use crate::shared::ttl_millis;
 use crate::{Error, Result};
@@ -281,33 +281,27 @@ async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Re
         let set = keysets.shard(&r.func, shard);
         let mut cursor = 0u64;
         loop {
-            let (next, members): (u64, Vec<String>) = shared
-                .run(
-                    "refresh",
-                    redis::cmd("SSCAN")
-                        .arg(&set)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(PAGE)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            for key in members {
-                let args: Option<Vec<u8>> = shared
+            let (next, members) = crate::keysets::scan_page(&shared, &set, cursor).await?;
+            // The arguments of the whole page in one round trip.
+            let args: Vec<Option<Vec<u8>>> = if members.is_empty() {
+                Vec::new()
+            } else {
+                shared
                     .run(
                         "refresh",
-                        redis::cmd("HGET")
+                        redis::cmd("HMGET")
                             .arg(&args_key)
-                            .arg(&key)
+                            .arg(&members)
                             .query_async(&mut conn),
                     )
-                    .await?;
-                if let Some(args) = args {
-                    match rebuild(node, r, &key, args).await {
-                        Ok(()) => rebuilt += 1,
-                        Err(e) => {
-                            tracing::warn!(func = %r.func, error = %e, "cannot refresh a value")
-                        }
+                    .await?
+            };
+            for (key, args) in members.iter().zip(args) {
+                let Some(args) = args else { continue };
+                match rebuild(node, r, key, args).await {
+                    Ok(()) => rebuilt += 1,
+                    Err(e) => {
+                        tracing::warn!(func = %r.func, error = %e, "cannot refresh a value")
                     }
                 }
             }

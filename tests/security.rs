@@ -185,6 +185,7 @@ const ACL_COMMANDS: &[&str] = &[
     "+smembers",
     "+hset",
     "+hget",
+    "+hmget",
     "+xadd",
     "+xrange",
     "+xrevrange",
