@@ -58,9 +58,11 @@ async fn count(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .expect("dbsize")
 }
 
-async fn scan_unlink(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> u64 {
+/// Walks the keys matching `pattern` with `SCAN`; unlinks them in batches
+/// when `unlink`. Returns how many it found (or removed).
+async fn scan(conn: &mut redis::aio::MultiplexedConnection, pattern: &str, unlink: bool) -> u64 {
     let mut cursor = 0u64;
-    let mut removed = 0;
+    let mut n = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
@@ -71,16 +73,18 @@ async fn scan_unlink(conn: &mut redis::aio::MultiplexedConnection, pattern: &str
             .query_async(conn)
             .await
             .expect("scan");
-        if !keys.is_empty() {
+        if unlink && !keys.is_empty() {
             let mut pipe = redis::pipe();
             for k in &keys {
                 pipe.cmd("UNLINK").arg(k);
             }
-            let n: Vec<u64> = pipe.query_async(conn).await.expect("unlink");
-            removed += n.iter().sum::<u64>();
+            let removed: Vec<u64> = pipe.query_async(conn).await.expect("unlink");
+            n += removed.iter().sum::<u64>();
+        } else if !unlink {
+            n += keys.len() as u64;
         }
         if next == 0 {
-            return removed;
+            return n;
         }
         cursor = next;
     }
@@ -130,12 +134,12 @@ async fn main() {
         deleted as usize, func,
         "clear_all deletes exactly the function's keys"
     );
-    let other_left = scan_count(&mut conn, &format!("{NS}:f:other:*")).await;
+    let other_left = scan(&mut conn, &format!("{NS}:f:other:*"), false).await;
     assert_eq!(other_left as usize, total - func, "other keys untouched");
 
     load(&mut conn, "target", func).await;
     let t = Instant::now();
-    let removed = scan_unlink(&mut conn, &format!("{NS}:f:target:*")).await;
+    let removed = scan(&mut conn, &format!("{NS}:f:target:*"), true).await;
     let scan = t.elapsed();
     assert_eq!(removed as usize, func);
 
@@ -153,25 +157,4 @@ async fn main() {
     );
     node.shutdown().await;
     drop(server);
-}
-
-async fn scan_count(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> u64 {
-    let mut cursor = 0u64;
-    let mut n = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(conn)
-            .await
-            .expect("scan");
-        n += keys.len() as u64;
-        if next == 0 {
-            return n;
-        }
-        cursor = next;
-    }
 }
