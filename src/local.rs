@@ -360,6 +360,11 @@ impl LocalLayer {
         self.cache.entry_count()
     }
 
+    /// The byte budget the layer was built with.
+    pub(crate) fn capacity_bytes(&self) -> u64 {
+        self.cache.policy().max_capacity().unwrap_or(0)
+    }
+
     /// Total weight of the entries in bytes.
     pub(crate) fn weighted_bytes(&self) -> u64 {
         self.cache.weighted_size()

@@ -46,6 +46,8 @@ pub struct NodeStats {
     pub ram_entries: u64,
     /// Weight of the RAM layer in bytes.
     pub ram_bytes: u64,
+    /// The RAM layer's byte budget (0 without a RAM layer).
+    pub ram_capacity_bytes: u64,
     /// Values read from Redis that did not decode (each removed and missed).
     pub decode_failures: u64,
 }
@@ -264,13 +266,15 @@ impl CacheNode {
 
     /// Counters and RAM occupancy, for health checks.
     pub fn stats(&self) -> NodeStats {
-        let (ram_entries, ram_bytes) = self.inner.local.as_ref().map_or((0, 0), |l| {
-            l.run_pending_tasks();
-            (l.entry_count(), l.weighted_bytes())
-        });
+        let (ram_entries, ram_bytes, ram_capacity_bytes) =
+            self.inner.local.as_ref().map_or((0, 0, 0), |l| {
+                l.run_pending_tasks();
+                (l.entry_count(), l.weighted_bytes(), l.capacity_bytes())
+            });
         NodeStats {
             ram_entries,
             ram_bytes,
+            ram_capacity_bytes,
             decode_failures: self.inner.decode_failures.load(Ordering::Relaxed),
         }
     }

@@ -76,6 +76,8 @@ pub async fn run(args: &[String]) -> i32 {
                 &port.to_string(),
                 "--redis-url",
                 &url,
+                "--ram-mb",
+                &ram_mb.to_string(),
             ])
             .stdin(Stdio::null())
             .spawn();
@@ -138,7 +140,7 @@ pub async fn run(args: &[String]) -> i32 {
                         rss_kib(*pid).unwrap_or(0),
                         s.ram_bytes,
                         s.ram_entries,
-                        ram_mb << 20,
+                        s.ram_capacity_bytes,
                     ));
                 }
             }

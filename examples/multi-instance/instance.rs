@@ -45,6 +45,8 @@ pub struct Stats {
     pub bus_connected: bool,
     pub ram_bytes: u64,
     pub ram_entries: u64,
+    /// The budget the instance's RAM layer really has (not what was asked).
+    pub ram_capacity_bytes: u64,
 }
 
 pub async fn run(args: &[String]) -> i32 {
@@ -187,6 +189,7 @@ async fn metrics(State(app): State<Arc<App>>) -> String {
 async fn stats(State(app): State<Arc<App>>) -> Json<Stats> {
     let text = app.prometheus.render();
     let f = r#"function="demo.get_user""#;
+    let node_stats = app.node.stats();
     Json(Stats {
         requests: app.requests.load(Ordering::Relaxed),
         ram_hits: sum(
@@ -203,8 +206,9 @@ async fn stats(State(app): State<Arc<App>>) -> Json<Stats> {
         invalidations_applied: sum(&text, "cachenode_invalidations_applied_total", &[]) as u64,
         propagation_p99_ms: quantile(&text, "cachenode_bus_propagation_seconds", 0.99) * 1e3,
         bus_connected: app.node.bus_health().is_some_and(|h| h.connected),
-        ram_bytes: app.node.stats().ram_bytes,
-        ram_entries: app.node.stats().ram_entries,
+        ram_bytes: node_stats.ram_bytes,
+        ram_entries: node_stats.ram_entries,
+        ram_capacity_bytes: node_stats.ram_capacity_bytes,
     })
 }
 
