@@ -36,6 +36,7 @@
 
 pub(crate) mod listener;
 pub(crate) mod message;
+pub(crate) mod replay;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -168,7 +169,9 @@ pub struct BusHealth {
     /// Messages dropped because they were unsigned or badly signed, on a
     /// node with a [`bus_secret`](crate::CacheNodeBuilder::bus_secret):
     /// forgeries, or nodes of the namespace configured with another secret
-    /// or none. Always 0 without a secret.
+    /// or none; and signed messages refused on the channel as replays
+    /// (applied before, or published more than 30 s ago; such a message,
+    /// if genuine, is read from the log instead). Always 0 without a secret.
     pub unauthenticated: u64,
     /// Times the whole RAM layer was dropped because the log could not fill
     /// a gap or Redis lost the bus's state.
@@ -194,6 +197,9 @@ pub(crate) struct Bus {
     log_len: usize,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The publish time of the last body, Unix µs: strictly increasing, so
+    /// that (origin, publish time) names one body (the replay guard's key).
+    last_sent_us: AtomicU64,
 }
 
 impl Bus {
@@ -237,17 +243,29 @@ impl Bus {
             log_len: config.log_len,
             stop,
             task: Mutex::new(task),
+            last_sent_us: AtomicU64::new(0),
         })
+    }
+
+    /// Now, in Unix µs, and later than every body this node signed before.
+    fn next_sent_at(&self) -> u64 {
+        let now = crate::node::unix_micros();
+        let previous = self
+            .last_sent_us
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or_else(|last| last);
+        now.max(previous + 1)
     }
 
     /// The encoded messages for `invalidation` (long key lists are split).
     pub(crate) fn bodies(&self, invalidation: Invalidation) -> Result<Vec<Vec<u8>>> {
-        let sent_at_us = crate::node::unix_micros();
         let body = |invalidation| {
             message::encode(
                 &Body {
                     origin: self.origin,
-                    sent_at_us,
+                    sent_at_us: self.next_sent_at(),
                     invalidation,
                 },
                 self.auth.as_ref(),

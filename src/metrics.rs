@@ -29,7 +29,7 @@ pub const PROPAGATION_SECONDS: &str = "cachenode_bus_propagation_seconds";
 /// Bus messages dropped as malformed, by `reason`.
 pub const BUS_MALFORMED_TOTAL: &str = "cachenode_bus_malformed_total";
 /// Bus messages dropped as unsigned or badly signed (on a node with a bus
-/// secret), by `reason` (`unsigned`, `bad_signature`).
+/// secret), by `reason` (`unsigned`, `bad_signature`, `replayed`).
 pub const BUS_UNAUTHENTICATED_TOTAL: &str = "cachenode_bus_unauthenticated_total";
 
 /// Latency of cache operations, by `layer`: every Redis command, and one in

@@ -260,6 +260,54 @@ async fn forged_channel_messages_are_dropped_and_counted_without_flush_or_advanc
 }
 
 #[tokio::test]
+async fn replayed_signed_messages_are_refused_and_cannot_hide_the_real_one() {
+    let redis = TestRedis::start();
+    let a = node(&redis, Some(SECRET)).await;
+    let b = node(&redis, Some(SECRET)).await;
+    // A genuine signed message, seen and applied by b.
+    let c = capture(&redis, &a).await;
+    a.set("k", &1u32, Ttl::Default).await.unwrap();
+    fill(&redis, &b, "k", 1).await;
+    // A node started after the capture never saw it.
+    let late = node(&redis, Some(SECRET)).await;
+    fill(&redis, &late, "k", 1).await;
+    let seq = bus_seq(&redis);
+    let before = [health(&b), health(&late)];
+
+    // The captured body under the next number (what the real next message
+    // will carry), then far ahead.
+    let at = |s: u64, body: &[u8]| [format!("{s}:").into_bytes(), body.to_vec()].concat();
+    publish(&redis, &at(seq + 1, &c.signed));
+    publish(&redis, &at(seq + 40, &c.signed));
+    for (n, before) in [&b, &late].into_iter().zip(&before) {
+        let ok = eventually(LONG, || async {
+            health(n).unauthenticated >= before.unauthenticated + 2
+        })
+        .await;
+        assert!(ok, "replays not refused: {:?}", health(n));
+        let h = health(n);
+        assert_eq!(h.last_applied_seq, seq, "a replay moved the node: {h:?}");
+        assert_eq!(h.applied, before.applied, "a replay was applied: {h:?}");
+        assert_eq!(h.gap_flushes, 0, "{h:?}");
+    }
+
+    // The real message with that number is applied on both.
+    a.set("k", &2u32, Ttl::Default).await.unwrap();
+    assert_eq!(bus_seq(&redis), seq + 1);
+    for n in [&b, &late] {
+        dropped_within_a_hop(n, "k").await;
+        assert_eq!(n.get::<u32>("k").await.unwrap(), Some(2));
+    }
+    // And a replay of that real message, after it, is refused as well.
+    let real = last_logged_body(&redis, NS);
+    let refused = health(&b).unauthenticated;
+    publish(&redis, &at(seq + 2, &real));
+    let ok = eventually(LONG, || async { health(&b).unauthenticated > refused }).await;
+    assert!(ok, "{:?}", health(&b));
+    assert_eq!(health(&b).last_applied_seq, seq + 1);
+}
+
+#[tokio::test]
 async fn forged_log_entries_are_skipped_without_flushing_and_the_listener_keeps_working() {
     let redis = TestRedis::start();
     let a = node(&redis, Some(SECRET)).await;
@@ -299,9 +347,10 @@ async fn forged_log_entries_are_skipped_without_flushing_and_the_listener_keeps_
     assert_eq!(in_ram(&b, "k").await, Some(1), "no RAM entry dropped");
     assert_eq!(health(&a).gap_flushes, 0);
 
-    // A replayed genuine signed message in the log is signed: it applies
-    // (replays are not detected; see the README). Here it only drops
-    // `captured`, which is not in b's RAM.
+    // A genuine signed body appended to the log again would apply: the log
+    // is authoritative, and such an entry takes a number of its own, so no
+    // real message is skipped (and appending needs write access to the bus
+    // keys, which is not covered).
 
     // Real invalidations still flow, over pub/sub and through the log.
     a.set("k", &2u32, Ttl::Default).await.unwrap();

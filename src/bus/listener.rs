@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::message::{self, Body, BusAuth, Invalidation, Malformed};
+use super::replay::ReplayGuard;
 use super::{BusConfig, BusKeys, BusState};
 use crate::local::{FlushReason, LocalLayer};
 use crate::node::unix_millis;
@@ -61,6 +62,8 @@ pub(crate) struct Listener {
     auth: Option<BusAuth>,
     /// Whether the "signed messages but no secret here" warning was logged.
     warned_signed: bool,
+    /// Refuses replayed signed messages on the channel (with a secret).
+    replay: ReplayGuard,
     /// Redis's bus epoch as this node last saw it.
     epoch: Option<String>,
     last_applied: u64,
@@ -105,6 +108,7 @@ impl Listener {
             config,
             auth,
             warned_signed: false,
+            replay: ReplayGuard::new(crate::node::unix_micros()),
             epoch: None,
             last_applied: 0,
             last_ok: Instant::now(),
@@ -198,7 +202,9 @@ impl Listener {
             // With a secret, a message that does not verify is not a real
             // one: it must not even cost a catch-up.
             if let Some(auth) = &self.auth {
-                if let Err(m) = message::decode(body, Some(auth)) {
+                let verified =
+                    message::decode(body, Some(auth)).and_then(|decoded| self.admit(&decoded));
+                if let Err(m) = verified {
                     self.refused(m, Source::PubSub);
                     return;
                 }
@@ -206,7 +212,13 @@ impl Listener {
             self.check(Source::Stream).await;
             return;
         }
-        match message::decode(body, self.auth.as_ref()) {
+        let decoded = message::decode(body, self.auth.as_ref()).and_then(|decoded| {
+            if self.auth.is_some() {
+                self.admit(&decoded)?;
+            }
+            Ok(decoded)
+        });
+        match decoded {
             Ok(decoded) => {
                 self.warn_if_signed(body);
                 self.apply(&decoded, Source::PubSub);
@@ -403,6 +415,10 @@ impl Listener {
                         if let Some(b) = body {
                             self.warn_if_signed(b);
                         }
+                        if self.auth.is_some() {
+                            let now = crate::node::unix_micros();
+                            self.replay.record(decoded.origin, decoded.sent_at_us, now);
+                        }
                         self.apply(&decoded, source)
                     }
                     Some(Err(m)) => {
@@ -419,6 +435,22 @@ impl Listener {
             }
         }
         Ok(())
+    }
+
+    /// Passes a verified channel message through the replay guard.
+    fn admit(&mut self, body: &Body) -> std::result::Result<(), Malformed> {
+        let now = crate::node::unix_micros();
+        match self.replay.admit(body.origin, body.sent_at_us, now) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                tracing::debug!(
+                    ?why,
+                    lag_ms = now.saturating_sub(body.sent_at_us) / 1000,
+                    "signed bus message refused on the channel; the log is read instead"
+                );
+                Err(Malformed::Replayed)
+            }
+        }
     }
 
     fn check_timeout(&self) -> Duration {
@@ -478,6 +510,17 @@ impl Listener {
         crate::metrics::bus_unauthenticated(why.label());
         if !before.is_multiple_of(UNAUTHENTICATED_LOG_EVERY) {
             tracing::debug!(reason = why.label(), "unauthenticated bus message dropped");
+            return;
+        }
+        if why == Malformed::Replayed {
+            tracing::warn!(
+                total = before + 1,
+                source = source.label(),
+                "signed bus message refused as a replay (seen before, or \
+                 published more than {:?} ago: replayed, or the publisher's \
+                 clock lags); the bus log is read instead",
+                super::replay::WINDOW
+            );
             return;
         }
         tracing::warn!(

@@ -15,8 +15,9 @@
 //! encoding, where tag = HMAC-SHA256(secret, namespace || 0x00 || bincode).
 //! The namespace is bound into the tag, so a message signed for one
 //! namespace is refused in another. The sequence number is *not* covered
-//! (Redis assigns it after signing): a party that can publish could replay a
-//! genuine signed message it captured. A node with a secret accepts only
+//! (Redis assigns it after signing), so a party that can publish could
+//! replay a genuine signed body it captured under another number; the
+//! listener's [replay guard](super::replay) refuses those. A node with a secret accepts only
 //! signed bodies with a valid tag (checked in constant time); a node without
 //! one writes version 1 and reads both versions, the tag of version 2
 //! unchecked (it trusts every message anyway), and warns loudly: mixing
@@ -114,6 +115,9 @@ pub(crate) enum Malformed {
     /// Signed, but the tag does not match (another secret, another
     /// namespace, or tampered with).
     BadSignature,
+    /// Signed and genuine, but applied before or published too long ago:
+    /// replayed on the channel (see [`super::replay`]).
+    Replayed,
 }
 
 impl Malformed {
@@ -124,13 +128,17 @@ impl Malformed {
             Malformed::Garbage => "garbage",
             Malformed::Unsigned => "unsigned",
             Malformed::BadSignature => "bad_signature",
+            Malformed::Replayed => "replayed",
         }
     }
 
     /// Whether the message was refused for lack of a valid signature (it may
     /// be forged: it must never cause a flush or a catch-up).
     pub(crate) fn is_unauthenticated(self) -> bool {
-        matches!(self, Malformed::Unsigned | Malformed::BadSignature)
+        matches!(
+            self,
+            Malformed::Unsigned | Malformed::BadSignature | Malformed::Replayed
+        )
     }
 }
 
