@@ -563,6 +563,75 @@ impl CacheNode {
         Ok(())
     }
 
+    /// Stores a value just loaded from the source of truth after a miss
+    /// (cache-aside): in Redis only if `key` is absent there (`SET NX`),
+    /// then in RAM, and **without a bus message** — an absent key is in no
+    /// instance's RAM, so there is nothing to invalidate. Cheaper than
+    /// [`set`](Self::set), which is for *changes* and tells every instance.
+    ///
+    /// Returns whether the value was stored. `false`: Redis already held a
+    /// value (another instance filled or wrote the key meanwhile); this
+    /// node's RAM is left alone, and the next read takes Redis's value. An
+    /// invalidation of `key` that reaches this node while the fill runs
+    /// keeps the value out of RAM.
+    ///
+    /// The usual cache-aside race remains: a value loaded before a write to
+    /// the source, filled after that write's invalidation, stays until its
+    /// TTL. Cached functions ([`func`](Self::func)) fill the same way.
+    ///
+    /// # Errors
+    /// As [`set`](Self::set).
+    pub async fn fill<T>(&self, key: &str, value: &T, ttl: impl Into<Ttl>) -> Result<bool>
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+    {
+        self.check_open()?;
+        if self.inner.config.disabled {
+            return Ok(false);
+        }
+        let ttl = ttl.into().resolve(self.inner.config.default_ttl);
+        let ram_key = plain_ram_key(key);
+        let ticket = self.ram().map(LocalLayer::ticket);
+        let mut encoded_len = None;
+        if let Some(shared) = self.redis("fill")? {
+            let expires_at_ms = ttl.map_or(0, |t| unix_millis().saturating_add(millis(t)));
+            let bytes = codec::seal(
+                &self.inner.codec,
+                value,
+                expires_at_ms,
+                self.inner.config.max_value_bytes,
+            )?;
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.inner.config.keys.plain(key))
+                .arg(&bytes[..])
+                .arg("NX");
+            if let Some(ttl) = ttl {
+                cmd.arg("PX").arg(crate::shared::ttl_millis(ttl));
+            }
+            let mut conn = shared.conn();
+            let stored: Option<String> = shared.run("fill", cmd.query_async(&mut conn)).await?;
+            if stored.is_none() {
+                return Ok(false);
+            }
+            self.inner.metrics.write(Layer::Redis);
+            encoded_len = Some(bytes.len());
+        }
+        if let (Some(local), Some(ticket)) = (self.ram(), ticket) {
+            let size = encoded_len
+                .or_else(|| self.inner.codec.encoded_len(value))
+                .unwrap_or(std::mem::size_of::<T>());
+            let ttl = match (ttl, self.inner.config.ram_max_ttl) {
+                (Some(t), Some(cap)) => Some(t.min(cap)),
+                (t, cap) => t.or(cap),
+            };
+            let entry = Entry::new(Arc::new(value.clone()), ttl, size, None);
+            if local.insert(ram_key.into_owned(), entry, ticket) {
+                self.inner.metrics.write(Layer::Ram);
+            }
+        }
+        Ok(true)
+    }
+
     /// Whether `key` holds a value in any layer this call uses, without
     /// reading the value from Redis.
     ///

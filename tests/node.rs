@@ -407,3 +407,37 @@ async fn node_is_a_cheap_shared_handle() {
     let value: Arc<u64> = node.get_arc("c0").await.unwrap().unwrap();
     assert!(*value < 800);
 }
+
+#[tokio::test]
+async fn fill_stores_an_absent_key_without_a_bus_message_and_never_overwrites() {
+    let redis = TestRedis::start();
+    let a = node(&redis).await;
+    let b = node_in(&redis, "t").await;
+    let seq = || -> Option<u64> { redis.conn().get("t:{bus}:seq").unwrap() };
+    let ttl = Ttl::After(Duration::from_secs(60));
+
+    // b holds user:1 in RAM; a fills another key: b keeps its entry (no
+    // bus message was published).
+    b.set("user:1", &user(1), ttl).await.unwrap();
+    let before = seq();
+    assert!(before.is_some(), "set publishes on the bus");
+    assert!(a.fill("user:2", &user(2), ttl).await.unwrap());
+    assert_eq!(seq(), before, "fill published on the bus");
+    assert_eq!(
+        a.ram_only().get::<User>("user:2").await.unwrap(),
+        Some(user(2))
+    );
+    assert_eq!(b.get::<User>("user:2").await.unwrap(), Some(user(2)));
+    let pttl: i64 = redis.conn().pttl("t:k:user:2").unwrap();
+    assert!(pttl > 50_000, "TTL kept: {pttl}");
+
+    // Present in Redis: not overwritten, and not put in a's RAM.
+    let stale = User {
+        id: 1,
+        name: "old".into(),
+    };
+    assert!(!a.fill("user:1", &stale, ttl).await.unwrap());
+    assert_eq!(a.ram_only().get::<User>("user:1").await.unwrap(), None);
+    assert_eq!(a.get::<User>("user:1").await.unwrap(), Some(user(1)));
+    assert_eq!(b.get::<User>("user:1").await.unwrap(), Some(user(1)));
+}
