@@ -13,13 +13,25 @@ use crate::system::{Env, Item, Kind, Node, System};
 /// Raw `GET` / `SET PX` / `DEL` with bincode values.
 pub struct BareRedis;
 
-struct BareRedisNode {
+/// `GET` / `SET PX` / `DEL` of bincode bytes on one connection; also the
+/// node of [`RedisCacheAio`](super::redis_cache_aio::RedisCacheAio), whose
+/// connection answers `GET` from its client-side cache.
+pub(super) struct BareRedisNode {
     conn: ConnectionManager,
     prefix: String,
     ttl_ms: u64,
 }
 
 impl BareRedisNode {
+    /// A node on `conn`, with the namespace and TTL of `env`.
+    pub(super) fn new(conn: ConnectionManager, env: &Env) -> Self {
+        BareRedisNode {
+            conn,
+            prefix: env.namespace.clone(),
+            ttl_ms: u64::try_from(env.ttl.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
     fn key(&self, key: &str) -> String {
         format!("{}:{key}", self.prefix)
     }
@@ -38,11 +50,7 @@ impl System for BareRedis {
     async fn node(&self, env: &Env) -> anyhow::Result<Arc<dyn Node>> {
         let client = redis::Client::open(env.redis_url.as_str())?;
         let conn = ConnectionManager::new(client).await?;
-        Ok(Arc::new(BareRedisNode {
-            conn,
-            prefix: env.namespace.clone(),
-            ttl_ms: u64::try_from(env.ttl.as_millis()).unwrap_or(u64::MAX),
-        }))
+        Ok(Arc::new(BareRedisNode::new(conn, env)))
     }
 }
 

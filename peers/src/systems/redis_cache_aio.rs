@@ -10,9 +10,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::caching::{CacheConfig, CacheMode};
-use redis::AsyncCommands;
 
-use crate::system::{Env, Item, Kind, Node, System};
+use super::bare_redis::BareRedisNode;
+use crate::system::{Env, Kind, Node, System};
 
 /// Bytes assumed per cached reply when turning the byte budget of the
 /// [`Env`] into the key count the crate's cache is bounded by: the key
@@ -22,18 +22,6 @@ const ASSUMED_ENTRY_BYTES: u64 = 200;
 
 /// `ConnectionManager` with a client-side cache, RESP3.
 pub struct RedisCacheAio;
-
-struct CacheAioNode {
-    conn: ConnectionManager,
-    prefix: String,
-    ttl_ms: u64,
-}
-
-impl CacheAioNode {
-    fn key(&self, key: &str) -> String {
-        format!("{}:{key}", self.prefix)
-    }
-}
 
 /// `url` with `protocol=resp3`, which client-side caching needs.
 fn resp3_url(url: &str) -> String {
@@ -62,38 +50,9 @@ impl System for RedisCacheAio {
             .set_default_client_ttl(env.ttl);
         let config = ConnectionManagerConfig::new().set_cache_config(cache);
         let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Arc::new(CacheAioNode {
-            conn,
-            prefix: env.namespace.clone(),
-            ttl_ms: u64::try_from(env.ttl.as_millis()).unwrap_or(u64::MAX),
-        }))
-    }
-}
-
-#[async_trait]
-impl Node for CacheAioNode {
-    async fn get(&self, key: &str) -> anyhow::Result<Option<Item>> {
-        // Answered from the client-side cache when the reply is there.
-        let bytes: Option<Vec<u8>> = self.conn.clone().get(self.key(key)).await?;
-        let Some(bytes) = bytes else { return Ok(None) };
-        let (item, _) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard())?;
-        Ok(Some(item))
-    }
-
-    async fn set(&self, key: &str, item: &Item) -> anyhow::Result<()> {
-        let bytes = bincode::serde::encode_to_vec(item, bincode::config::standard())?;
-        let _: () = self
-            .conn
-            .clone()
-            .pset_ex(self.key(key), bytes, self.ttl_ms)
-            .await?;
-        Ok(())
-    }
-
-    async fn invalidate(&self, key: &str) -> anyhow::Result<()> {
-        // The server pushes the invalidation to every connection tracking
-        // the key, which drops it from its cache.
-        let _: () = self.conn.clone().del(self.key(key)).await?;
-        Ok(())
+        // GET is answered from the client-side cache when the reply is
+        // there; DEL makes the server push the invalidation to every
+        // connection tracking the key.
+        Ok(Arc::new(BareRedisNode::new(conn, env)))
     }
 }
