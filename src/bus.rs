@@ -13,12 +13,18 @@
 //!    changed), drops its whole RAM layer;
 //! 4. every half [`deletion_check_frequency`](crate::CacheNodeBuilder::deletion_check_frequency)
 //!    reads the counter and catches up if behind: the safety net when pub/sub
-//!    silently loses messages;
-//! 5. when it has not completed a check for longer than the frequency (Redis
-//!    unreachable), stops serving RAM entries filled before, until it has
-//!    caught up again;
-//! 6. optionally watches keyspace notifications for deletions and expiries
-//!    made outside cachenode.
+//!    silently loses messages. The same read checks that the log still holds
+//!    the entry the node applied last, so a server restarted from an older
+//!    snapshot or a promoted replica that missed writes (whose counter may
+//!    have grown past the node's again) is seen as lost state and drops RAM;
+//! 5. renews the RAM layer's *lease* after each check that succeeds: RAM is
+//!    served only until one period after the start of the last successful
+//!    check. The read path checks the lease itself, so when checks stop
+//!    (Redis unreachable or slow, a reader that never yields, a runtime
+//!    whose workers are all busy, a listener dead or behind its backlog),
+//!    reads go to Redis on time whatever the listener does;
+//! 6. optionally watches keyspace notifications for deletions, expiries and
+//!    evictions made outside cachenode.
 //!
 //! **Authentication.** With a [`bus_secret`](crate::CacheNodeBuilder::bus_secret),
 //! every body is signed (HMAC-SHA256 over namespace and body; see the
@@ -32,7 +38,12 @@
 //!
 //! **Guarantee.** Once an invalidation call returns `Ok`, no node serves the
 //! old value from RAM later than `deletion_check_frequency` plus one Redis
-//! round trip, whatever messages are lost; normally within one pub/sub hop.
+//! round trip, whatever messages are lost and whatever the node's tasks do;
+//! normally within one pub/sub hop. (The lease alone gives one period; the
+//! round trip is the slack for a read that began before the lease ran out.)
+//! A check must complete within one period to renew the lease, so the period
+//! allows Redis round trips up to about half of it for RAM to be served all
+//! the time; slower links serve RAM part of the time or never.
 
 pub(crate) mod listener;
 pub(crate) mod message;
@@ -53,7 +64,7 @@ use message::{Body, BusAuth};
 use crate::keys::Keys;
 use crate::local::LocalLayer;
 use crate::shared::SharedLayer;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Default number of messages the log keeps (approximately: `MAXLEN ~`).
 /// A node disconnected for longer than it takes to publish this many
@@ -64,6 +75,15 @@ pub const DEFAULT_LOG_LEN: usize = 100_000;
 const KEYS_PER_MESSAGE: usize = 1000;
 
 /// `KEYS`: seq, log, epoch. `ARGV`: channel, body, maxlen, a fresh epoch.
+///
+/// Log entry ids follow the counter, so an entry at or past the counter's
+/// next value, or a log key of another type, was written by some other
+/// client. Neither may stop publishing: the script continues after such an
+/// entry (listeners read it, refuse it and move on; without a bus secret an
+/// entry that does not decode drops their RAM once), or, when its number is
+/// too large to continue after (Lua numbers print exactly below 10^13),
+/// starts the log anew (listeners that then miss entries drop their RAM).
+/// Any other failure is returned, and the call that published reports it.
 const PUBLISH_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('SET', KEYS[3], ARGV[4])
@@ -81,7 +101,28 @@ if seq == 1 then
     end
   end
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'm', ARGV[2])
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'm', ARGV[2])
+if type(added) == 'table' and added.err then
+  local foreign = string.find(added.err, 'equal or smaller', 1, true)
+    or string.find(added.err, 'WRONGTYPE', 1, true)
+  if not foreign then
+    return redis.error_reply(added.err)
+  end
+  local last = nil
+  if redis.call('TYPE', KEYS[2]).ok == 'stream' then
+    local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+    if top[1] then
+      last = tonumber(string.match(top[1][1], '^(%d+)'))
+    end
+  end
+  if last and last >= seq and last < 1e13 then
+    seq = last + 1
+    redis.call('SET', KEYS[1], seq)
+  else
+    redis.call('DEL', KEYS[2])
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'm', ARGV[2])
+end
 redis.call('PUBLISH', ARGV[1], seq .. ':' .. ARGV[2])
 return seq
 "#;
@@ -143,7 +184,6 @@ pub(crate) struct BusState {
     pub(crate) malformed: AtomicU64,
     pub(crate) unauthenticated: AtomicU64,
     pub(crate) flushes: AtomicU64,
-    pub(crate) suspended: AtomicBool,
     pub(crate) last_check_ok_ms: AtomicU64,
     pub(crate) keyspace_watching: AtomicBool,
     pub(crate) keyspace_problem: Mutex<Option<String>>,
@@ -176,7 +216,10 @@ pub struct BusHealth {
     /// Times the whole RAM layer was dropped because the log could not fill
     /// a gap or Redis lost the bus's state.
     pub gap_flushes: u64,
-    /// Whether RAM entries filled before an outage are being withheld.
+    /// Whether RAM is not being served now: no deletion check has succeeded
+    /// within the last [`deletion_check_frequency`](crate::CacheNodeBuilder::deletion_check_frequency)
+    /// (Redis unreachable or too slow, or the listener could not run), so
+    /// every read goes to Redis until one does.
     pub suspended: bool,
     /// When the last deletion check succeeded, Unix milliseconds (0: never).
     pub last_check_ok_ms: u64,
@@ -192,6 +235,8 @@ pub(crate) struct Bus {
     origin: [u8; 16],
     auth: Option<BusAuth>,
     shared: SharedLayer,
+    /// The RAM layer the listener keeps coherent (for its lease).
+    local: Option<Arc<LocalLayer>>,
     state: Arc<BusState>,
     script: redis::Script,
     log_len: usize,
@@ -217,11 +262,11 @@ impl Bus {
         let auth = config.auth(keys_ns);
         let state = Arc::new(BusState::default());
         let (stop, stopped) = watch::channel(false);
-        let task = match local {
+        let task = match &local {
             Some(local) => {
                 let listener = listener::Listener::new(
                     shared.clone(),
-                    local,
+                    local.clone(),
                     keys.clone(),
                     origin,
                     state.clone(),
@@ -238,6 +283,7 @@ impl Bus {
             origin,
             auth,
             shared,
+            local,
             state,
             script: redis::Script::new(PUBLISH_SCRIPT),
             log_len: config.log_len,
@@ -299,29 +345,32 @@ impl Bus {
 
     /// Checks the results of the publications added by
     /// [`add_to_pipeline`](Self::add_to_pipeline) (run with
-    /// `ignore_errors`); publishes again, loading the script, those that
-    /// failed because Redis had lost it (after a restart).
+    /// `ignore_errors`); publishes again, one by one (loading the script
+    /// when Redis had lost it, after a restart), those that failed. An
+    /// invalidation published twice costs a refill; one not published, a
+    /// stale read.
     pub(crate) async fn finish(
         &self,
         results: &[redis::RedisResult<Value>],
         bodies: &[Vec<u8>],
     ) -> Result<()> {
         for (result, body) in results.iter().zip(bodies) {
-            match result {
-                Ok(_) => {}
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    self.publish_one(body).await?
-                }
-                Err(e) => {
+            if let Err(e) = result {
+                if e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
                     crate::metrics::redis_error("publish");
-                    return Err(Error::Redis {
-                        op: "publish",
-                        source: e.clone(),
-                    });
+                    tracing::debug!(error = %e, "bus publication failed; publishing it again");
                 }
+                self.publish_one(body).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Publishes `bodies` again, one by one (after a pipeline whose outcome
+    /// is unknown).
+    pub(crate) async fn republish(&self, bodies: &[Vec<u8>]) -> Result<()> {
+        for body in bodies {
+            self.publish_one(body).await?;
         }
         Ok(())
     }
@@ -372,7 +421,7 @@ impl Bus {
             malformed: s.malformed.load(Ordering::Relaxed),
             unauthenticated: s.unauthenticated.load(Ordering::Relaxed),
             gap_flushes: s.flushes.load(Ordering::Relaxed),
-            suspended: s.suspended.load(Ordering::Acquire),
+            suspended: self.local.as_ref().is_some_and(|l| !l.lease_holds()),
             last_check_ok_ms: s.last_check_ok_ms.load(Ordering::Acquire),
             keyspace_watching: s.keyspace_watching.load(Ordering::Acquire),
             keyspace_problem: s

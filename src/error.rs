@@ -80,6 +80,20 @@ pub enum Error {
         op: &'static str,
     },
 
+    /// A write or delete may have reached Redis, but telling the other
+    /// instances failed: they may go on serving the previous value from RAM
+    /// until its TTL. Retry the call (writing or deleting again is
+    /// harmless); until it succeeds, treat the key as possibly stale on
+    /// other instances.
+    #[error("{op} may have reached Redis but was not announced to other instances: {source}")]
+    Unannounced {
+        /// The operation whose announcement failed.
+        op: &'static str,
+        /// Why the announcement failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The node was shut down; build a new one.
     #[error("the cache node was shut down")]
     Shutdown,
@@ -89,7 +103,10 @@ impl Error {
     /// Whether retrying the same call later may succeed (Redis lost, slow or
     /// restarting), as opposed to an error in the call or the configuration.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Redis { .. } | Error::Timeout { .. })
+        matches!(
+            self,
+            Error::Redis { .. } | Error::Timeout { .. } | Error::Unannounced { .. }
+        )
     }
 }
 

@@ -50,6 +50,7 @@
 pub mod admin;
 pub mod atomic;
 pub mod bus;
+mod clock;
 pub mod codec;
 pub mod config;
 mod error;

@@ -17,11 +17,26 @@
 //! it carries may predate the invalidation and is dropped (DESIGN §5).
 //!
 //! Function and "everything" fences are also checked on every read (an entry
-//! is valid while its stamp is not older than its function's fence, the
-//! global fence and the outage floor), which makes dropping every entry of a
-//! function O(1). Key fences are checked right after the insert instead, so a
-//! read does not hash the key a second time: an insert that lost the race
-//! removes itself.
+//! is valid while its stamp is not older than its function's fence and the
+//! global fence), which makes dropping every entry of a function O(1). Key
+//! fences are checked right after the insert instead, so a read does not hash
+//! the key a second time: an insert that lost the race removes itself.
+//!
+//! # The lease
+//!
+//! On a node with a bus, RAM is served only under a [`Lease`]: a deadline
+//! that the bus listener moves to `start + deletion_check_frequency` after
+//! each deletion check that *started* at `start` and brought the node up to
+//! Redis's sequence number. Every invalidation acknowledged before `start` is
+//! then applied, so an entry served before the deadline is not older than any
+//! invalidation acknowledged more than one period ago. The read path checks
+//! the deadline itself, against [`clock::Ticks`](crate::clock::Ticks): when
+//! the listener cannot run (a reader that never yields, a `current_thread`
+//! runtime, workers all busy, a listener dead or behind its backlog) or
+//! cannot reach Redis, the lease runs out and reads go to Redis, which is
+//! where the listener gets its turn again. Entries are kept meanwhile, and
+//! served again once a check succeeds: it applied every invalidation they
+//! could have missed, and fills made meanwhile were fenced as usual.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -32,6 +47,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
+
+use crate::clock::Ticks;
 
 /// Bytes charged to every entry on top of its key and value, for the entry
 /// itself and moka's bookkeeping. Measured in `benches/` (see BENCHMARKS.md).
@@ -95,14 +112,48 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Validity {
-    Valid,
-    /// Older than the outage floor: hidden, not dropped.
-    Suspended,
-    /// Invalidated through its function or "everything".
-    Stale,
+/// Until when RAM may be served (see the module docs).
+pub(crate) struct Lease {
+    ticks: &'static Ticks,
+    /// Deadline in [`Ticks`]; `u64::MAX` when unbounded (no bus).
+    until: AtomicU64,
+    /// The period a renewal adds, in ticks.
+    period: u64,
 }
+
+impl Lease {
+    /// A lease that never runs out: a node without a bus has nothing to
+    /// wait for.
+    fn unbounded() -> Self {
+        Lease {
+            ticks: Ticks::get(),
+            until: AtomicU64::new(u64::MAX),
+            period: u64::MAX,
+        }
+    }
+
+    /// A lease renewed by `period` at a time, run out until the first
+    /// renewal.
+    fn renewable(period: Duration) -> Self {
+        let ticks = Ticks::get();
+        Lease {
+            ticks,
+            until: AtomicU64::new(0),
+            period: ticks.ticks_in(period),
+        }
+    }
+
+    /// Whether RAM may be served now.
+    #[inline]
+    fn holds(&self) -> bool {
+        let until = self.until.load(Ordering::Acquire);
+        until == u64::MAX || self.ticks.now() < until
+    }
+}
+
+/// The instant a deletion check started, for [`LocalLayer::renew_lease`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CheckStart(u64);
 
 /// Taken before a fill starts; see the module docs.
 #[derive(Debug, Clone, Copy)]
@@ -150,15 +201,31 @@ pub(crate) struct LocalLayer {
     epoch: AtomicU64,
     key_fences: Box<[AtomicU64]>,
     all_fence: AtomicU64,
-    /// Entries stamped below this are not served (Redis unreachable for too
-    /// long; DESIGN §4 rule 4). 0 when serving normally.
-    serve_floor: AtomicU64,
+    lease: Lease,
+    /// Groups of the functions this node uses (created by their handles).
     groups: Mutex<HashMap<Arc<str>, Arc<Group>>>,
+    /// The newest invalidation of a function that had no group here: a group
+    /// created later starts with this fence, so a fill that began before
+    /// such an invalidation is still refused, while names seen only on the
+    /// bus never grow the map.
+    unknown_group_fence: AtomicU64,
 }
 
 impl LocalLayer {
-    /// A RAM layer holding about `capacity_bytes`.
+    /// A RAM layer holding about `capacity_bytes`, served without a lease
+    /// (no bus keeps it coherent with other instances).
     pub(crate) fn new(capacity_bytes: u64) -> Self {
+        Self::with_lease(capacity_bytes, Lease::unbounded())
+    }
+
+    /// A RAM layer served under a lease that the bus listener renews by
+    /// `period` after each confirmed deletion check; not served before the
+    /// first renewal.
+    pub(crate) fn leased(capacity_bytes: u64, period: Duration) -> Self {
+        Self::with_lease(capacity_bytes, Lease::renewable(period))
+    }
+
+    fn with_lease(capacity_bytes: u64, lease: Lease) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &String, entry: &Entry| {
@@ -174,8 +241,9 @@ impl LocalLayer {
             epoch: AtomicU64::new(1),
             key_fences: (0..KEY_FENCE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             all_fence: AtomicU64::new(0),
-            serve_floor: AtomicU64::new(0),
+            lease,
             groups: Mutex::new(HashMap::new()),
+            unknown_group_fence: AtomicU64::new(0),
         }
     }
 
@@ -186,26 +254,27 @@ impl LocalLayer {
             return g.clone();
         }
         let group = Arc::new(Group {
-            fence: AtomicU64::new(0),
+            fence: AtomicU64::new(self.unknown_group_fence.load(Ordering::Acquire)),
         });
         groups.insert(Arc::from(name), group.clone());
         group
     }
 
-    /// A valid entry for `key`, if any. Entries invalidated through their
-    /// function, through "everything" or by the outage floor are removed as
-    /// they are found.
+    /// A valid entry for `key`, if any, while the lease holds. Entries
+    /// invalidated through their function or through "everything" are
+    /// removed as they are found.
     #[inline]
     pub(crate) fn get(&self, key: &str) -> Option<Entry> {
+        if !self.lease.holds() {
+            // Kept: served again once the bus has confirmed it caught up.
+            return None;
+        }
         let entry = self.cache.get(key)?;
-        match self.validity(&entry) {
-            Validity::Valid => Some(entry),
-            // Kept: it may be served again once the bus has caught up.
-            Validity::Suspended => None,
-            Validity::Stale => {
-                self.cache.invalidate(key);
-                None
-            }
+        if self.is_valid(&entry) {
+            Some(entry)
+        } else {
+            self.cache.invalidate(key);
+            None
         }
     }
 
@@ -214,23 +283,14 @@ impl LocalLayer {
         self.get(key)?.value.downcast::<T>().ok()
     }
 
+    /// Whether no function or "everything" fence is newer than the entry.
     #[inline]
-    fn validity(&self, entry: &Entry) -> Validity {
+    fn is_valid(&self, entry: &Entry) -> bool {
         let group_fence = entry
             .group
             .as_ref()
             .map_or(0, |g| g.fence.load(Ordering::Acquire));
-        if entry.stamp < group_fence.max(self.all_fence.load(Ordering::Acquire)) {
-            Validity::Stale
-        } else if entry.stamp < self.serve_floor.load(Ordering::Acquire) {
-            Validity::Suspended
-        } else {
-            Validity::Valid
-        }
-    }
-
-    fn is_valid(&self, entry: &Entry) -> bool {
-        self.validity(entry) == Validity::Valid
+        entry.stamp >= group_fence.max(self.all_fence.load(Ordering::Acquire))
     }
 
     /// Whether a valid entry exists for `key`.
@@ -325,7 +385,18 @@ impl LocalLayer {
     /// Drops every entry of function `name`.
     pub(crate) fn remove_group(&self, name: &str) {
         let epoch = self.next_epoch();
-        let group = self.group(name);
+        let group = {
+            let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            match groups.get(name) {
+                Some(g) => g.clone(),
+                None => {
+                    // Under the map's lock, so that a group created next
+                    // sees this fence.
+                    self.unknown_group_fence.fetch_max(epoch, Ordering::SeqCst);
+                    return;
+                }
+            }
+        };
         group.fence.fetch_max(epoch, Ordering::SeqCst);
         // Entries are already invisible (checked on read); also give their
         // memory back, in moka's background maintenance.
@@ -343,16 +414,31 @@ impl LocalLayer {
         tracing::debug!(reason = reason.label(), "RAM layer flushed");
     }
 
-    /// Stops serving entries filled before now (the bus lost Redis for longer
-    /// than the staleness bound). Undone by [`resume_serving`](Self::resume_serving).
-    pub(crate) fn suspend_older_entries(&self) {
-        let epoch = self.next_epoch();
-        self.serve_floor.store(epoch, Ordering::SeqCst);
+    /// Now, as the start of a deletion check.
+    pub(crate) fn check_start(&self) -> CheckStart {
+        CheckStart(self.lease.ticks.now())
     }
 
-    /// Serves all valid entries again (the bus has caught up).
-    pub(crate) fn resume_serving(&self) {
-        self.serve_floor.store(0, Ordering::SeqCst);
+    /// Serves RAM until `started` plus the lease period: a deletion check
+    /// that started then has brought this node up to Redis's sequence
+    /// number. Never moves the deadline back.
+    pub(crate) fn renew_lease(&self, started: CheckStart) {
+        if self.lease.period == u64::MAX {
+            return;
+        }
+        let until = started.0.saturating_add(self.lease.period);
+        self.lease.until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Whether RAM may be served now (false once the lease has run out).
+    pub(crate) fn lease_holds(&self) -> bool {
+        self.lease.holds()
+    }
+
+    /// Number of function groups this layer holds.
+    #[cfg(test)]
+    fn group_count(&self) -> usize {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Number of entries (including ones invalidated but not yet reclaimed).
@@ -460,16 +546,51 @@ mod tests {
     }
 
     #[test]
-    fn outage_floor_suspends_and_resumes() {
+    fn nothing_is_served_outside_the_lease() {
+        let period = Duration::from_millis(100);
+        let l = LocalLayer::leased(1 << 20, period);
+        l.insert("a".into(), entry(1), l.ticket());
+        assert!(l.get("a").is_none(), "not served before the first renewal");
+        let start = l.check_start();
+        l.renew_lease(start);
+        assert!(l.get("a").is_some());
+        // Filled while the lease holds, then the lease runs out: neither
+        // entry is served, whenever it was filled.
+        l.insert("b".into(), entry(2), l.ticket());
+        std::thread::sleep(period + Duration::from_millis(10));
+        assert!(l.get("a").is_none());
+        assert!(l.get("b").is_none());
+        assert!(!l.lease_holds());
+        // A renewal from a check that started earlier cannot move it back.
+        l.renew_lease(start);
+        assert!(l.get("a").is_none());
+        l.renew_lease(l.check_start());
+        assert_eq!(l.get_typed::<u32>("b").as_deref(), Some(&2));
+    }
+
+    #[test]
+    fn a_node_without_a_bus_always_serves() {
         let l = LocalLayer::new(1 << 20);
         l.insert("a".into(), entry(1), l.ticket());
-        l.suspend_older_entries();
-        assert!(l.get("a").is_none());
-        // Filled during the outage: served.
-        l.insert("b".into(), entry(2), l.ticket());
-        assert!(l.get("b").is_some());
-        l.resume_serving();
         assert!(l.get("a").is_some());
+        assert!(l.lease_holds());
+    }
+
+    #[test]
+    fn invalidations_of_unknown_functions_grow_no_map_yet_fence_later_groups() {
+        let l = LocalLayer::new(1 << 20);
+        let before = l.ticket();
+        for i in 0..1000 {
+            l.remove_group(&format!("seen_only_on_the_bus_{i}"));
+        }
+        assert_eq!(l.group_count(), 0);
+        // A fill of a function whose group appears only now, which started
+        // before one of those invalidations, is still refused.
+        let g = l.group("seen_only_on_the_bus_7");
+        let e = Entry::new(Arc::new(1u8), None, 1, Some(g.clone()));
+        assert!(!l.insert("x".into(), e, before));
+        let e = Entry::new(Arc::new(1u8), None, 1, Some(g));
+        assert!(l.insert("x".into(), e, l.ticket()));
     }
 
     #[test]

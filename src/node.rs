@@ -142,9 +142,17 @@ impl CacheNode {
                 Some(redis) => Some(SharedLayer::connect(redis).await?),
                 None => None,
             };
-            let local = config
-                .ram_capacity_bytes
-                .map(|bytes| Arc::new(LocalLayer::new(bytes)));
+            // With a bus, RAM is served under the lease its listener renews.
+            let period = shared
+                .as_ref()
+                .and(config.bus.as_ref())
+                .map(|bus| bus.deletion_check_frequency);
+            let local = config.ram_capacity_bytes.map(|bytes| {
+                Arc::new(match period {
+                    Some(period) => LocalLayer::leased(bytes, period),
+                    None => LocalLayer::new(bytes),
+                })
+            });
             (local, shared)
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -287,6 +295,13 @@ impl CacheNode {
         } else {
             Ok(())
         }
+    }
+
+    /// This node's RAM layer, whatever layers this handle's calls use: a
+    /// write or delete through a Redis-only handle must still drop this
+    /// node's own copy, which its own bus message does not reach.
+    pub(crate) fn own_ram(&self) -> Option<&LocalLayer> {
+        self.inner.local.as_deref()
     }
 
     /// The RAM layer, when this call should use it.
@@ -520,7 +535,7 @@ impl CacheNode {
         let ttl = ttl.into().resolve(self.inner.config.default_ttl);
         let ram_key = plain_ram_key(key);
         let mut encoded_len = None;
-        let begun = self.ram().map(|l| l.begin_own_write(&ram_key));
+        let begun = self.own_ram().map(|l| l.begin_own_write(&ram_key));
         if let Some(shared) = self.redis("set")? {
             let expires_at_ms = ttl.map_or(0, |t| unix_millis().saturating_add(millis(t)));
             let bytes = codec::seal(
@@ -538,13 +553,20 @@ impl CacheNode {
                 })
                 .await
             {
-                if let Some(local) = self.ram() {
+                if let Some(local) = self.own_ram() {
                     local.remove(&ram_key);
                 }
                 return Err(e);
             }
             self.inner.metrics.write(Layer::Redis);
             encoded_len = Some(bytes.len());
+        }
+        if self.ram().is_none() {
+            // Redis only: this node's copy, if any, is now the old value.
+            if let Some(local) = self.own_ram() {
+                local.remove(&ram_key);
+            }
+            return Ok(());
         }
         if let Some(local) = self.ram() {
             let size = encoded_len
@@ -687,8 +709,9 @@ impl CacheNode {
             _ => Ok(()),
         };
         // RAM after Redis (module docs); also when Redis failed, so this
-        // node at least stops serving the value.
-        if let Some(local) = self.ram() {
+        // node at least stops serving the value; also through a Redis-only
+        // handle, since this node's own bus message does not reach it.
+        if let Some(local) = self.own_ram() {
             for (e, key) in existed.iter_mut().zip(&keys) {
                 *e |= local.remove(&plain_ram_key(key));
             }
@@ -715,14 +738,25 @@ impl CacheNode {
                 let removed = shared
                     .scan_unlink(&keys.namespace_pattern(), |k| keys.is_clearable(k))
                     .await;
-                match (removed, &self.inner.bus) {
-                    (Ok(n), Some(bus)) => bus.publish(Invalidation::All).await.map(|()| n),
-                    (removed, _) => removed,
+                // Announced even when the walk failed part-way: whatever it
+                // deleted must leave every instance's RAM too.
+                match &self.inner.bus {
+                    Some(bus) => match bus.publish(Invalidation::All).await {
+                        Ok(()) => {
+                            metrics::invalidation_published();
+                            removed
+                        }
+                        Err(e) => Err(Error::Unannounced {
+                            op: "clear_all",
+                            source: Box::new(e),
+                        }),
+                    },
+                    None => removed,
                 }
             }
             None => Ok(0),
         };
-        if let Some(local) = self.ram() {
+        if let Some(local) = self.own_ram() {
             local.remove_all(FlushReason::InvalidateAll);
             metrics::ram_flush(FlushReason::InvalidateAll.label());
         }
@@ -846,8 +880,25 @@ impl CacheNode {
         };
         pipe.ignore_errors();
         let mut conn = shared.conn();
+        let unannounced = |e: Error| Error::Unannounced {
+            op,
+            source: Box::new(e),
+        };
         let mut results: Vec<redis::RedisResult<redis::Value>> =
-            shared.run(op, pipe.query_async(&mut conn)).await?;
+            match shared.run(op, pipe.query_async(&mut conn)).await {
+                Ok(results) => results,
+                Err(e) => {
+                    // Whether the writes landed is unknown (a timeout, a
+                    // connection lost mid-way): announce them anyway, so the
+                    // caller learns either "not announced" or an error whose
+                    // every possible outcome the other instances know of.
+                    if let Some(bus) = &self.inner.bus {
+                        bus.republish(&bodies).await.map_err(unannounced)?;
+                        metrics::invalidation_published();
+                    }
+                    return Err(e);
+                }
+            };
         // The publications come last and are never ignored: the replies
         // before them are those of the write commands that were not
         // `.ignore()`d.
@@ -860,7 +911,7 @@ impl CacheNode {
             })?);
         }
         if let Some(bus) = &self.inner.bus {
-            bus.finish(&published, &bodies).await?;
+            bus.finish(&published, &bodies).await.map_err(unannounced)?;
             metrics::invalidation_published();
         }
         Ok(replies)

@@ -14,13 +14,50 @@ use tokio::time::Instant;
 use super::message::{self, Body, BusAuth, Invalidation, Malformed};
 use super::replay::ReplayGuard;
 use super::{BusConfig, BusKeys, BusState};
-use crate::local::{FlushReason, LocalLayer};
+use crate::local::{CheckStart, FlushReason, LocalLayer};
 use crate::node::unix_millis;
 use crate::shared::SharedLayer;
 use crate::Result;
 
-/// Entries read from the log per `XRANGE`.
-const CATCH_UP_PAGE: usize = 512;
+/// Most entries read from the log per `XRANGE`. A page that times out is
+/// halved for the next try (down to one entry), so that a backlog of large
+/// messages behind a slow link still moves forward; every entry applied is
+/// kept when a later page fails.
+const CATCH_UP_PAGE: usize = 256;
+
+/// The deletion check, one atomic read of the bus's position.
+///
+/// `KEYS`: seq, epoch, log. `ARGV`: this node's last applied number, a
+/// fresh epoch. Returns the counter, the epoch (set when missing: a new or
+/// emptied Redis), and the fingerprints (SHA-1 of the body; `""` when there
+/// is no such entry) of the log entries at the node's last applied number
+/// and at the counter. The first tells whether the server still holds the
+/// history this node applied (DESIGN §4 rule 7): a server restarted from an
+/// older snapshot, or a promoted replica that missed writes, has another
+/// entry there, or none, even when its counter has grown past the node's.
+const CHECK_SCRIPT: &str = r#"
+local seq = redis.call('GET', KEYS[1]) or '0'
+if not string.match(seq, '^%d+$') then
+  return redis.error_reply('cachenode: the bus counter ' .. KEYS[1] ..
+    ' holds something other than a number')
+end
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  redis.call('SET', KEYS[2], ARGV[2])
+  epoch = ARGV[2]
+end
+local function fingerprint(n)
+  if n == '0' then return '' end
+  local e = redis.call('XRANGE', KEYS[3], n .. '-0', n .. '-0')
+  if not e[1] then return '' end
+  local f = e[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == 'm' then return redis.sha1hex(f[i + 1]) end
+  end
+  return '-'
+end
+return {seq, epoch, fingerprint(ARGV[1]), fingerprint(seq)}
+"#;
 /// First and largest pause between two attempts to subscribe again.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -67,12 +104,24 @@ pub(crate) struct Listener {
     /// Redis's bus epoch as this node last saw it.
     epoch: Option<String>,
     last_applied: u64,
-    /// When the last successful check *started*: every invalidation
-    /// acknowledged before that instant has been applied.
-    last_ok: Instant,
-    suspended: bool,
+    /// The fingerprint of the log entry at `last_applied`, as applied
+    /// (`None`: not known, learnt at the next check).
+    last_entry: Option<String>,
+    /// Entries to ask for in the next `XRANGE` of a catch-up.
+    page: usize,
+    /// Whether the lease held at the last look (to log its changes once).
+    serving: bool,
+    check_script: redis::Script,
     /// Prefixes that map keyspace channels back to RAM keys.
     keyspace: Option<KeyspaceNames>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Also when the task panics: health must not report a subscription
+        // that nothing listens to any more.
+        self.state.subscribed.store(false, Ordering::Release);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -111,12 +160,19 @@ impl Listener {
             replay: ReplayGuard::new(crate::node::unix_micros()),
             epoch: None,
             last_applied: 0,
-            last_ok: Instant::now(),
-            suspended: false,
+            last_entry: None,
+            page: CATCH_UP_PAGE,
+            serving: true,
+            check_script: redis::Script::new(CHECK_SCRIPT),
             keyspace,
         };
-        listener.sync(Source::Check).await?;
-        listener.last_ok = Instant::now();
+        // The starting position, under the operation timeout: a link too
+        // slow for the checks still builds a node (that serves RAM only
+        // once a check succeeds in time).
+        let started = listener.local.check_start();
+        let timeout = listener.shared.op_timeout();
+        listener.sync(Source::Check, timeout).await?;
+        listener.local.renew_lease(started);
         Ok(listener)
     }
 
@@ -124,8 +180,10 @@ impl Listener {
     ///
     /// Subscribing runs as a future of its own, polled alongside the
     /// periodic check: a connection attempt that hangs (for up to the
-    /// operation timeout) must not hold up the checks, or the node would go
-    /// on serving RAM past the staleness bound (rule 5).
+    /// operation timeout) must not hold up the checks. The check tick is
+    /// polled before the channel, so a backlog of messages cannot starve it.
+    /// None of this carries the staleness bound, though: the lease does (the
+    /// read path stops serving RAM when checks stop renewing it).
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let period = self.config.deletion_check_frequency / 2;
         let mut check = tokio::time::interval(period);
@@ -138,6 +196,7 @@ impl Listener {
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
+                _ = check.tick() => self.check(Source::Check).await,
                 msg = next_message(&mut sub) => match msg {
                     Some(msg) => self.on_message(&msg).await,
                     None => {
@@ -175,7 +234,6 @@ impl Listener {
                         }
                     }
                 },
-                _ = check.tick() => self.check(Source::Check).await,
             }
         }
         self.state.subscribed.store(false, Ordering::Release);
@@ -222,7 +280,7 @@ impl Listener {
             Ok(decoded) => {
                 self.warn_if_signed(body);
                 self.apply(&decoded, Source::PubSub);
-                self.advance(seq);
+                self.advance(seq, Some(fingerprint(body)));
             }
             Err(m) => {
                 self.refused(m, Source::PubSub);
@@ -256,103 +314,93 @@ impl Listener {
         }
     }
 
-    /// One deletion check: read the counter, catch up if behind; then decide
-    /// whether RAM may still be served.
+    /// One deletion check: bring the node up to Redis's sequence number and,
+    /// when that worked, renew the lease from the instant the check started
+    /// (every invalidation acknowledged before it is applied now).
     async fn check(&mut self, source: Source) {
-        let started = Instant::now();
-        match self.sync(source).await {
+        let started: CheckStart = self.local.check_start();
+        match self.sync(source, self.check_timeout()).await {
             Ok(()) => {
-                self.last_ok = started;
+                self.local.renew_lease(started);
                 self.state
                     .last_check_ok_ms
                     .store(unix_millis(), Ordering::Release);
-                if self.suspended {
-                    self.suspended = false;
-                    self.state.suspended.store(false, Ordering::Release);
-                    self.local.resume_serving();
-                    tracing::info!("bus caught up; serving RAM again");
-                }
             }
             Err(e) => tracing::debug!(error = %e, "bus check failed"),
         }
-        if !self.suspended && self.last_ok.elapsed() > self.config.deletion_check_frequency {
-            self.suspended = true;
-            self.state.suspended.store(true, Ordering::Release);
-            self.local.suspend_older_entries();
+        self.report_lease();
+    }
+
+    /// Logs when RAM stops or starts being served again.
+    fn report_lease(&mut self) {
+        let holds = self.local.lease_holds();
+        if holds == self.serving {
+            return;
+        }
+        self.serving = holds;
+        if holds {
+            tracing::info!("bus caught up; serving RAM again");
+        } else {
             tracing::warn!(
-                bound = ?self.config.deletion_check_frequency,
-                "bus cannot reach Redis for longer than the staleness bound; \
-                 RAM entries filled before are withheld until it catches up"
+                period = ?self.config.deletion_check_frequency,
+                "no deletion check has succeeded within the period (Redis \
+                 unreachable or slower than the period allows, or the listener \
+                 could not run); RAM is not served until one does"
             );
         }
     }
 
-    /// Brings this node up to Redis's current sequence number.
-    async fn sync(&mut self, source: Source) -> Result<()> {
-        let timeout = self.check_timeout();
+    /// Brings this node up to Redis's current sequence number, each Redis
+    /// exchange under `timeout`.
+    async fn sync(&mut self, source: Source, timeout: Duration) -> Result<()> {
         let mut conn = self.shared.conn();
-        let (seq, epoch): (Option<u64>, Option<String>) = self
+        let mut invocation = self.check_script.prepare_invoke();
+        invocation
+            .key(&self.keys.seq)
+            .key(&self.keys.epoch)
+            .key(&self.keys.log)
+            .arg(self.last_applied)
+            .arg(uuid::Uuid::new_v4().to_string());
+        let (seq, epoch, at_last, at_seq): (u64, String, String, String) = self
             .shared
-            .run_within(
-                "bus_check",
-                timeout,
-                redis::cmd("MGET")
-                    .arg(&self.keys.seq)
-                    .arg(&self.keys.epoch)
-                    .query_async(&mut conn),
-            )
+            .run_within("bus_check", timeout, invocation.invoke_async(&mut conn))
             .await?;
-        let epoch = match epoch {
-            Some(e) => e,
-            // A new or emptied Redis: mark its bus state with a new epoch.
-            None => {
-                self.shared
-                    .run_within(
-                        "bus_check",
-                        timeout,
-                        redis::cmd("SET")
-                            .arg(&self.keys.epoch)
-                            .arg(uuid::Uuid::new_v4().to_string())
-                            .arg("NX")
-                            .arg("GET")
-                            .query_async::<Option<String>>(&mut conn),
-                    )
-                    .await?;
-                self.shared
-                    .run_within(
-                        "bus_check",
-                        timeout,
-                        redis::cmd("GET")
-                            .arg(&self.keys.epoch)
-                            .query_async(&mut conn),
-                    )
-                    .await?
-            }
-        };
-        let seq = seq.unwrap_or(0);
         self.state.last_seen.store(seq, Ordering::Release);
-        if self.epoch.as_deref() != Some(epoch.as_str()) {
-            if self.epoch.is_some() {
-                self.flush("Redis lost the bus state (epoch changed)");
+        let lost = match &self.epoch {
+            None => None,
+            Some(known) if *known != epoch => Some("Redis lost the bus state (epoch changed)"),
+            Some(_) if seq < self.last_applied => Some("the bus counter went back"),
+            Some(_)
+                if self.last_applied > 0
+                    && self.last_entry.as_ref().is_some_and(|fp| *fp != at_last) =>
+            {
+                Some(
+                    "the bus log no longer holds the message this node applied last \
+                     (Redis restarted from an older snapshot, or a replica that missed \
+                     writes was promoted)",
+                )
+            }
+            Some(_) => None,
+        };
+        if self.epoch.is_none() || lost.is_some() {
+            if let Some(why) = lost {
+                self.flush(why);
             }
             self.epoch = Some(epoch);
-            self.advance(seq);
+            self.advance(seq, Some(at_seq));
             return Ok(());
         }
-        if seq < self.last_applied {
-            self.flush("the bus counter went back");
-            self.advance(seq);
-            return Ok(());
+        if self.last_entry.is_none() {
+            self.last_entry = Some(at_last);
         }
-        self.catch_up(seq, source).await
+        self.catch_up(seq, source, timeout).await
     }
 
     /// Applies log entries until `target` is reached.
-    async fn catch_up(&mut self, target: u64, source: Source) -> Result<()> {
-        let timeout = self.check_timeout();
+    async fn catch_up(&mut self, target: u64, source: Source, timeout: Duration) -> Result<()> {
         while self.last_applied < target {
             let mut conn = self.shared.conn();
-            let entries: Vec<(String, Vec<Vec<u8>>)> = self
+            let page = self
                 .shared
                 .run_within(
                     "bus_catch_up",
@@ -362,13 +410,23 @@ impl Listener {
                         .arg(format!("{}-0", self.last_applied + 1))
                         .arg("+")
                         .arg("COUNT")
-                        .arg(CATCH_UP_PAGE)
+                        .arg(self.page)
                         .query_async(&mut conn),
                 )
-                .await?;
+                .await;
+            let entries: Vec<(String, Vec<Vec<u8>>)> = match page {
+                Ok(entries) => {
+                    self.page = (self.page * 2).min(CATCH_UP_PAGE);
+                    entries
+                }
+                Err(e) => {
+                    self.page = (self.page / 2).max(1);
+                    return Err(e);
+                }
+            };
             if entries.is_empty() {
                 self.flush("the bus log no longer holds the missed messages");
-                self.advance(target);
+                self.advance(target, None);
                 break;
             }
             for (id, fields) in entries {
@@ -383,6 +441,10 @@ impl Listener {
                     .chunks(2)
                     .find(|f| f.first().map(Vec::as_slice) == Some(b"m"))
                     .and_then(|f| f.get(1));
+                let entry = Some(match body {
+                    Some(b) => fingerprint(b),
+                    None => "-".to_owned(),
+                });
                 let decoded = match (body, &self.auth) {
                     (Some(b), auth) => Some(message::decode(b, auth.as_ref())),
                     (None, Some(_)) => Some(Err(Malformed::Unsigned)),
@@ -400,7 +462,11 @@ impl Listener {
                         // counter, or the next check would see the counter
                         // "go back" and flush.
                         self.refused(m, Source::Stream);
-                        self.advance(seq.min(target));
+                        if seq <= target {
+                            self.advance(seq, entry);
+                        } else {
+                            self.advance(target, None);
+                        }
                         if seq >= target {
                             break;
                         }
@@ -431,7 +497,7 @@ impl Listener {
                         self.flush("a bus log entry does not decode");
                     }
                 }
-                self.advance(seq);
+                self.advance(seq, entry);
             }
         }
         Ok(())
@@ -453,10 +519,15 @@ impl Listener {
         }
     }
 
+    /// A check is worth waiting for only as long as the lease it renews:
+    /// one period. So a period allows Redis round trips up to about half of
+    /// it for RAM to be served all the time (checks run every half period);
+    /// slower links serve RAM part of the time, and links slower than the
+    /// period never (every read goes to Redis).
     fn check_timeout(&self) -> Duration {
         self.shared
             .op_timeout()
-            .min(self.config.deletion_check_frequency / 2)
+            .min(self.config.deletion_check_frequency)
     }
 
     fn apply(&mut self, body: &Body, source: Source) {
@@ -481,8 +552,11 @@ impl Listener {
         crate::metrics::propagation_delay(Duration::from_micros(delay_us));
     }
 
-    fn advance(&mut self, seq: u64) {
+    /// Moves to `seq`, whose log entry has fingerprint `entry` (`None`: not
+    /// known; learnt at the next check).
+    fn advance(&mut self, seq: u64, entry: Option<String>) {
         self.last_applied = seq;
+        self.last_entry = entry;
         self.state.last_applied.store(seq, Ordering::Release);
         self.state.last_seen.fetch_max(seq, Ordering::AcqRel);
     }
@@ -634,19 +708,19 @@ async fn check_keyspace_config(shared: &SharedLayer, state: &BusState) {
         Ok(pair) => {
             let flags = pair.get(1).cloned().unwrap_or_default();
             let has = |c| flags.contains(c) || (c != 'K' && flags.contains('A'));
-            if has('K') && has('g') && has('x') {
+            if has('K') && has('g') && has('x') && has('e') {
                 None
             } else {
                 Some(format!(
-                    "notify-keyspace-events is {flags:?}: it needs K, g and x \
-                     (e.g. CONFIG SET notify-keyspace-events Kgx) for deletions and \
-                     expiries outside cachenode to reach RAM"
+                    "notify-keyspace-events is {flags:?}: it needs K, g, x and e \
+                     (e.g. CONFIG SET notify-keyspace-events Kgxe) for deletions, \
+                     expiries and evictions outside cachenode to reach RAM"
                 ))
             }
         }
         Err(e) => Some(format!(
             "cannot read notify-keyspace-events ({e}); keyspace watching is on \
-             but receives nothing unless the server sends K, g and x events"
+             but receives nothing unless the server sends K, g, x and e events"
         )),
     };
     if let Some(p) = &problem {
@@ -663,6 +737,18 @@ async fn next_message(sub: &mut Option<PubSubStream>) -> Option<redis::Msg> {
         Some(stream) => stream.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// The fingerprint of a message body as the check script computes it.
+fn fingerprint(body: &[u8]) -> String {
+    use sha1::Digest;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(40);
+    for b in sha1::Sha1::digest(body) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// `d` scaled by a random factor in [0.5, 1.0), so that nodes cut off
