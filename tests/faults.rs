@@ -13,7 +13,14 @@
 //! Writes to one key are serialized across nodes (a per-key lock in the
 //! test), so "the newest acknowledged write" is well defined; versions only
 //! grow. A read that finds nothing is never stale: Redis may have lost the
-//! value (a restart), and RAM holding *no* value is always safe.
+//! value (a restart), and RAM holding *no* value is always safe. Writes that
+//! Redis itself lost (acknowledged after the snapshot a server restarts
+//! from, or after replication to a replica that is then promoted was cut)
+//! are left out of the check: the promise is about RAM agreeing with Redis,
+//! and no cache can serve what its store forgot.
+//!
+//! The bound asserted is the stated one, `deletion_check_frequency` plus one
+//! round trip, plus [`SLACK`].
 
 mod support;
 
@@ -29,8 +36,11 @@ use support::{Proxy, TestRedis};
 const CHECK: Duration = Duration::from_millis(500);
 /// The nodes' operation timeout.
 const OP_TIMEOUT: Duration = Duration::from_millis(700);
-/// One Redis round trip plus scheduling on a loaded 2-core machine.
-const SLACK: Duration = Duration::from_millis(400);
+/// Scheduling on a loaded 2-core machine (the test's tasks share the
+/// runtime with the nodes' own), on top of the stated bound. The worst
+/// staleness measured stays below `CHECK` in every scenario
+/// (RELIABILITY.md).
+const SLACK: Duration = Duration::from_millis(100);
 const KEYS: u64 = 40;
 
 #[derive(Debug, Clone)]
@@ -54,6 +64,8 @@ struct History {
     ops: Mutex<Vec<Op>>,
     slowest_call: Mutex<Duration>,
     failed_calls: AtomicU64,
+    /// Windows whose acknowledged writes Redis lost.
+    lost: Mutex<Vec<(Instant, Instant)>>,
 }
 
 impl History {
@@ -72,9 +84,13 @@ impl History {
     /// version), or the violations.
     fn check(&self, bound: Duration) -> Result<Duration, Vec<String>> {
         let ops = self.ops.lock().unwrap();
+        let lost = self.lost.lock().unwrap();
         let mut writes: HashMap<u64, Vec<(Instant, u64)>> = HashMap::new();
         for op in ops.iter() {
             if let Op::Write { key, version, end } = op {
+                if lost.iter().any(|(from, to)| from <= end && end <= to) {
+                    continue;
+                }
                 writes.entry(*key).or_default().push((*end, *version));
             }
         }
@@ -123,7 +139,15 @@ async fn node(url: &str) -> CacheNode {
 }
 
 /// Runs the workload on `nodes` until `stop`; writes are serialized per key.
-async fn workload(nodes: Vec<CacheNode>, history: Arc<History>, stop: Arc<AtomicBool>, seed: u64) {
+/// With `spin`, readers never pause or yield between reads: RAM hits run
+/// back to back, as in a hot loop.
+async fn workload(
+    nodes: Vec<CacheNode>,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+    spin: bool,
+) {
     let versions = Arc::new(AtomicU64::new(1));
     let key_locks: Arc<Vec<tokio::sync::Mutex<()>>> =
         Arc::new((0..KEYS).map(|_| tokio::sync::Mutex::new(())).collect());
@@ -170,6 +194,44 @@ async fn workload(nodes: Vec<CacheNode>, history: Arc<History>, stop: Arc<Atomic
                                 history.failed_calls.fetch_add(1, Ordering::Relaxed);
                             }
                         }
+                        _ if spin => {
+                            // Reads of one key back to back for up to
+                            // 800 ms, never yielding on RAM hits. Only the
+                            // last read of each version is recorded: that
+                            // is the one the checker needs.
+                            let until = Instant::now() + Duration::from_millis(rng.u64(100..800));
+                            let mut last: Option<(Option<u64>, Instant)> = None;
+                            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                                let started = Instant::now();
+                                match node.get::<u64>(&name).await {
+                                    Ok(version) => {
+                                        if let Some((seen, at)) = last {
+                                            if seen != version {
+                                                history.record(Op::Read {
+                                                    node: i,
+                                                    key,
+                                                    start: at,
+                                                    version: seen,
+                                                });
+                                            }
+                                        }
+                                        last = Some((version, started));
+                                    }
+                                    Err(_) => {
+                                        history.failed_calls.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                            if let Some((version, start)) = last {
+                                history.record(Op::Read {
+                                    node: i,
+                                    key,
+                                    start,
+                                    version,
+                                });
+                            }
+                            continue;
+                        }
                         _ => {
                             let r = node.get::<u64>(&name).await;
                             history.took(started.elapsed());
@@ -205,24 +267,55 @@ async fn under_fault<F, Fut>(
     bound: Duration,
     total: Duration,
     fault: F,
-) where
-    F: FnOnce() -> Fut,
+) -> Arc<History>
+where
+    F: FnOnce(Arc<History>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    run_under_fault(name, redis_url, nodes, bound, total, false, fault).await
+}
+
+/// [`under_fault`], with readers that never yield when `spin`.
+async fn run_under_fault<F, Fut>(
+    name: &str,
+    redis_url: &str,
+    nodes: Vec<CacheNode>,
+    bound: Duration,
+    total: Duration,
+    spin: bool,
+    fault: F,
+) -> Arc<History>
+where
+    F: FnOnce(Arc<History>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let history = Arc::new(History::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let run = tokio::spawn(workload(nodes.clone(), history.clone(), stop.clone(), 7));
+    let run = tokio::spawn(workload(
+        nodes.clone(),
+        history.clone(),
+        stop.clone(),
+        7,
+        spin,
+    ));
     let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    fault().await;
+    fault(history.clone()).await;
     tokio::time::sleep(total.saturating_sub(started.elapsed())).await;
     stop.store(true, Ordering::Relaxed);
     run.await.expect("workload");
     let slowest = *history.slowest_call.lock().unwrap();
     let ops = history.ops.lock().unwrap().len();
     let verdict = history.check(bound);
+    let reads = history
+        .ops
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|op| matches!(op, Op::Read { .. }))
+        .count();
     println!(
-        "{name}: {ops} ops, {} failed calls, slowest call {slowest:?}, worst staleness {:?} (bound {bound:?})",
+        "FAULT {name}: {ops} ops ({reads} reads), {} failed calls, slowest call {slowest:?}, worst staleness {:?} (bound {bound:?})",
         history.failed_calls.load(Ordering::Relaxed),
         verdict.as_ref().ok(),
     );
@@ -270,6 +363,7 @@ async fn under_fault<F, Fut>(
         count("pubsub").await,
         count("normal").await
     );
+    history
 }
 
 async fn four_nodes(url: &str) -> Vec<CacheNode> {
@@ -286,7 +380,7 @@ async fn staleness_holds_when_redis_is_killed_and_restarted_empty() {
     let url = redis.lock().unwrap().url();
     let nodes = four_nodes(&url).await;
     let server = redis.clone();
-    let restart = move || async move {
+    let restart = move |_| async move {
         server.lock().unwrap().kill();
         tokio::time::sleep(Duration::from_millis(400)).await;
         tokio::task::spawn_blocking(move || server.lock().unwrap().restart())
@@ -309,7 +403,7 @@ async fn staleness_holds_when_subscriptions_are_killed_repeatedly() {
     let redis = TestRedis::start();
     let nodes = four_nodes(&redis.url()).await;
     let client = redis.client();
-    let kill = || async move {
+    let kill = |_| async move {
         for _ in 0..6 {
             let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
                 .arg("KILL")
@@ -335,7 +429,7 @@ async fn staleness_holds_when_redis_pauses_longer_than_the_call_timeout() {
     let redis = TestRedis::start();
     let nodes = four_nodes(&redis.url()).await;
     let client = redis.client();
-    let pause = || async move {
+    let pause = |_| async move {
         let _: () = redis::cmd("CLIENT")
             .arg("PAUSE")
             .arg(1500)
@@ -361,10 +455,30 @@ async fn staleness_holds_when_one_node_is_cut_off_past_the_bound_then_heals() {
     for _ in 0..3 {
         nodes.push(node(&redis.url()).await);
     }
-    let partition = || async {
+    let cut_node = nodes[0].clone();
+    let counter = redis.client();
+    let partition = |_| async move {
         proxy.cut();
         tokio::time::sleep(CHECK * 4).await;
+        assert!(
+            cut_node.bus_health().unwrap().suspended,
+            "cut off past the bound"
+        );
         proxy.restore();
+        // Every message published while it was cut off reaches it from the
+        // log: it catches up to the counter without dropping its RAM.
+        let caught_up = support::eventually(Duration::from_secs(5), || async {
+            let seq: Option<u64> = redis::cmd("GET")
+                .arg("faults:{bus}:seq")
+                .query(&mut counter.get_connection().unwrap())
+                .unwrap();
+            let h = cut_node.bus_health().unwrap();
+            !h.suspended && h.last_applied_seq >= seq.unwrap_or(0)
+        })
+        .await;
+        let h = cut_node.bus_health().unwrap();
+        assert!(caught_up, "the cut-off node caught up: {h:?}");
+        assert_eq!(h.gap_flushes, 0, "nothing was lost: {h:?}");
     };
     under_fault(
         "one node cut off 2 s",
@@ -385,8 +499,23 @@ async fn staleness_holds_when_one_node_sees_200ms_of_latency() {
     for _ in 0..3 {
         nodes.push(node(&redis.url()).await);
     }
-    let slow = || async {
+    let slow_node = nodes[0].clone();
+    let slow = |_| async move {
         proxy.set_delay(Duration::from_millis(200));
+        // Its round trips take 400 ms, between half the period (where the
+        // checks used to give up) and the period: its checks still
+        // complete, and renew its lease part of the time.
+        tokio::time::sleep(CHECK * 4).await;
+        let h = slow_node.bus_health().unwrap();
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - h.last_check_ok_ms;
+        assert!(
+            since < 2 * CHECK.as_millis() as u64,
+            "checks complete: {h:?}"
+        );
     };
     // Its round trips take 400 ms more (200 ms each way).
     let bound = CHECK + SLACK + Duration::from_millis(400);
@@ -401,6 +530,150 @@ async fn staleness_holds_when_one_node_sees_200ms_of_latency() {
     .await;
 }
 
+/// Redis restarts from a snapshot taken during the run: the counter goes
+/// back, the epoch survives, and the writers soon publish past the nodes'
+/// old positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_holds_when_redis_restarts_from_an_older_snapshot() {
+    let redis = Arc::new(Mutex::new(TestRedis::start()));
+    let url = redis.lock().unwrap().url();
+    let nodes = four_nodes(&url).await;
+    let server = redis.clone();
+    let restart = move |history: Arc<History>| async move {
+        let snapshot = Instant::now();
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || s.lock().unwrap().save_snapshot())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::task::spawn_blocking(move || server.lock().unwrap().restart_from_snapshot())
+            .await
+            .unwrap();
+        history
+            .lost
+            .lock()
+            .unwrap()
+            .push((snapshot, Instant::now()));
+    };
+    under_fault(
+        "restart from an older snapshot",
+        &url,
+        nodes,
+        CHECK + SLACK,
+        Duration::from_secs(4),
+        restart,
+    )
+    .await;
+}
+
+/// Replication to the replica is cut, the primary goes on acknowledging
+/// writes, then the replica is promoted and every node is sent to it (one
+/// address in front of both, as a DNS name or a virtual IP gives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_holds_when_a_lagging_replica_is_promoted() {
+    let primary = TestRedis::start();
+    let replica = TestRedis::start();
+    let replication = Proxy::start(primary.port());
+    replica.replicate_from(port_of(&replication.url()));
+    assert!(
+        support::eventually(Duration::from_secs(10), || async {
+            replica.replica_synced()
+        })
+        .await
+    );
+    let front = Arc::new(Proxy::start(primary.port()));
+    let nodes = four_nodes(&front.url()).await;
+    let f = front.clone();
+    let replica_port = replica.port();
+    let failover = move |history: Arc<History>| async move {
+        replication.cut();
+        let cut = Instant::now();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let promote = tokio::task::spawn_blocking(move || {
+            let _: () = redis::cmd("REPLICAOF")
+                .arg("NO")
+                .arg("ONE")
+                .query(
+                    &mut redis::Client::open(format!("redis://127.0.0.1:{replica_port}"))
+                        .unwrap()
+                        .get_connection()
+                        .unwrap(),
+                )
+                .unwrap();
+        });
+        promote.await.unwrap();
+        f.retarget(replica_port);
+        history.lost.lock().unwrap().push((cut, Instant::now()));
+    };
+    // Connections are counted on the server the nodes end on.
+    under_fault(
+        "lagging replica promoted",
+        &replica.url(),
+        nodes,
+        CHECK + SLACK,
+        Duration::from_secs(4),
+        failover,
+    )
+    .await;
+    drop(front);
+}
+
+/// Readers whose reads are RAM hits back to back, never yielding between
+/// them, on both workers of a multi-thread runtime while Redis pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_holds_when_readers_never_yield_on_a_busy_runtime() {
+    let redis = TestRedis::start();
+    let nodes = four_nodes(&redis.url()).await;
+    let client = redis.client();
+    let kill = |_| async move {
+        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut client.get_connection().unwrap());
+    };
+    run_under_fault(
+        "readers never yield, multi-thread",
+        &redis.url(),
+        nodes,
+        CHECK + SLACK,
+        Duration::from_secs(4),
+        true,
+        kill,
+    )
+    .await;
+}
+
+/// The same on a `current_thread` runtime: the listener runs only when a
+/// reader's read goes to Redis.
+#[tokio::test]
+async fn staleness_holds_when_readers_never_yield_on_current_thread() {
+    let redis = TestRedis::start();
+    let nodes = four_nodes(&redis.url()).await;
+    let client = redis.client();
+    let kill = |_| async move {
+        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut client.get_connection().unwrap());
+    };
+    run_under_fault(
+        "readers never yield, current_thread",
+        &redis.url(),
+        nodes,
+        CHECK + SLACK,
+        Duration::from_secs(4),
+        true,
+        kill,
+    )
+    .await;
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staleness_holds_over_random_fault_schedules() {
     let redis = TestRedis::start();
@@ -408,7 +681,7 @@ async fn staleness_holds_over_random_fault_schedules() {
     for seed in 1..=4u64 {
         let nodes = four_nodes(&redis.url()).await;
         let client = client.clone();
-        let faults = move || async move {
+        let faults = move |_| async move {
             let mut rng = fastrand::Rng::with_seed(seed);
             let end = Instant::now() + Duration::from_millis(1500);
             while Instant::now() < end {

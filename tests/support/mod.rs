@@ -15,22 +15,98 @@ use redis_test::server::RedisServer;
 pub struct TestRedis {
     server: Option<RedisServer>,
     port: u16,
+    /// The server's working directory, where [`save_snapshot`](Self::save_snapshot)
+    /// writes (`dir` cannot be changed at run time); removed on drop.
+    dir: std::path::PathBuf,
 }
 
 impl TestRedis {
     /// Starts a server on a free port and waits until it answers.
     pub fn start() -> Self {
-        let server = RedisServer::new();
-        let port = match server.client_addr() {
-            ConnectionAddr::Tcp(_, port) => *port,
-            other => panic!("unexpected test server address {other:?}"),
-        };
-        let t = TestRedis {
-            server: Some(server),
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let port = redis_test::utils::get_random_available_port();
+        let dir = std::env::temp_dir().join(format!(
+            "cachenode-test-redis-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("test redis dir");
+        let mut t = TestRedis {
+            server: None,
             port,
+            dir,
         };
+        t.spawn(|_| {});
         t.wait_ready();
         t
+    }
+
+    /// Spawns the server on `self.port`, in `self.dir`, with extra
+    /// arguments added by `args`.
+    fn spawn(&mut self, args: impl Fn(&mut std::process::Command)) {
+        let dir = self.dir.clone();
+        self.server = Some(RedisServer::new_with_addr_tls_modules_and_spawner(
+            ConnectionAddr::Tcp("127.0.0.1".into(), self.port),
+            None,
+            None,
+            false,
+            None,
+            &[],
+            |cmd| {
+                cmd.arg("--dir").arg(&dir);
+                args(cmd);
+                cmd.spawn().expect("spawn redis-server")
+            },
+        ));
+    }
+
+    /// Writes an RDB snapshot of the server's data now (`SAVE`), into a
+    /// directory of this test's, for [`restart_from_snapshot`](Self::restart_from_snapshot).
+    pub fn save_snapshot(&mut self) {
+        let _: () = redis::cmd("SAVE").query(&mut self.conn()).expect("SAVE");
+    }
+
+    /// Kills the server and starts a new one on the same port that loads
+    /// the last [`save_snapshot`](Self::save_snapshot): Redis restarted from
+    /// persistence, with whatever was written after the snapshot lost.
+    pub fn restart_from_snapshot(&mut self) {
+        assert!(self.dir.join("dump.rdb").exists(), "save_snapshot first");
+        self.restart_with(|_| {});
+    }
+
+    /// A new server, on a free port, replicating from this one.
+    pub fn start_replica(&self) -> TestRedis {
+        let replica = TestRedis::start();
+        replica.replicate_from(self.port);
+        replica
+    }
+
+    /// `REPLICAOF 127.0.0.1 port` (e.g. a [`Proxy`] in front of the
+    /// primary, to cut replication at will).
+    pub fn replicate_from(&self, port: u16) {
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg(port)
+            .query(&mut self.conn())
+            .expect("REPLICAOF");
+    }
+
+    /// `REPLICAOF NO ONE`: a replica promoted to primary.
+    pub fn promote(&self) {
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query(&mut self.conn())
+            .expect("REPLICAOF NO ONE");
+    }
+
+    /// Whether this replica's link to its primary is up and synced.
+    pub fn replica_synced(&self) -> bool {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut self.conn())
+            .expect("INFO replication");
+        info.contains("master_link_status:up") && info.contains("master_sync_in_progress:0")
     }
 
     /// The server's URL.
@@ -64,15 +140,18 @@ impl TestRedis {
 
     /// Starts a new, empty server on the same port.
     pub fn restart(&mut self) {
+        self.restart_with(|cmd| {
+            cmd.arg("--dbfilename").arg("never-saved.rdb");
+        });
+    }
+
+    /// Kills the server and starts a new one on the same port, with extra
+    /// arguments added by `args`.
+    fn restart_with(&mut self, args: impl Fn(&mut std::process::Command)) {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let server = RedisServer::new_with_addr_and_modules(
-                ConnectionAddr::Tcp("127.0.0.1".into(), self.port),
-                &[],
-                false,
-            );
-            self.server = Some(server);
+            self.spawn(&args);
             if self.try_wait_ready(Duration::from_secs(3)) {
                 return;
             }
@@ -136,6 +215,7 @@ impl TestRedis {
 impl Drop for TestRedis {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -175,6 +255,8 @@ pub struct Proxy {
 
 struct ProxyShared {
     mode: std::sync::atomic::AtomicU8,
+    /// The port new connections are forwarded to.
+    target: std::sync::atomic::AtomicU16,
     /// Added before forwarding each chunk, in microseconds.
     delay_us: std::sync::atomic::AtomicU64,
     stop: std::sync::atomic::AtomicBool,
@@ -206,6 +288,7 @@ impl Proxy {
         let port = listener.local_addr().expect("proxy address").port();
         let shared = std::sync::Arc::new(ProxyShared {
             mode: std::sync::atomic::AtomicU8::new(FORWARD),
+            target: std::sync::atomic::AtomicU16::new(target_port),
             delay_us: std::sync::atomic::AtomicU64::new(0),
             stop: std::sync::atomic::AtomicBool::new(false),
             conns: std::sync::Mutex::new(Vec::new()),
@@ -221,8 +304,8 @@ impl Proxy {
                     REFUSE => drop(client),
                     BLACKHOLE => s.keep(&client),
                     _ => {
-                        let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port))
-                        else {
+                        let target = s.target.load(Ordering::SeqCst);
+                        let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
                             continue;
                         };
                         let _ = client.set_nodelay(true);
@@ -285,6 +368,15 @@ impl Proxy {
         self.shared
             .delay_us
             .store(d.as_micros() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every connection and forwards new ones to `port` (a failover
+    /// behind one address, as a DNS name or a virtual IP gives).
+    pub fn retarget(&self, port: u16) {
+        self.shared
+            .target
+            .store(port, std::sync::atomic::Ordering::SeqCst);
+        self.shared.close_all();
     }
 
     /// Forwards new connections again (black-holed ones are closed).
