@@ -3,7 +3,6 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use cachenode::{cached, cached_for, CacheNode};
@@ -24,23 +23,24 @@ struct Db {
     calls: AtomicUsize,
 }
 
-static REDIS: OnceLock<TestRedis> = OnceLock::new();
-
-/// The process-wide node, installed once for this test binary.
-async fn global() -> CacheNode {
-    if let Some(n) = cachenode::global_node() {
-        return n;
-    }
-    let redis = REDIS.get_or_init(TestRedis::start);
+/// The functions without `node = ...` use the process-wide node, which can
+/// be installed once and keeps its server's URL for the life of the test
+/// binary. So one test owns that server and runs every scenario on the
+/// global node in turn; its `TestRedis` is dropped (and the server killed)
+/// when it ends, even on a panic. Every other test has its own server.
+#[tokio::test]
+async fn functions_on_the_global_node() {
+    let redis = TestRedis::start();
     let node = CacheNode::builder()
         .redis_url(redis.url())
         .namespace("macros")
         .build()
         .await
         .unwrap();
-    // Another test may have won the race: use whichever is installed.
-    let _ = node.install_global();
-    cachenode::global_node().unwrap()
+    node.install_global().unwrap();
+    cached_for_caches_and_exposes_introspection(&redis).await;
+    infallible_functions_and_ram_only_option(&redis).await;
+    unless_and_none_values().await;
 }
 
 #[cached_for(minutes = 30, ignore = [db])]
@@ -55,9 +55,7 @@ async fn get_user(db: &Db, user_id: u64) -> Result<User, AppError> {
     })
 }
 
-#[tokio::test]
-async fn cached_for_caches_and_exposes_introspection() {
-    let node = global().await;
+async fn cached_for_caches_and_exposes_introspection(redis: &TestRedis) {
     let db = Db {
         calls: AtomicUsize::new(0),
     };
@@ -71,7 +69,7 @@ async fn cached_for_caches_and_exposes_introspection() {
     assert!(key.starts_with("macros:f:macros.get_user:"), "{key}");
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&key)
-        .query(&mut REDIS.get().unwrap().conn())
+        .query(&mut redis.conn())
         .unwrap();
     assert!(pttl > 1_790_000 && pttl <= 1_800_000, "{pttl}");
 
@@ -94,7 +92,6 @@ async fn cached_for_caches_and_exposes_introspection() {
 
     assert!(get_user::invalidate_all().await.unwrap() >= 1);
     assert!(get_user::handle().unwrap().key_set_size().await.unwrap() == 0);
-    drop(node);
 }
 
 static SQUARES: AtomicUsize = AtomicUsize::new(0);
@@ -105,14 +102,12 @@ async fn square(x: u32) -> u32 {
     x * x
 }
 
-#[tokio::test]
-async fn infallible_functions_and_ram_only_option() {
-    global().await;
+async fn infallible_functions_and_ram_only_option(redis: &TestRedis) {
     assert_eq!(square(4).await, 16);
     assert_eq!(square(4).await, 16);
     assert_eq!(SQUARES.load(Ordering::SeqCst), 1);
     assert!(
-        REDIS.get().unwrap().keys("macros:f:square:*").is_empty(),
+        redis.keys("macros:f:square:*").is_empty(),
         "RAM only: nothing in Redis"
     );
 }
@@ -125,9 +120,7 @@ async fn maybe_user(id: u64) -> Option<u64> {
     id.is_multiple_of(2).then_some(id)
 }
 
-#[tokio::test]
 async fn unless_and_none_values() {
-    global().await;
     maybe_user(2).await;
     maybe_user(2).await;
     assert_eq!(MAYBE.load(Ordering::SeqCst), 1);
