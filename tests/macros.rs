@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cachenode::{cached, cached_for, CacheNode};
@@ -166,4 +166,212 @@ async fn methods_with_an_explicit_node() {
     assert_eq!(repo.lookup_uncached(1).await.unwrap(), "row-1");
     assert_eq!(repo.hits.load(Ordering::SeqCst), 2);
     assert_eq!(redis.keys("repo:f:repo.lookup:*").len(), 1);
+}
+
+/// An error type that is serde, as an application's error often is: a
+/// macro that took `AppResult<u64>` for a plain value type would then cache
+/// the error (it compiles).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct DbError(String);
+
+type AppResult<T> = Result<T, DbError>;
+
+/// A source that fails while `down` is set, counting its calls.
+struct Source {
+    node: CacheNode,
+    calls: AtomicUsize,
+    down: AtomicBool,
+}
+
+impl Source {
+    fn answer(&self, id: u64) -> Result<u64, DbError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            Err(DbError("db down".into()))
+        } else {
+            Ok(id * 10)
+        }
+    }
+
+    #[cached_for(minutes = 10, ignore_self, node = self.node, name = "source.alias")]
+    async fn through_alias(&self, id: u64) -> AppResult<u64> {
+        self.answer(id)
+    }
+
+    #[cached_for(minutes = 10, ignore_self, node = self.node, name = "source.path")]
+    async fn through_path(&self, id: u64) -> std::result::Result<u64, DbError> {
+        self.answer(id)
+    }
+
+    #[cached_for(minutes = 10, ignore_self, node = self.node, name = "source.io")]
+    async fn through_io(&self, id: u64) -> std::io::Result<u64> {
+        self.answer(id).map_err(|e| std::io::Error::other(e.0))
+    }
+
+    #[cached_for(minutes = 10, ignore_self, node = self.node, name = "source.plain")]
+    async fn plain(&self, id: u64) -> u64 {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        id * 10
+    }
+}
+
+async fn source(redis: &TestRedis) -> Source {
+    let node = CacheNode::builder()
+        .redis_url(redis.url())
+        .namespace("src")
+        .build()
+        .await
+        .unwrap();
+    Source {
+        node,
+        calls: AtomicUsize::new(0),
+        down: AtomicBool::new(true),
+    }
+}
+
+/// Three failing calls run the function three times and store nothing;
+/// once it succeeds, its value is cached (one more run, then hits).
+async fn errors_are_never_cached<F, Fut, E>(redis: &TestRedis, s: &Source, name: &str, call: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, E>>,
+    E: std::fmt::Display,
+{
+    for _ in 0..3 {
+        let e = call().await.expect_err("the source is down");
+        assert_eq!(e.to_string(), "db down", "{name}");
+    }
+    assert_eq!(
+        s.calls.load(Ordering::SeqCst),
+        3,
+        "{name}: errors are not cached"
+    );
+    assert!(
+        redis.keys(&format!("src:f:{name}:*")).is_empty(),
+        "{name}: no error in Redis"
+    );
+    s.down.store(false, Ordering::SeqCst);
+    for _ in 0..3 {
+        assert_eq!(call().await.ok(), Some(70), "{name}");
+    }
+    assert_eq!(
+        s.calls.load(Ordering::SeqCst),
+        4,
+        "{name}: the value is cached"
+    );
+    assert_eq!(redis.keys(&format!("src:f:{name}:*")).len(), 1, "{name}");
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[tokio::test]
+async fn a_result_behind_a_type_alias_caches_only_its_values() {
+    let redis = TestRedis::start();
+    let s = source(&redis).await;
+    errors_are_never_cached(&redis, &s, "source.alias", || s.through_alias(7)).await;
+}
+
+#[tokio::test]
+async fn a_result_spelled_as_a_path_caches_only_its_values() {
+    let redis = TestRedis::start();
+    let s = source(&redis).await;
+    errors_are_never_cached(&redis, &s, "source.path", || s.through_path(7)).await;
+}
+
+#[tokio::test]
+async fn an_io_result_caches_only_its_values() {
+    let redis = TestRedis::start();
+    let s = source(&redis).await;
+    errors_are_never_cached(&redis, &s, "source.io", || s.through_io(7)).await;
+}
+
+#[tokio::test]
+async fn a_plain_value_type_is_cached_as_it_is() {
+    let redis = TestRedis::start();
+    let s = source(&redis).await;
+    for _ in 0..3 {
+        assert_eq!(s.plain(7).await, 70);
+    }
+    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(redis.keys("src:f:source.plain:*").len(), 1);
+}
+
+/// An `anyhow::Result`-like alias: its error is no serde type at all.
+type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A value type that only looks like a `Result` by its name.
+mod lookalike {
+    /// Not `core::result::Result`: a plain value, cached whole.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Result<T>(pub T);
+}
+
+struct Other {
+    node: CacheNode,
+    calls: AtomicUsize,
+    down: AtomicBool,
+}
+
+impl Other {
+    #[cached_for(minutes = 10, ignore_self, node = self.node, name = "other.boxed")]
+    async fn boxed(&self, id: u64) -> BoxResult<u64> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            Err("db down".into())
+        } else {
+            Ok(id * 10)
+        }
+    }
+
+    #[cached_for(minutes = 10, ignore_self, node = self.node, name = "other.lookalike")]
+    async fn lookalike(&self, id: u64) -> lookalike::Result<u64> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        lookalike::Result(id * 10)
+    }
+}
+
+async fn other(redis: &TestRedis) -> Other {
+    let node = CacheNode::builder()
+        .redis_url(redis.url())
+        .namespace("src")
+        .build()
+        .await
+        .unwrap();
+    Other {
+        node,
+        calls: AtomicUsize::new(0),
+        down: AtomicBool::new(true),
+    }
+}
+
+#[tokio::test]
+async fn a_result_alias_with_a_non_serde_error_caches_only_its_values() {
+    let redis = TestRedis::start();
+    let o = other(&redis).await;
+    for _ in 0..3 {
+        let e = o.boxed(7).await.expect_err("the source is down");
+        assert_eq!(e.to_string(), "db down");
+    }
+    assert_eq!(o.calls.load(Ordering::SeqCst), 3, "errors are not cached");
+    assert!(redis.keys("src:f:other.boxed:*").is_empty());
+    o.down.store(false, Ordering::SeqCst);
+    for _ in 0..3 {
+        assert_eq!(o.boxed(7).await.ok(), Some(70));
+    }
+    assert_eq!(o.calls.load(Ordering::SeqCst), 4, "the value is cached");
+}
+
+#[tokio::test]
+async fn a_type_named_result_that_is_not_one_is_a_plain_value() {
+    let redis = TestRedis::start();
+    let o = other(&redis).await;
+    for _ in 0..3 {
+        assert_eq!(o.lookalike(7).await, lookalike::Result(70));
+    }
+    assert_eq!(o.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(redis.keys("src:f:other.lookalike:*").len(), 1);
 }
