@@ -8,8 +8,9 @@
 //!   value's remaining Redis TTL.
 //! * Writes go to Redis and then RAM; deletes to both.
 //! * Values are any serde type, stored in Redis in a small versioned envelope
-//!   ([`codec`]); a value that does not decode is a miss, removed and counted,
-//!   never a panic.
+//!   that records their type ([`codec`]); a value read as another type is a
+//!   counted miss, never a misread, and a value that does not decode is a
+//!   miss, removed and counted, never a panic.
 //! * Every Redis call has a timeout; a node reconnects by itself when Redis
 //!   comes back.
 //!
@@ -97,12 +98,19 @@ pub mod __fuzz {
         score: Option<f64>,
     }
 
-    /// Decodes `data` as an envelope holding several value types.
+    /// Decodes `data` as an envelope holding several value types, and as the
+    /// payload of a valid envelope of each (so that the payload decoder is
+    /// reached past the type fingerprint).
     pub fn decode_envelope(data: &[u8]) {
-        let limit = crate::config::DEFAULT_MAX_VALUE_BYTES;
-        let _ = crate::codec::unseal::<_, String>(&crate::Bincode, data, limit);
-        let _ = crate::codec::unseal::<_, Vec<u64>>(&crate::Bincode, data, limit);
-        let _ = crate::codec::unseal::<_, Shape>(&crate::Bincode, data, limit);
+        fn as_envelope_of<T: serde::de::DeserializeOwned>(data: &[u8]) {
+            let limit = crate::config::DEFAULT_MAX_VALUE_BYTES;
+            let _ = crate::codec::unseal::<_, T>(&crate::Bincode, data, limit);
+            let framed = [&crate::codec::header::<crate::Bincode, T>(0)[..], data].concat();
+            let _ = crate::codec::unseal::<_, T>(&crate::Bincode, &framed, limit);
+        }
+        as_envelope_of::<String>(data);
+        as_envelope_of::<Vec<u64>>(data);
+        as_envelope_of::<Shape>(data);
     }
 
     /// Decodes `data` as a channel payload, and as a bare message body.

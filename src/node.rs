@@ -48,7 +48,8 @@ pub struct NodeStats {
     pub ram_bytes: u64,
     /// The RAM layer's byte budget (0 without a RAM layer).
     pub ram_capacity_bytes: u64,
-    /// Values read from Redis that did not decode (each removed and missed).
+    /// Values read from Redis that did not decode, each a miss: read as
+    /// another type than written (kept), or undecodable (removed).
     pub decode_failures: u64,
 }
 
@@ -315,8 +316,14 @@ impl CacheNode {
     /// The value under `key`, or `None`.
     ///
     /// A RAM entry of another type than `T` is a RAM miss, answered from
-    /// Redis. A Redis value that does not decode as `T` is a miss: the key
-    /// is removed and the event counted and logged.
+    /// Redis. A Redis value written as another type than `T` (its envelope
+    /// records the type, see [`codec`]) is a miss, counted in
+    /// [`NodeStats::decode_failures`] and logged, never a misread; the value
+    /// is kept, since the mistake is the reader's and readers of the right
+    /// type still read it. A Redis value that does not decode for any other
+    /// reason (corrupt or foreign bytes, another envelope version or codec,
+    /// over the size limit) is a miss too: the key is removed, and the event
+    /// counted and logged.
     ///
     /// # Errors
     /// [`Error::Redis`] / [`Error::Timeout`] when Redis must be asked and
@@ -388,32 +395,50 @@ impl CacheNode {
         Ok(Some(value))
     }
 
-    /// Decodes `bytes` read from `redis_key`; on failure counts, logs and
-    /// removes the key, and returns `None`.
+    /// Decodes `bytes` read from `redis_key` as a `T`;
+    /// on failure counts and logs it, and returns `None` (a miss).
+    ///
+    /// A value written as another type is left where it is: the caller
+    /// asked for the wrong type, and readers of the right type still read
+    /// it. Any other failure (corrupt or foreign bytes, another envelope
+    /// version or codec, over the size limit) removes the value from Redis.
     pub(crate) async fn decode<T: DeserializeOwned>(
         &self,
         shared: &SharedLayer,
         redis_key: &str,
         bytes: &[u8],
     ) -> Option<(u64, T)> {
-        match codec::unseal::<_, T>(&self.inner.codec, bytes, self.inner.config.max_value_bytes) {
-            Ok((header, value)) => Some((header.expires_at_ms, value)),
-            Err(e) => {
-                self.inner.decode_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::decode_failure(e.label());
-                self.inner.metrics.miss(Layer::Redis);
-                tracing::warn!(
-                    namespace = self.namespace(),
-                    reason = e.label(),
-                    error = %e,
-                    "value in Redis does not decode; removing it"
-                );
-                if let Err(e) = shared.unlink_each(&[redis_key.to_owned()]).await {
-                    tracing::warn!(error = %e, "could not remove an undecodable value");
-                }
-                None
-            }
+        let e = match codec::unseal::<_, T>(
+            &self.inner.codec,
+            bytes,
+            self.inner.config.max_value_bytes,
+        ) {
+            Ok((header, value)) => return Some((header.expires_at_ms, value)),
+            Err(e) => e,
+        };
+        self.inner.decode_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::decode_failure(e.label());
+        self.inner.metrics.miss(Layer::Redis);
+        if let codec::DecodeError::WrongType { .. } = e {
+            tracing::warn!(
+                namespace = self.namespace(),
+                reason = e.label(),
+                expected = std::any::type_name::<T>(),
+                error = %e,
+                "value in Redis was written as another type than asked for; a miss, the value is kept"
+            );
+            return None;
         }
+        tracing::warn!(
+            namespace = self.namespace(),
+            reason = e.label(),
+            error = %e,
+            "value in Redis does not decode; removing it"
+        );
+        if let Err(e) = shared.unlink_each(&[redis_key.to_owned()]).await {
+            tracing::warn!(error = %e, "could not remove an undecodable value");
+        }
+        None
     }
 
     /// How long a value read from Redis may stay in RAM: until its Redis

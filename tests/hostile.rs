@@ -117,3 +117,74 @@ async fn function_arguments_with_any_bytes_get_distinct_keys_and_clear_by_value(
     assert_eq!(fa.key_set_size().await.unwrap(), 11);
     assert_eq!(fa.clear_all().await.unwrap(), 11);
 }
+
+/// The raw bytes under a Redis key, and a way to plant some.
+fn raw_get(redis: &TestRedis, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET").arg(key).query(&mut redis.conn()).unwrap()
+}
+
+fn raw_set(redis: &TestRedis, key: &str, bytes: &[u8]) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(bytes)
+        .query(&mut redis.conn())
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_value_read_as_another_type_is_a_counted_miss_never_a_misread() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    // bincode writes a u64 0 as the byte 0, which is also an empty String.
+    a.set("n", &0u64, Ttl::Default).await.unwrap();
+    assert_eq!(b.get::<String>("n").await.unwrap(), None);
+    assert_eq!(b.stats().decode_failures, 1);
+    assert_eq!(b.get_many::<String>(&["n"]).await.unwrap(), vec![None]);
+    assert_eq!(b.stats().decode_failures, 2);
+    // The writer's RAM holds a u64: a RAM miss, then the same Redis miss.
+    assert_eq!(a.get::<String>("n").await.unwrap(), None);
+    assert_eq!(a.stats().decode_failures, 1);
+    // The value is the reader's mistake, not bad data: it stays, and a
+    // reader asking for the right type gets it.
+    assert!(raw_get(&redis, "h:k:n").is_some());
+    assert_eq!(b.get::<u64>("n").await.unwrap(), Some(0));
+    assert_eq!(b.stats().decode_failures, 2);
+}
+
+#[tokio::test]
+async fn a_cached_function_whose_value_type_changed_recomputes() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    // Release 1 stored a u64 under the function's name...
+    let old = a.func::<(u64,), u64>("stored").build().unwrap();
+    assert_eq!(old.call(&(1,), || async { Ok::<_, ()>(0) }).await, Ok(0));
+    // ...release 2 reads the same keys as a String.
+    let new = b.func::<(u64,), String>("stored").build().unwrap();
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let compute = || async {
+        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, ()>("fresh".to_owned())
+    };
+    assert_eq!(new.call(&(1,), compute).await, Ok("fresh".to_owned()));
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(b.stats().decode_failures, 1);
+    // Its own value is stored over the old one and read back.
+    assert_eq!(new.call(&(1,), compute).await, Ok("fresh".to_owned()));
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(b.stats().decode_failures, 1);
+}
+
+#[tokio::test]
+async fn a_value_in_the_older_envelope_format_is_a_counted_miss_and_removed() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    // Version 1: magic, version, codec, flags, expiry (8 bytes, 0 = never),
+    // then the payload: the u64 5.
+    let mut v1 = vec![0xCB, 1, 1, 0];
+    v1.extend_from_slice(&0u64.to_le_bytes());
+    v1.push(5);
+    raw_set(&redis, "h:k:old", &v1);
+    assert_eq!(n.get::<u64>("old").await.unwrap(), None);
+    assert_eq!(n.stats().decode_failures, 1);
+    assert_eq!(raw_get(&redis, "h:k:old"), None, "removed");
+}
