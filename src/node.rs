@@ -322,8 +322,9 @@ impl CacheNode {
     /// is kept, since the mistake is the reader's and readers of the right
     /// type still read it. A Redis value that does not decode for any other
     /// reason (corrupt or foreign bytes, another envelope version or codec,
-    /// over the size limit) is a miss too: the key is removed, and the event
-    /// counted and logged.
+    /// over the size limit) is a miss too: the key is removed, the removal
+    /// announced on the bus (so every instance drops its RAM copy, as for a
+    /// [`delete`](Self::delete)), and the event counted and logged.
     ///
     /// # Errors
     /// [`Error::Redis`] / [`Error::Timeout`] when Redis must be asked and
@@ -377,7 +378,9 @@ impl CacheNode {
             self.inner.metrics.miss(Layer::Redis);
             return Ok(None);
         };
-        let Some((expires_at_ms, value)) = self.decode::<T>(shared, &redis_key, &bytes).await
+        let Some((expires_at_ms, value)) = self
+            .decode::<T>(shared, &redis_key, &plain_ram_key(key), &bytes)
+            .await
         else {
             return Ok(None);
         };
@@ -395,17 +398,21 @@ impl CacheNode {
         Ok(Some(value))
     }
 
-    /// Decodes `bytes` read from `redis_key` as a `T`;
+    /// Decodes `bytes` read from `redis_key` (`ram_key` in RAM) as a `T`;
     /// on failure counts and logs it, and returns `None` (a miss).
     ///
     /// A value written as another type is left where it is: the caller
     /// asked for the wrong type, and readers of the right type still read
     /// it. Any other failure (corrupt or foreign bytes, another envelope
-    /// version or codec, over the size limit) removes the value from Redis.
+    /// version or codec, over the size limit) removes the value from Redis
+    /// and announces the removal, so that no instance keeps serving a RAM
+    /// copy of a value Redis no longer holds (such as the writer of a value
+    /// that was damaged since, or that another release cannot read).
     pub(crate) async fn decode<T: DeserializeOwned>(
         &self,
         shared: &SharedLayer,
         redis_key: &str,
+        ram_key: &str,
         bytes: &[u8],
     ) -> Option<(u64, T)> {
         let e = match codec::unseal::<_, T>(
@@ -435,8 +442,20 @@ impl CacheNode {
             error = %e,
             "value in Redis does not decode; removing it"
         );
-        if let Err(e) = shared.unlink_each(&[redis_key.to_owned()]).await {
-            tracing::warn!(error = %e, "could not remove an undecodable value");
+        // A node does not hear its own announcements: drop this node's copy
+        // here (of another type, or held by a handle using other layers).
+        if let Some(local) = self.inner.local.as_deref() {
+            local.remove(ram_key);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(redis_key);
+        let removed = self
+            .write_and_announce(shared, "unlink", pipe, || {
+                Invalidation::Keys(vec![ram_key.to_owned()])
+            })
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "could not remove and announce an undecodable value");
         }
         None
     }
@@ -500,7 +519,9 @@ impl CacheNode {
                 self.inner.metrics.miss(Layer::Redis);
                 continue;
             };
-            let Some((expires_at_ms, value)) = self.decode::<T>(shared, redis_key, &bytes).await
+            let Some((expires_at_ms, value)) = self
+                .decode::<T>(shared, redis_key, &plain_ram_key(keys[i]), &bytes)
+                .await
             else {
                 continue;
             };

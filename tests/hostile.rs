@@ -188,3 +188,70 @@ async fn a_value_in_the_older_envelope_format_is_a_counted_miss_and_removed() {
     assert_eq!(n.stats().decode_failures, 1);
     assert_eq!(raw_get(&redis, "h:k:old"), None, "removed");
 }
+
+#[tokio::test]
+async fn removing_an_undecodable_value_is_announced_to_nodes_holding_it_in_ram() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    a.set("k", &"value".to_owned(), Ttl::Default).await.unwrap();
+    // The bytes under k are damaged behind the nodes' backs (cut short), as
+    // a foreign writer or a failing disk would leave them.
+    let good = raw_get(&redis, "h:k:k").unwrap();
+    raw_set(&redis, "h:k:k", &good[..good.len() - 1]);
+    let from_ram = a.ram_only().get::<String>("k").await.unwrap();
+    assert_eq!(from_ram.as_deref(), Some("value"), "the writer's RAM copy");
+    // Another node reads it: a counted miss, and the value is removed...
+    assert_eq!(b.get::<String>("k").await.unwrap(), None);
+    assert_eq!(b.stats().decode_failures, 1);
+    assert_eq!(raw_get(&redis, "h:k:k"), None);
+    // ...and the writer stops serving its copy of what Redis no longer holds.
+    let dropped = eventually(Duration::from_secs(1), || async {
+        a.ram_only().get::<String>("k").await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        dropped,
+        "the writer still serves a value removed from Redis"
+    );
+    assert_eq!(a.get::<String>("k").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn removing_an_undecodable_function_value_is_announced_too() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let f = |n: &CacheNode| n.func::<(u64,), String>("damaged").build().unwrap();
+    let (fa, fb) = (f(&a), f(&b));
+    let value = |v: &'static str| move || async move { Ok::<_, ()>(v.to_owned()) };
+    assert_eq!(fa.call(&(1,), value("first")).await, Ok("first".into()));
+    let key = fa.cache_key(&(1,)).unwrap();
+    let good = raw_get(&redis, &key).unwrap();
+    raw_set(&redis, &key, &good[..good.len() - 1]);
+    // The other node misses, counts it and computes its own value.
+    assert_eq!(fb.call(&(1,), value("second")).await, Ok("second".into()));
+    assert_eq!(b.stats().decode_failures, 1);
+    // The first node drops its RAM copy: it answers from Redis or computes.
+    let dropped = eventually(Duration::from_secs(1), || async {
+        fa.call(&(1,), value("third")).await != Ok("first".into())
+    })
+    .await;
+    assert!(
+        dropped,
+        "the first node still serves a value removed from Redis"
+    );
+}
+
+#[tokio::test]
+async fn removing_an_undecodable_value_drops_the_readers_own_ram_copy() {
+    let redis = TestRedis::start();
+    let a = node(&redis).await;
+    a.set("k", &"value".to_owned(), Ttl::Default).await.unwrap();
+    let good = raw_get(&redis, "h:k:k").unwrap();
+    raw_set(&redis, "h:k:k", &good[..good.len() - 1]);
+    // A Redis-only read on the node that holds the RAM copy: a node does not
+    // hear its own announcements, so the read itself drops the copy.
+    assert_eq!(a.redis_only().get::<String>("k").await.unwrap(), None);
+    assert_eq!(a.stats().decode_failures, 1);
+    assert_eq!(raw_get(&redis, "h:k:k"), None);
+    assert_eq!(a.ram_only().get::<String>("k").await.unwrap(), None);
+}
