@@ -93,9 +93,9 @@ fn benches(c: &mut Criterion) {
             let mut conn = conn.clone();
             async move {
                 let bytes: Vec<u8> = conn.get("bench:k:small").await.unwrap();
-                // The payload follows cachenode's 12-byte envelope header.
+                // The payload follows cachenode's 20-byte envelope header.
                 let (v, _): (Small, usize) =
-                    bincode::serde::decode_from_slice(&bytes[12..], bincode::config::standard())
+                    bincode::serde::decode_from_slice(&bytes[20..], bincode::config::standard())
                         .unwrap();
                 v
             }

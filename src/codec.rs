@@ -3,12 +3,13 @@
 //! Every value stored in Redis is wrapped in a small versioned *envelope*:
 //!
 //! ```text
-//! byte 0      magic 0xCB (a cachenode value)
-//! byte 1      envelope version (1)
-//! byte 2      codec format id (1 = bincode 2, standard config)
-//! byte 3      flags (reserved, 0)
-//! bytes 4..12 absolute expiry, Unix milliseconds, little endian (0 = never)
-//! bytes 12..  the payload, encoded by the codec
+//! byte 0       magic 0xCB (a cachenode value)
+//! byte 1       envelope version (2)
+//! byte 2       codec format id (1 = bincode 2, standard config)
+//! byte 3       flags (reserved, 0)
+//! bytes 4..12  absolute expiry, Unix milliseconds, little endian (0 = never)
+//! bytes 12..20 type fingerprint of the value, little endian (see below)
+//! bytes 20..   the payload, encoded by the codec
 //! ```
 //!
 //! The expiry travels with the value so a Redis hit knows how long it may keep
@@ -16,15 +17,45 @@
 //! header field and decodes the payload under a size limit, so bytes planted in
 //! Redis by anything else are refused without panicking or allocating without
 //! bound.
+//!
+//! # The type fingerprint
+//!
+//! The payload encoding does not describe itself: bincode writes a `u64` 0 as
+//! the byte `0`, which also reads as an empty `String`. So the envelope
+//! records which type was written: the 64-bit XXH3 hash of
+//! [`std::any::type_name`] of the value's type (e.g. `alloc::string::String`,
+//! `myapp::User`), and a read as any other type is refused before the payload
+//! is looked at: a counted miss, never a misread.
+//!
+//! `type_name` is the Rust type's full path, so the fingerprint survives
+//! restarts, processes and machines built from the same source with the same
+//! compiler; XXH3 is a fixed algorithm. It is not promised to be stable
+//! across compiler versions, nor across a type's move to another module or
+//! crate: after such a change a value written by the old build reads as
+//! another type. That costs one miss and a refill per key (the new build
+//! writes its own fingerprint), never a misread, which is what a cache can
+//! afford. The fingerprint names a type, not its shape: a type whose fields
+//! change under the same path keeps its fingerprint, and the payload decoder
+//! is what refuses the old bytes (as a corrupt value) when it can tell.
+//!
+//! Values written in version 1 of the envelope (no fingerprint) are read as
+//! an unknown version: a counted miss, the key removed.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Length of the envelope header in bytes.
-pub(crate) const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 20;
 const MAGIC: u8 = 0xCB;
-/// The envelope version this build writes and reads.
-pub(crate) const ENVELOPE_VERSION: u8 = 1;
+/// The envelope version this build writes and reads (1 had no type
+/// fingerprint).
+pub(crate) const ENVELOPE_VERSION: u8 = 2;
+
+/// The type fingerprint of `T` (see the [module docs](self)): the XXH3-64
+/// hash of its [`type_name`](std::any::type_name).
+pub(crate) fn type_fingerprint<T: ?Sized>() -> u64 {
+    xxhash_rust::xxh3::xxh3_64(std::any::type_name::<T>().as_bytes())
+}
 
 /// A serialization format for values stored in Redis.
 ///
@@ -121,6 +152,14 @@ pub(crate) enum DecodeError {
     UnknownVersion(u8),
     /// Written with another codec.
     UnknownFormat(u8),
+    /// Written as another type than the one asked for (the fingerprints
+    /// differ). The value is sound: the reader asked for the wrong type.
+    WrongType {
+        /// The fingerprint in the envelope.
+        found: u64,
+        /// The fingerprint of the type asked for.
+        expected: u64,
+    },
     /// Larger than the node's value limit.
     TooLarge { size: usize, limit: usize },
     /// The payload is not a valid encoding of the requested type.
@@ -134,6 +173,7 @@ impl DecodeError {
             DecodeError::NotAnEnvelope => "not_an_envelope",
             DecodeError::UnknownVersion(_) => "unknown_version",
             DecodeError::UnknownFormat(_) => "unknown_format",
+            DecodeError::WrongType { .. } => "wrong_type",
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::Payload(_) => "payload",
         }
@@ -144,8 +184,15 @@ impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DecodeError::NotAnEnvelope => write!(f, "not a cachenode envelope"),
-            DecodeError::UnknownVersion(v) => write!(f, "unknown envelope version {v}"),
+            DecodeError::UnknownVersion(v) => write!(
+                f,
+                "unknown envelope version {v} (this build reads {ENVELOPE_VERSION})"
+            ),
             DecodeError::UnknownFormat(c) => write!(f, "unknown codec format {c}"),
+            DecodeError::WrongType { found, expected } => write!(
+                f,
+                "written as another type (fingerprint {found:016x}, expected {expected:016x})"
+            ),
             DecodeError::TooLarge { size, limit } => {
                 write!(f, "{size} bytes exceed the limit of {limit}")
             }
@@ -154,7 +201,17 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-/// Encodes `value` in an envelope expiring at `expires_at_ms` (0 = never).
+/// The header of an envelope for a `T` expiring at `expires_at_ms`.
+pub(crate) fn header<C: Codec, T: ?Sized>(expires_at_ms: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(&[MAGIC, ENVELOPE_VERSION, C::FORMAT, 0]);
+    h[4..12].copy_from_slice(&expires_at_ms.to_le_bytes());
+    h[12..20].copy_from_slice(&type_fingerprint::<T>().to_le_bytes());
+    h
+}
+
+/// Encodes `value` in an envelope expiring at `expires_at_ms` (0 = never),
+/// under the fingerprint of `T`.
 ///
 /// # Errors
 /// [`Error::Encode`](crate::Error::Encode) when the codec fails,
@@ -166,8 +223,7 @@ pub(crate) fn seal<C: Codec, T: Serialize + ?Sized>(
     limit: usize,
 ) -> crate::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&[MAGIC, ENVELOPE_VERSION, C::FORMAT, 0]);
-    out.extend_from_slice(&expires_at_ms.to_le_bytes());
+    out.extend_from_slice(&header::<C, T>(expires_at_ms));
     codec
         .encode_into(value, &mut out)
         .map_err(crate::Error::Encode)?;
@@ -183,43 +239,63 @@ pub(crate) fn seal<C: Codec, T: Serialize + ?Sized>(
 pub(crate) struct Header {
     /// Absolute expiry in Unix milliseconds, 0 = never.
     pub(crate) expires_at_ms: u64,
+    /// The [type fingerprint](type_fingerprint) of the value written.
+    pub(crate) type_fingerprint: u64,
 }
 
-/// Checks the header of `bytes` and returns it with the payload.
-pub(crate) fn open<C: Codec>(bytes: &[u8], limit: usize) -> Result<(Header, &[u8]), DecodeError> {
-    if bytes.len() < HEADER_LEN || bytes[0] != MAGIC {
+/// Checks the header of `bytes` (all but the type) and returns it with the
+/// payload.
+pub(crate) fn open<C: Codec>(bytes: &[u8]) -> Result<(Header, &[u8]), DecodeError> {
+    if bytes.len() < 2 || bytes[0] != MAGIC {
         return Err(DecodeError::NotAnEnvelope);
     }
     if bytes[1] != ENVELOPE_VERSION {
         return Err(DecodeError::UnknownVersion(bytes[1]));
     }
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::NotAnEnvelope);
+    }
     if bytes[2] != C::FORMAT {
         return Err(DecodeError::UnknownFormat(bytes[2]));
     }
-    let payload = &bytes[HEADER_LEN..];
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    Ok((
+        Header {
+            expires_at_ms: word(4),
+            type_fingerprint: word(12),
+        },
+        &bytes[HEADER_LEN..],
+    ))
+}
+
+/// Opens an envelope and decodes its payload as a `T`.
+///
+/// A value written as another type is [`DecodeError::WrongType`], checked
+/// before the size limit and the payload: it says nothing about the value,
+/// which other readers may read well.
+pub(crate) fn unseal<C: Codec, T: DeserializeOwned>(
+    codec: &C,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<(Header, T), DecodeError> {
+    let (header, payload) = open::<C>(bytes)?;
+    let expected = type_fingerprint::<T>();
+    if header.type_fingerprint != expected {
+        return Err(DecodeError::WrongType {
+            found: header.type_fingerprint,
+            expected,
+        });
+    }
     if payload.len() > limit {
         return Err(DecodeError::TooLarge {
             size: payload.len(),
             limit,
         });
     }
-    let mut expiry = [0u8; 8];
-    expiry.copy_from_slice(&bytes[4..12]);
-    Ok((
-        Header {
-            expires_at_ms: u64::from_le_bytes(expiry),
-        },
-        payload,
-    ))
-}
-
-/// Opens an envelope and decodes its payload as a `T`.
-pub(crate) fn unseal<C: Codec, T: DeserializeOwned>(
-    codec: &C,
-    bytes: &[u8],
-    limit: usize,
-) -> Result<(Header, T), DecodeError> {
-    let (header, payload) = open::<C>(bytes, limit)?;
     let value = codec.decode(payload, limit).map_err(DecodeError::Payload)?;
     Ok((header, value))
 }
@@ -284,18 +360,64 @@ mod tests {
             unseal::<_, User>(&Bincode, cut, 1 << 20),
             Err(DecodeError::Payload(_))
         ));
-        // A u8 reads the first byte of the User and leaves trailing bytes.
+        // A u8 would read the first byte of the User and leave trailing
+        // bytes: the payload decoder refuses it...
+        assert!(Bincode.decode::<u8>(&bytes[HEADER_LEN..], 1 << 20).is_err());
+        // ...and the fingerprint refuses it before the payload is read.
         assert!(matches!(
             unseal::<_, u8>(&Bincode, &bytes, 1 << 20),
-            Err(DecodeError::Payload(_))
+            Err(DecodeError::WrongType { .. })
         ));
+    }
+
+    #[test]
+    fn a_value_read_as_another_type_is_refused_even_when_its_bytes_fit() {
+        // bincode writes a u64 0 as the byte 0: also an empty String.
+        let bytes = seal(&Bincode, &0u64, 0, 1 << 20).unwrap();
+        assert_eq!(
+            Bincode.decode::<String>(&bytes[HEADER_LEN..], 1 << 20),
+            Ok(String::new())
+        );
+        assert_eq!(
+            unseal::<_, String>(&Bincode, &bytes, 1 << 20).unwrap_err(),
+            DecodeError::WrongType {
+                found: type_fingerprint::<u64>(),
+                expected: type_fingerprint::<String>(),
+            }
+        );
+        assert_eq!(unseal::<_, u64>(&Bincode, &bytes, 1 << 20).unwrap().1, 0);
+        // The same payload under an older envelope without a fingerprint.
+        let mut v1 = vec![MAGIC, 1, Bincode::FORMAT, 0];
+        v1.extend_from_slice(&0u64.to_le_bytes());
+        v1.push(0);
+        assert_eq!(
+            unseal::<_, u64>(&Bincode, &v1, 1 << 20).unwrap_err(),
+            DecodeError::UnknownVersion(1)
+        );
+    }
+
+    #[test]
+    fn the_fingerprint_is_the_hash_of_the_type_name() {
+        // Pinned, so a change to how it is computed is seen (it would turn
+        // every stored value into a miss).
+        assert_eq!(
+            type_fingerprint::<u64>(),
+            xxhash_rust::xxh3::xxh3_64(b"u64")
+        );
+        assert_ne!(type_fingerprint::<u64>(), type_fingerprint::<u32>());
+        assert_ne!(type_fingerprint::<Vec<u8>>(), type_fingerprint::<String>());
+        let bytes = seal(&Bincode, &user(), 0, 1 << 20).unwrap();
+        assert_eq!(
+            bytes[12..20],
+            type_fingerprint::<User>().to_le_bytes(),
+            "bytes 12..20"
+        );
     }
 
     #[test]
     fn hostile_length_prefix_does_not_allocate_unbounded() {
         // A Vec<u64> claiming 2^60 elements in a 20-byte payload.
-        let mut bytes = vec![0xCB, ENVELOPE_VERSION, Bincode::FORMAT, 0];
-        bytes.extend_from_slice(&0u64.to_le_bytes());
+        let mut bytes = header::<Bincode, Vec<u64>>(0).to_vec();
         bytes.push(253); // varint tag for a u64 length
         bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
         assert!(matches!(

@@ -966,7 +966,9 @@ where
                 return None;
             }
         };
-        let (expires_at_ms, value) = node.decode::<V>(shared, &redis_key, &bytes).await?;
+        let (expires_at_ms, value) = node
+            .decode::<V>(shared, &redis_key, &key.ram, &bytes)
+            .await?;
         node.inner().metrics.hit(Layer::Redis);
         let value = Arc::new(value);
         if let (Some(local), Some(ticket)) = (node.ram(), ticket) {

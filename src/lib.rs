@@ -8,8 +8,9 @@
 //!   value's remaining Redis TTL.
 //! * Writes go to Redis and then RAM; deletes to both.
 //! * Values are any serde type, stored in Redis in a small versioned envelope
-//!   ([`codec`]); a value that does not decode is a miss, removed and counted,
-//!   never a panic.
+//!   that records their type ([`codec`]); a value read as another type is a
+//!   counted miss, never a misread, and a value that does not decode is a
+//!   miss, removed and counted, never a panic.
 //! * Every Redis call has a timeout; a node reconnects by itself when Redis
 //!   comes back.
 //!
@@ -98,12 +99,19 @@ pub mod __fuzz {
         score: Option<f64>,
     }
 
-    /// Decodes `data` as an envelope holding several value types.
+    /// Decodes `data` as an envelope holding several value types, and as the
+    /// payload of a valid envelope of each (so that the payload decoder is
+    /// reached past the type fingerprint).
     pub fn decode_envelope(data: &[u8]) {
-        let limit = crate::config::DEFAULT_MAX_VALUE_BYTES;
-        let _ = crate::codec::unseal::<_, String>(&crate::Bincode, data, limit);
-        let _ = crate::codec::unseal::<_, Vec<u64>>(&crate::Bincode, data, limit);
-        let _ = crate::codec::unseal::<_, Shape>(&crate::Bincode, data, limit);
+        fn as_envelope_of<T: serde::de::DeserializeOwned>(data: &[u8]) {
+            let limit = crate::config::DEFAULT_MAX_VALUE_BYTES;
+            let _ = crate::codec::unseal::<_, T>(&crate::Bincode, data, limit);
+            let framed = [&crate::codec::header::<crate::Bincode, T>(0)[..], data].concat();
+            let _ = crate::codec::unseal::<_, T>(&crate::Bincode, &framed, limit);
+        }
+        as_envelope_of::<String>(data);
+        as_envelope_of::<Vec<u64>>(data);
+        as_envelope_of::<Shape>(data);
     }
 
     /// Decodes `data` as a channel payload, and as a bare message body.
@@ -145,5 +153,67 @@ pub mod __private {
     /// macro's handle could not be built.
     pub fn report_build_error(funcname: &str, error: &crate::Error) {
         tracing::error!(func = funcname, %error, "cached function cannot be built; calls run uncached");
+    }
+
+    /// Tells, from the type alone, whether a function's return type `R` is
+    /// a `Result` (see [`CacheOutcome`]): `Probe::<R>::IS_RESULT` is this
+    /// inherent constant when `R` is one, whatever it is spelled
+    /// (an alias, `std::result::Result`, `io::Result`, `anyhow::Result`)...
+    pub struct Probe<R: ?Sized>(std::marker::PhantomData<R>);
+
+    impl<T, E> Probe<core::result::Result<T, E>> {
+        /// `R` is a `Result`: only its `Ok` values are cached.
+        pub const IS_RESULT: bool = true;
+    }
+
+    /// ...and otherwise this trait's constant (inherent items win over
+    /// trait items, so the fallback only applies to other types).
+    pub trait NotResult {
+        /// `R` is a plain value: cached as it is.
+        const IS_RESULT: bool = false;
+    }
+
+    impl<R: ?Sized> NotResult for Probe<R> {}
+
+    /// The outcome shape `Probe` chose: `Shape<true>` for a `Result`,
+    /// `Shape<false>` for a plain value.
+    pub struct Shape<const IS_RESULT: bool>;
+
+    /// How a function's return type `R` reaches the cache: as a
+    /// `Result<Value, Error>` whose `Ok` values alone are cached.
+    pub trait CacheOutcome<R> {
+        /// The type of the cached values.
+        type Value;
+        /// The function's errors, returned and never cached.
+        type Error;
+        /// `R` as a `Result`.
+        fn split(r: R) -> core::result::Result<Self::Value, Self::Error>;
+        /// Back to `R`.
+        fn join(r: core::result::Result<Self::Value, Self::Error>) -> R;
+    }
+
+    impl<R> CacheOutcome<R> for Shape<false> {
+        type Value = R;
+        type Error = std::convert::Infallible;
+        fn split(r: R) -> core::result::Result<R, Self::Error> {
+            Ok(r)
+        }
+        fn join(r: core::result::Result<R, Self::Error>) -> R {
+            match r {
+                Ok(v) => v,
+                Err(never) => match never {},
+            }
+        }
+    }
+
+    impl<T, E> CacheOutcome<core::result::Result<T, E>> for Shape<true> {
+        type Value = T;
+        type Error = E;
+        fn split(r: core::result::Result<T, E>) -> core::result::Result<T, E> {
+            r
+        }
+        fn join(r: core::result::Result<T, E>) -> core::result::Result<T, E> {
+            r
+        }
     }
 }

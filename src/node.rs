@@ -48,7 +48,8 @@ pub struct NodeStats {
     pub ram_bytes: u64,
     /// The RAM layer's byte budget (0 without a RAM layer).
     pub ram_capacity_bytes: u64,
-    /// Values read from Redis that did not decode (each removed and missed).
+    /// Values read from Redis that did not decode, each a miss: read as
+    /// another type than written (kept), or undecodable (removed).
     pub decode_failures: u64,
 }
 
@@ -330,8 +331,15 @@ impl CacheNode {
     /// The value under `key`, or `None`.
     ///
     /// A RAM entry of another type than `T` is a RAM miss, answered from
-    /// Redis. A Redis value that does not decode as `T` is a miss: the key
-    /// is removed and the event counted and logged.
+    /// Redis. A Redis value written as another type than `T` (its envelope
+    /// records the type, see [`codec`]) is a miss, counted in
+    /// [`NodeStats::decode_failures`] and logged, never a misread; the value
+    /// is kept, since the mistake is the reader's and readers of the right
+    /// type still read it. A Redis value that does not decode for any other
+    /// reason (corrupt or foreign bytes, another envelope version or codec,
+    /// over the size limit) is a miss too: the key is removed, the removal
+    /// announced on the bus (so every instance drops its RAM copy, as for a
+    /// [`delete`](Self::delete)), and the event counted and logged.
     ///
     /// # Errors
     /// [`Error::Redis`] / [`Error::Timeout`] when Redis must be asked and
@@ -385,7 +393,9 @@ impl CacheNode {
             self.inner.metrics.miss(Layer::Redis);
             return Ok(None);
         };
-        let Some((expires_at_ms, value)) = self.decode::<T>(shared, &redis_key, &bytes).await
+        let Some((expires_at_ms, value)) = self
+            .decode::<T>(shared, &redis_key, &plain_ram_key(key), &bytes)
+            .await
         else {
             return Ok(None);
         };
@@ -403,32 +413,66 @@ impl CacheNode {
         Ok(Some(value))
     }
 
-    /// Decodes `bytes` read from `redis_key`; on failure counts, logs and
-    /// removes the key, and returns `None`.
+    /// Decodes `bytes` read from `redis_key` (`ram_key` in RAM) as a `T`;
+    /// on failure counts and logs it, and returns `None` (a miss).
+    ///
+    /// A value written as another type is left where it is: the caller
+    /// asked for the wrong type, and readers of the right type still read
+    /// it. Any other failure (corrupt or foreign bytes, another envelope
+    /// version or codec, over the size limit) removes the value from Redis
+    /// and announces the removal, so that no instance keeps serving a RAM
+    /// copy of a value Redis no longer holds (such as the writer of a value
+    /// that was damaged since, or that another release cannot read).
     pub(crate) async fn decode<T: DeserializeOwned>(
         &self,
         shared: &SharedLayer,
         redis_key: &str,
+        ram_key: &str,
         bytes: &[u8],
     ) -> Option<(u64, T)> {
-        match codec::unseal::<_, T>(&self.inner.codec, bytes, self.inner.config.max_value_bytes) {
-            Ok((header, value)) => Some((header.expires_at_ms, value)),
-            Err(e) => {
-                self.inner.decode_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::decode_failure(e.label());
-                self.inner.metrics.miss(Layer::Redis);
-                tracing::warn!(
-                    namespace = self.namespace(),
-                    reason = e.label(),
-                    error = %e,
-                    "value in Redis does not decode; removing it"
-                );
-                if let Err(e) = shared.unlink_each(&[redis_key.to_owned()]).await {
-                    tracing::warn!(error = %e, "could not remove an undecodable value");
-                }
-                None
-            }
+        let e = match codec::unseal::<_, T>(
+            &self.inner.codec,
+            bytes,
+            self.inner.config.max_value_bytes,
+        ) {
+            Ok((header, value)) => return Some((header.expires_at_ms, value)),
+            Err(e) => e,
+        };
+        self.inner.decode_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::decode_failure(e.label());
+        self.inner.metrics.miss(Layer::Redis);
+        if let codec::DecodeError::WrongType { .. } = e {
+            tracing::warn!(
+                namespace = self.namespace(),
+                reason = e.label(),
+                expected = std::any::type_name::<T>(),
+                error = %e,
+                "value in Redis was written as another type than asked for; a miss, the value is kept"
+            );
+            return None;
         }
+        tracing::warn!(
+            namespace = self.namespace(),
+            reason = e.label(),
+            error = %e,
+            "value in Redis does not decode; removing it"
+        );
+        // A node does not hear its own announcements: drop this node's copy
+        // here (of another type, or held by a handle using other layers).
+        if let Some(local) = self.inner.local.as_deref() {
+            local.remove(ram_key);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(redis_key);
+        let removed = self
+            .write_and_announce(shared, "unlink", pipe, || {
+                Invalidation::Keys(vec![ram_key.to_owned()])
+            })
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "could not remove and announce an undecodable value");
+        }
+        None
     }
 
     /// How long a value read from Redis may stay in RAM: until its Redis
@@ -490,7 +534,9 @@ impl CacheNode {
                 self.inner.metrics.miss(Layer::Redis);
                 continue;
             };
-            let Some((expires_at_ms, value)) = self.decode::<T>(shared, redis_key, &bytes).await
+            let Some((expires_at_ms, value)) = self
+                .decode::<T>(shared, redis_key, &plain_ram_key(keys[i]), &bytes)
+                .await
             else {
                 continue;
             };

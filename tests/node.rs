@@ -258,8 +258,13 @@ async fn ram_layer_stays_within_its_byte_bound() {
 async fn ram_entry_of_another_type_is_answered_from_redis() {
     let redis = TestRedis::start();
     let node = node(&redis).await;
-    node.set("n", &5u32, Ttl::Default).await.unwrap();
-    // bincode encodes both as the varint 5: RAM holds a u32, Redis serves a u64.
+    // RAM holds a u32, Redis a u64 (a u32 in Redis would be a value of
+    // another type: a miss, not a u64).
+    node.redis_only()
+        .set("n", &5u64, Ttl::Default)
+        .await
+        .unwrap();
+    node.ram_only().set("n", &5u32, Ttl::Default).await.unwrap();
     assert_eq!(node.get::<u64>("n").await.unwrap(), Some(5));
     assert_eq!(node.stats().decode_failures, 0);
 }

@@ -10,11 +10,17 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{
-    Expr, ExprArray, ExprLit, FnArg, GenericArgument, ImplItemFn, Lit, LitStr, Meta, Pat,
-    PathArguments, ReturnType, Token, Type,
+    Expr, ExprArray, ExprLit, FnArg, ImplItemFn, Lit, LitStr, Meta, Pat, ReturnType, Token, Type,
 };
 
 /// Caches an async function's value; see `cachenode`'s documentation.
+///
+/// A function whose return type is a `Result` caches only its `Ok` values:
+/// its errors are returned and never cached. That is decided from the type,
+/// not its spelling: an alias (`type AppResult<T> = Result<T, AppError>`),
+/// `std::result::Result`, `io::Result` and `anyhow::Result` are all
+/// `Result`s, and a type of one's own that is only *named* `Result` is a
+/// plain value. Any other return type is cached as it is.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     expand(args, item, Flavor::Cached)
@@ -23,6 +29,9 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Caches an async function's value for a time given in units
 /// (`weeks`, `days`, `hours`, `minutes`, `seconds`); see `cachenode`'s
 /// documentation.
+///
+/// A `Result` return type (an alias included) caches only `Ok` values, as
+/// with [`macro@cached`].
 #[proc_macro_attribute]
 pub fn cached_for(args: TokenStream, item: TokenStream) -> TokenStream {
     expand(args, item, Flavor::CachedFor)
@@ -259,23 +268,36 @@ fn ident_list(meta: &Meta) -> syn::Result<Vec<syn::Ident>> {
         .collect()
 }
 
-/// The value type `V` and whether the function returns `Result<V, _>`.
-fn value_type(ret: &ReturnType) -> (Type, bool) {
-    let ReturnType::Type(_, ty) = ret else {
-        return (syn::parse_quote!(()), false);
-    };
-    if let Type::Path(p) = &**ty {
-        if let Some(last) = p.path.segments.last() {
-            if last.ident == "Result" {
-                if let PathArguments::AngleBracketed(a) = &last.arguments {
-                    if let Some(GenericArgument::Type(v)) = a.args.first() {
-                        return (v.clone(), true);
-                    }
-                }
-            }
-        }
+/// The function's return type (`()` when it declares none).
+fn return_type(ret: &ReturnType) -> Type {
+    match ret {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
     }
-    ((**ty).clone(), false)
+}
+
+/// Whether the function returns a `Result` is decided from its return type
+/// `R`, never from how it is spelled (an alias such as
+/// `type AppResult<T> = Result<T, AppError>`, `std::result::Result`,
+/// `io::Result`, `anyhow::Result` are all `core::result::Result`; a type of
+/// the user's that is merely *named* `Result` is not).
+///
+/// The decision is a constant the compiler computes: `Probe::<R>::IS_RESULT`
+/// names an inherent constant (true) when `R` is a `Result`, and otherwise
+/// falls back to the constant of the `NotResult` trait (false). That
+/// constant selects a `Shape<true>` or `Shape<false>`, whose
+/// `CacheOutcome<R>` impl gives the cached value type (`T` of `Result<T, E>`,
+/// or `R` itself) and converts `R` to and from `Result<Value, Error>`. `R`
+/// is a concrete type here (the macro refuses type generics), so the
+/// constant is always evaluable.
+fn outcome_shape(ret_ty: &Type) -> TokenStream2 {
+    quote! {
+        ::cachenode::__private::Shape<{
+            #[allow(unused_imports)]
+            use ::cachenode::__private::NotResult as _;
+            ::cachenode::__private::Probe::<#ret_ty>::IS_RESULT
+        }>
+    }
 }
 
 fn generate(opts: Options, func: ImplItemFn) -> syn::Result<TokenStream2> {
@@ -332,7 +354,10 @@ fn generate(opts: Options, func: ImplItemFn) -> syn::Result<TokenStream2> {
     // be Serialize.
     let self_arg = (is_method && !ignore_self).then(|| quote!(__w.arg("self", self)?;));
 
-    let (value_ty, fallible) = value_type(&sig.output);
+    let ret_ty = return_type(&sig.output);
+    let shape = outcome_shape(&ret_ty);
+    let outcome = quote!(<#shape as ::cachenode::__private::CacheOutcome<#ret_ty>>);
+    let value_ty = quote!(#outcome::Value);
     let name = &sig.ident;
     let funcname = match &opts.name {
         Some(n) => quote!(::std::string::String::from(#n)),
@@ -389,20 +414,15 @@ fn generate(opts: Options, func: ImplItemFn) -> syn::Result<TokenStream2> {
             }
         }
     });
-    let call = if fallible {
-        quote!(__h.call_prepared(__prepared, move || #uncached_call).await)
-    } else {
-        quote! {
-            match __h
-                .call_prepared(__prepared, move || async move {
-                    ::core::result::Result::Ok::<_, ::core::convert::Infallible>(#uncached_call.await)
-                })
-                .await
-            {
-                ::core::result::Result::Ok(v) => v,
-                ::core::result::Result::Err(e) => match e {},
-            }
-        }
+    // Only the `Ok` side of a `Result` reaches the cache; a plain value is
+    // an `Ok` that cannot fail.
+    let call = quote! {
+        #outcome::join(
+            __h.call_prepared(__prepared, move || async move {
+                #outcome::split(#uncached_call.await)
+            })
+            .await,
+        )
     };
     let handle_expr = if is_method {
         quote!({
