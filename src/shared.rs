@@ -80,6 +80,7 @@ impl SharedLayer {
                     )))
                 });
         pong.map_err(connect_err)?;
+        check_version(&mut conn, &url, config.op_timeout).await?;
         tracing::info!(url = %url, "connected to Redis");
         Ok(SharedLayer {
             client,
@@ -224,6 +225,50 @@ impl SharedLayer {
     }
 }
 
+/// The oldest server version the node works with: the bus and the
+/// at-most-once lock use `SET ... NX GET` and the job stream the three-part
+/// `XAUTOCLAIM` reply, both new in Redis 7.0.
+const MIN_VERSION: (u32, u32) = (7, 0);
+
+/// Refuses a server older than [`MIN_VERSION`]. Asked through a script
+/// (`redis.REDIS_VERSION`, which Redis added in 7.0: older servers answer
+/// nothing), since a user restricted to its namespace may not run `INFO`.
+async fn check_version(conn: &mut ConnectionManager, url: &str, timeout: Duration) -> Result<()> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg("return redis.REDIS_VERSION").arg(0);
+    let asked = cmd.query_async::<Option<String>>(conn);
+    let version = match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(version)) => version,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the server's version; not checked");
+            return Ok(());
+        }
+        Err(_) => {
+            return Err(Error::Timeout {
+                op: "connect",
+                after: timeout,
+            })
+        }
+    };
+    match version.as_deref().map(parse_version) {
+        Some(Some(v)) if v >= MIN_VERSION => Ok(()),
+        Some(None) => Ok(()),
+        _ => Err(Error::Config(format!(
+            "the Redis at {url} is version {}; cachenode needs {}.{} or later",
+            version.as_deref().unwrap_or("6 or older"),
+            MIN_VERSION.0,
+            MIN_VERSION.1
+        ))),
+    }
+}
+
+/// `(major, minor)` of a version string such as `7.0.15` (Valkey reports
+/// the Redis version it is compatible with).
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
 /// Appends `SET key bytes [PX ttl]` to `pipe`.
 pub(crate) fn add_set(pipe: &mut redis::Pipeline, key: &str, bytes: &[u8], ttl: Option<Duration>) {
     pipe.cmd("SET").arg(key).arg(bytes);
@@ -235,4 +280,18 @@ pub(crate) fn add_set(pipe: &mut redis::Pipeline, key: &str, bytes: &[u8], ttl: 
 /// A TTL in whole milliseconds, at least 1 (Redis refuses `PX 0`).
 pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_are_parsed() {
+        assert_eq!(parse_version("7.0.15"), Some((7, 0)));
+        assert_eq!(parse_version("7.2.4"), Some((7, 2)));
+        assert!(parse_version("6.2.14").unwrap() < MIN_VERSION);
+        assert!(parse_version("10.0.0").unwrap() >= MIN_VERSION);
+        assert_eq!(parse_version("x.y"), None);
+    }
 }
