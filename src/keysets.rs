@@ -14,6 +14,8 @@
 //!   is removed from its set only after its key, so a deletion cut short
 //!   leaves nothing unreachable; members whose key had already expired are
 //!   pruned on the way, and by [`KeySets::prune`].
+//! * A key found gone from Redis is forgotten with its recorded arguments
+//!   (`{ns}:args:{F}`, kept for refresh), see [`KeySets::forget`].
 
 use redis::Value;
 use xxhash_rust::xxh3::xxh3_64;
@@ -211,6 +213,64 @@ impl KeySets {
             }
         }
         Ok(pruned)
+    }
+}
+
+impl KeySets {
+    /// Forgets keys of `funcname` found gone from Redis: their key-set
+    /// entries and recorded arguments (given with each key when it has
+    /// some). Returns how many key-set entries were removed.
+    ///
+    /// The absence was seen before this call, so a key may have been written
+    /// again since (a caller computing it anew). Removing first and looking
+    /// again after, in one pipeline, catches that: the entries of a key that
+    /// exists again are put back, so a live value never loses its key-set
+    /// entry (which would hide it from deletion) nor its arguments.
+    pub(crate) async fn forget(
+        &self,
+        shared: &SharedLayer,
+        funcname: &str,
+        gone: &[(String, Option<Vec<u8>>)],
+    ) -> Result<u64> {
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let args_key = crate::refresh::args_key(&self.ns, funcname);
+        let mut pipe = redis::pipe();
+        for (key, _) in gone {
+            pipe.cmd("SREM").arg(self.shard_of(funcname, key)).arg(key);
+        }
+        for (key, args) in gone {
+            if args.is_some() {
+                pipe.cmd("HDEL").arg(&args_key).arg(key).ignore();
+            }
+        }
+        for (key, _) in gone {
+            pipe.cmd("EXISTS").arg(key);
+        }
+        let mut conn = shared.conn();
+        let replies: Vec<u64> = shared
+            .run("keyset_forget", pipe.query_async(&mut conn))
+            .await?;
+        let (removed, exists) = replies.split_at(gone.len());
+        let mut restore = redis::pipe();
+        let mut forgotten = 0;
+        for (((key, args), removed), exists) in gone.iter().zip(removed).zip(exists) {
+            if *exists == 0 {
+                forgotten += removed;
+                continue;
+            }
+            self.add_to_pipeline(&mut restore, funcname, key);
+            if let Some(args) = args {
+                crate::refresh::add_args_record(&mut restore, &self.ns, funcname, key, args);
+            }
+        }
+        if exists.iter().any(|e| *e > 0) {
+            shared
+                .run("keyset_forget", restore.query_async::<()>(&mut conn))
+                .await?;
+        }
+        Ok(forgotten)
     }
 }
 

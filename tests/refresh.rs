@@ -1,0 +1,176 @@
+//! Periodic refresh and the bookkeeping it leaves in Redis, against real
+//! redis-servers: refresh keeps live values fresh and never brings back one
+//! that expired or was deleted, and its recorded arguments
+//! (`{ns}:args:{func}`) shrink with the values.
+//!
+//! Every test starts its own server (see `support`). Values live in Redis
+//! under `t:f:{name}:{suffix}`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::future::ready;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cachenode::{CacheNode, CacheNodeBuilder, CachedFn};
+use redis::Commands;
+use support::{eventually, TestRedis};
+
+/// The refresh period of the tests' functions.
+const PERIOD: Duration = Duration::from_secs(1);
+
+fn base(redis_url: &str) -> CacheNodeBuilder {
+    CacheNode::builder()
+        .redis_url(redis_url)
+        .namespace("t")
+        .op_timeout(Duration::from_secs(1))
+        .min_refresh_period(PERIOD)
+}
+
+/// A node with the builder role: refreshes functions due, looking every
+/// 50 ms.
+async fn builder_node(redis: &TestRedis) -> CacheNode {
+    base(&redis.url())
+        .builder_role(true)
+        .refresh_granularity(Duration::from_millis(50))
+        .build()
+        .await
+        .expect("builder node connects")
+}
+
+fn exists(redis: &TestRedis, key: &str) -> bool {
+    redis.conn().exists(key).unwrap()
+}
+
+/// The keys whose arguments `{t}:args:{func}` records.
+fn args_record(redis: &TestRedis, func: &str) -> BTreeSet<String> {
+    redis.conn().hkeys(format!("t:args:{func}")).unwrap()
+}
+
+/// Every member of `func`'s key set (all shards).
+fn key_set(redis: &TestRedis, func: &str) -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for shard in 0..cachenode::keysets::SHARDS {
+        let members: Vec<String> = redis
+            .conn()
+            .smembers(format!("t:ks:{func}:{shard}"))
+            .unwrap();
+        all.extend(members);
+    }
+    all
+}
+
+/// When the last refresh of `func` ended (ms), if one ran.
+fn last_refresh(redis: &TestRedis, func: &str) -> Option<u64> {
+    redis.conn().hget("t:refresh:last", func).unwrap()
+}
+
+/// Waits until `n` more refresh passes of `func` have ended.
+async fn passes(redis: &TestRedis, func: &str, n: usize) {
+    for _ in 0..n {
+        let before = last_refresh(redis, func);
+        assert!(
+            eventually(PERIOD * 5, || async { last_refresh(redis, func) != before }).await,
+            "a refresh pass of {func} ends within 5 periods"
+        );
+    }
+}
+
+/// `rates(x)`, refreshed every [`PERIOD`]; its build function records each
+/// argument it is run with, and returns how many builds ran so far.
+fn rates(n: &CacheNode, ttl: Duration, builds: &Arc<Mutex<Vec<u32>>>) -> CachedFn<(u32,), u64> {
+    let builds = builds.clone();
+    let generation = Arc::new(AtomicU64::new(0));
+    n.func::<(u32,), u64>("rates")
+        .expire_in(ttl)
+        .computed_by(move |(x,): (u32,)| {
+            builds.lock().unwrap().push(x);
+            ready(Ok::<_, Infallible>(generation.fetch_add(1, SeqCst) + 1))
+        })
+        .async_refresh_every(PERIOD)
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Refresh keeps live values, never gone ones
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rebuilds_live_values_only_and_never_brings_back_an_expired_or_deleted_one() {
+    let redis = TestRedis::start();
+    let n = builder_node(&redis).await;
+    let builds = Arc::new(Mutex::new(Vec::new()));
+    // A TTL far above the period: only a refresh pass or a deletion can
+    // change what Redis holds during the test.
+    let f = rates(&n, Duration::from_secs(60), &builds);
+    let key = |x: u32| f.cache_key(&(x,)).unwrap();
+    for x in 1..=4 {
+        assert_eq!(f.call(&(x,), || ready(Ok::<_, Infallible>(0))).await, Ok(0));
+    }
+    // One pass rebuilds all four, then the next one starts a period later.
+    passes(&redis, "rates", 1).await;
+    passes(&redis, "rates", 1).await;
+    let before: Vec<u32> = builds.lock().unwrap().clone();
+
+    // Right after a pass (the next one is a period away), three values go:
+    // 1 expires in Redis, 2 is evicted or deleted by another tool (its
+    // key-set member and arguments stay), 3 is cleared by the application.
+    let _: () = redis.conn().pexpire(key(1), 1).unwrap();
+    let _: () = redis.conn().unlink(key(2)).unwrap();
+    assert!(f.clear(&(3,)).await.unwrap());
+    assert!(eventually(PERIOD, || async { !exists(&redis, &key(1)) }).await);
+
+    passes(&redis, "rates", 1).await;
+    let after: Vec<u32> = builds.lock().unwrap()[before.len()..].to_vec();
+    assert_eq!(after, [4], "one pass rebuilt the live value, and it alone");
+    for x in 1..=3 {
+        assert!(!exists(&redis, &key(x)), "value {x} stays gone");
+    }
+    assert!(exists(&redis, &key(4)));
+    let live = BTreeSet::from([key(4)]);
+    assert_eq!(
+        key_set(&redis, "rates"),
+        live,
+        "the pass pruned the key set"
+    );
+    assert_eq!(args_record(&redis, "rates"), live, "and the arguments");
+
+    // Still gone a pass later; a caller asking again brings a value back.
+    passes(&redis, "rates", 1).await;
+    assert!((1..=3).all(|x| !exists(&redis, &key(x))));
+    assert_eq!(
+        f.call(&(2,), || ready(Ok::<_, Infallible>(7))).await,
+        Ok(7),
+        "a gone value is computed again by the next caller"
+    );
+    assert!(exists(&redis, &key(2)));
+    passes(&redis, "rates", 1).await;
+    assert_eq!(
+        args_record(&redis, "rates"),
+        BTreeSet::from([key(2), key(4)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_does_not_rebuild_a_value_whose_ttl_ran_out_between_passes() {
+    let redis = TestRedis::start();
+    let n = builder_node(&redis).await;
+    let builds = Arc::new(Mutex::new(Vec::new()));
+    // A TTL below the period: each value outlives at most one pass.
+    let f = rates(&n, Duration::from_millis(300), &builds);
+    let key = f.cache_key(&(1,)).unwrap();
+    assert_eq!(f.call(&(1,), || ready(Ok::<_, Infallible>(0))).await, Ok(0));
+    assert!(eventually(PERIOD * 2, || async { !exists(&redis, &key) }).await);
+    let built = builds.lock().unwrap().len();
+
+    // Two whole passes run after it expired.
+    passes(&redis, "rates", 2).await;
+    assert!(!exists(&redis, &key), "the expired value stays gone");
+    assert_eq!(builds.lock().unwrap().len(), built, "nothing was rebuilt");
+    assert_eq!(key_set(&redis, "rates"), BTreeSet::new());
+    assert_eq!(args_record(&redis, "rates"), BTreeSet::new());
+}
