@@ -14,8 +14,9 @@
 //!   is removed from its set only after its key, so a deletion cut short
 //!   leaves nothing unreachable; members whose key had already expired are
 //!   pruned on the way, and by [`KeySets::prune`].
-//! * A key found gone from Redis is forgotten with its recorded arguments
-//!   (`{ns}:args:{F}`, kept for refresh), see [`KeySets::forget`].
+//! * A key's recorded arguments (`{ns}:args:{F}`, kept for refresh) go
+//!   with its key-set entry: when the key is deleted through the set, and
+//!   when it is found gone (see [`KeySets::forget`]).
 
 use redis::Value;
 use xxhash_rust::xxh3::xxh3_64;
@@ -150,6 +151,10 @@ impl KeySets {
                 pipe.cmd("UNLINK").arg(m);
             }
             pipe.cmd("SREM").arg(&set).arg(&members).ignore();
+            pipe.cmd("HDEL")
+                .arg(crate::refresh::args_key(&self.ns, &walk.funcname))
+                .arg(&members)
+                .ignore();
             let unlinked: Vec<Value> = shared
                 .run("keyset_delete", pipe.query_async(&mut conn))
                 .await?;
@@ -171,7 +176,8 @@ impl KeySets {
     }
 
     /// Removes from `funcname`'s key set the members whose key no longer
-    /// exists (expired in Redis). Returns how many were removed.
+    /// exists (expired in Redis), with their recorded arguments. Returns how
+    /// many were removed.
     pub(crate) async fn prune(&self, shared: &SharedLayer, funcname: &str) -> Result<u64> {
         let mut pruned = 0;
         for shard in 0..SHARDS {
@@ -194,16 +200,20 @@ impl KeySets {
                         .filter_map(|(m, e)| (e == 0).then_some(m))
                         .collect();
                     if !gone.is_empty() {
-                        let removed: u64 = shared
+                        // Their arguments, to put back should one be
+                        // written again meanwhile.
+                        let args: Vec<Option<Vec<u8>>> = shared
                             .run(
                                 "keyset_prune",
-                                redis::cmd("SREM")
-                                    .arg(&set)
+                                redis::cmd("HMGET")
+                                    .arg(crate::refresh::args_key(&self.ns, funcname))
                                     .arg(&gone)
                                     .query_async(&mut conn),
                             )
                             .await?;
-                        pruned += removed;
+                        let gone: Vec<(String, Option<Vec<u8>>)> =
+                            gone.into_iter().cloned().zip(args).collect();
+                        pruned += self.forget(shared, funcname, &gone).await?;
                     }
                 }
                 if next == 0 {

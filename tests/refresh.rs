@@ -1,6 +1,6 @@
 //! Periodic refresh and the bookkeeping it leaves in Redis, against real
 //! redis-servers: refresh keeps live values fresh and never brings back one
-//! that expired or was deleted, and its recorded arguments
+//! that expired or was deleted; the recorded arguments
 //! (`{ns}:args:{func}`) shrink with the values.
 //!
 //! Every test starts its own server (see `support`). Values live in Redis
@@ -39,6 +39,11 @@ async fn builder_node(redis: &TestRedis) -> CacheNode {
         .build()
         .await
         .expect("builder node connects")
+}
+
+/// A node that does not refresh (no builder role).
+async fn plain_node(redis: &TestRedis) -> CacheNode {
+    base(&redis.url()).build().await.expect("node connects")
 }
 
 fn exists(redis: &TestRedis, key: &str) -> bool {
@@ -173,4 +178,71 @@ async fn refresh_does_not_rebuild_a_value_whose_ttl_ran_out_between_passes() {
     assert_eq!(builds.lock().unwrap().len(), built, "nothing was rebuilt");
     assert_eq!(key_set(&redis, "rates"), BTreeSet::new());
     assert_eq!(args_record(&redis, "rates"), BTreeSet::new());
+}
+
+// ---------------------------------------------------------------------------
+// The recorded arguments shrink with the values
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn recorded_arguments_shrink_to_the_live_keys_on_prune_clear_and_clear_all() {
+    let redis = TestRedis::start();
+    // No builder role: no refresh pass runs, the sweep and clears alone
+    // trim the record.
+    let n = plain_node(&redis).await;
+    let builds = Arc::new(Mutex::new(Vec::new()));
+    let f = rates(&n, Duration::from_secs(60), &builds);
+    let g = n
+        .func::<(u32, u32), u64>("grid")
+        .cache_key_with_full_args(true)
+        .computed_by(|(x, y): (u32, u32)| ready(Ok::<_, Infallible>(u64::from(x * y))))
+        .async_refresh_every(PERIOD)
+        .build()
+        .unwrap();
+    let key = |x: u32| f.cache_key(&(x,)).unwrap();
+    for x in 1..=5 {
+        f.call(&(x,), || ready(Ok::<_, Infallible>(0)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(args_record(&redis, "rates"), (1..=5).map(key).collect());
+
+    // 1 expires, 2 is evicted: the sweep (prune) forgets both.
+    let _: () = redis.conn().pexpire(key(1), 1).unwrap();
+    let _: () = redis.conn().unlink(key(2)).unwrap();
+    assert!(eventually(PERIOD, || async { !exists(&redis, &key(1)) }).await);
+    assert_eq!(n.prune_key_sets().await.unwrap(), 2);
+    let live: BTreeSet<String> = (3..=5).map(key).collect();
+    assert_eq!(
+        args_record(&redis, "rates"),
+        live,
+        "pruned with the key set"
+    );
+    assert_eq!(key_set(&redis, "rates"), live);
+
+    // Clearing one call forgets its arguments.
+    assert!(f.clear(&(3,)).await.unwrap());
+    assert_eq!(
+        args_record(&redis, "rates"),
+        (4..=5).map(key).collect(),
+        "cleared with the value"
+    );
+
+    // Clearing some calls (full-args keys) forgets theirs.
+    let gkey = |x: u32, y: u32| g.cache_key(&(x, y)).unwrap();
+    for (x, y) in [(1, 1), (1, 2), (2, 1)] {
+        g.call(&(x, y), || ready(Ok::<_, Infallible>(0)))
+            .await
+            .unwrap();
+    }
+    let filter = cachenode::func::key::Args::new().arg("0", &1u32).unwrap();
+    assert_eq!(g.clear_some(&filter).unwrap().run(|_| {}).await.unwrap(), 2);
+    assert_eq!(args_record(&redis, "grid"), BTreeSet::from([gkey(2, 1)]));
+
+    // Clearing the whole function forgets every argument.
+    assert_eq!(f.clear_all().await.unwrap(), 2);
+    assert!(!exists(&redis, "t:args:rates"), "no arguments left");
+    assert_eq!(g.clear_all().await.unwrap(), 1);
+    assert!(!exists(&redis, "t:args:grid"));
+    assert_eq!(builds.lock().unwrap().len(), 0, "nothing was refreshed");
 }
