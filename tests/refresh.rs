@@ -1,10 +1,12 @@
 //! Periodic refresh and the bookkeeping it leaves in Redis, against real
 //! redis-servers: refresh keeps live values fresh and never brings back one
 //! that expired or was deleted; the recorded arguments
-//! (`{ns}:args:{func}`) shrink with the values.
+//! (`{ns}:args:{func}`) shrink with the values; a namespace `clear_all`
+//! leaves only the keys that must outlive it.
 //!
 //! Every test starts its own server (see `support`). Values live in Redis
-//! under `t:f:{name}:{suffix}`.
+//! under `t:f:{name}:{suffix}`; the lock of value key `K` is `{K}:lock`, its
+//! version `{K}:ver`, its build-job marker `{K}:job`.
 
 mod support;
 
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cachenode::{CacheNode, CacheNodeBuilder, CachedFn};
+use cachenode::{AtomicWrites, CacheNode, CacheNodeBuilder, CachedFn, Lookup};
 use redis::Commands;
 use support::{eventually, TestRedis};
 
@@ -245,4 +247,158 @@ async fn recorded_arguments_shrink_to_the_live_keys_on_prune_clear_and_clear_all
     assert_eq!(g.clear_all().await.unwrap(), 1);
     assert!(!exists(&redis, "t:args:grid"));
     assert_eq!(builds.lock().unwrap().len(), 0, "nothing was refreshed");
+}
+
+// ---------------------------------------------------------------------------
+// Namespace clear_all
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_clear_all_leaves_only_the_bus_and_the_build_queue() {
+    let redis = TestRedis::start();
+    let full = |n: &CacheNode| {
+        n.func::<(u32, u32), u64>("full")
+            .cache_key_with_full_args(true)
+            .computed_by(|(x, y): (u32, u32)| ready(Ok::<_, Infallible>(u64::from(x + y))))
+            .async_refresh_every(Duration::from_secs(3600))
+            .build()
+            .unwrap()
+    };
+    // A builder that ran one refresh pass of `full` (its registry entry
+    // and period lock), then stopped, so nothing writes them again.
+    let c = builder_node(&redis).await;
+    let _fc = full(&c);
+    assert!(
+        eventually(PERIOD * 5, || async {
+            last_refresh(&redis, "full").is_some()
+        })
+        .await
+    );
+    c.shutdown().await;
+
+    let a = plain_node(&redis).await;
+    // A plain value.
+    a.set("p", &1u32, Duration::from_secs(60)).await.unwrap();
+    // A function in full-args mode, with its recorded arguments.
+    let fa = full(&a);
+    fa.call(&(1, 2), || ready(Ok::<_, Infallible>(3)))
+        .await
+        .unwrap();
+    let full_key = fa.cache_key(&(1, 2)).unwrap();
+    // An at-least-once write, with its version.
+    let alo = a
+        .func::<(u32,), u64>("alo")
+        .atomic_writes(AtomicWrites::AtLeastOnce)
+        .build()
+        .unwrap();
+    alo.call(&(1,), || ready(Ok::<_, Infallible>(1)))
+        .await
+        .unwrap();
+    let alo_key = alo.cache_key(&(1,)).unwrap();
+    // An at-most-once computation in progress, holding its lock.
+    let amo = a
+        .func::<(u32,), u64>("amo")
+        .atomic_writes(AtomicWrites::AtMostOnce)
+        .build()
+        .unwrap();
+    let amo_key = amo.cache_key(&(1,)).unwrap();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let computing = tokio::spawn({
+        let amo = amo.clone();
+        async move {
+            amo.call(&(1,), || async move {
+                let mut gate = gate;
+                let _ = gate.wait_for(|open| *open).await;
+                Ok::<_, Infallible>(1)
+            })
+            .await
+        }
+    });
+    let amo_lock = format!("{{{amo_key}}}:lock");
+    assert!(eventually(PERIOD * 5, || async { exists(&redis, &amo_lock) }).await);
+    // An async computation queued for a builder that does not know the
+    // function yet: its job and marker.
+    let b = builder_node(&redis).await;
+    let job = |n: &CacheNode| {
+        n.func::<(u32,), String>("job")
+            .async_compute(|(x,): (u32,)| ready(Ok::<_, Infallible>(format!("built {x}"))))
+            .build()
+            .unwrap()
+    };
+    let fj = job(&a);
+    assert_eq!(fj.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
+    let job_marker = format!("{{{}}}:job", fj.cache_key(&(1,)).unwrap());
+
+    let bus = ["t:{bus}:epoch", "t:{bus}:log", "t:{bus}:seq"];
+    let mut before = BTreeSet::from([
+        "t:k:p".to_owned(),
+        full_key.clone(),
+        "t:args:full".to_owned(),
+        "t:ks".to_owned(),
+        "t:refresh:last".to_owned(),
+        "t:lock:refresh:full".to_owned(),
+        alo_key.clone(),
+        format!("{{{alo_key}}}:ver"),
+        amo_lock.clone(),
+        "t:jobs".to_owned(),
+        job_marker.clone(),
+    ]);
+    before.extend(bus.map(String::from));
+    let shards: BTreeSet<String> = redis.keys("t:ks:*").into_iter().collect();
+    assert_eq!(shards.len(), 2, "one key-set shard each for full and alo");
+    before.extend(shards);
+    let all: BTreeSet<String> = redis.keys("*").into_iter().collect();
+    assert_eq!(all, before, "every feature left its keys");
+
+    a.clear_all().await.unwrap();
+    // What survives: the bus (its sequence, log and epoch: nodes read them
+    // to tell a missed invalidation from a lost Redis state), and the build
+    // queue (the stream with its consumer group, which builders read, and
+    // the markers of the jobs still in it).
+    let mut survivors = BTreeSet::from(["t:jobs".to_owned(), job_marker]);
+    survivors.extend(bus.map(String::from));
+    let left: BTreeSet<String> = redis.keys("*").into_iter().collect();
+    assert_eq!(
+        left, survivors,
+        "clear_all leaves the bus and the queue only"
+    );
+
+    // The computation whose lock was cleared does not store its value.
+    open.send(true).unwrap();
+    assert_eq!(computing.await.unwrap(), Ok(1));
+    assert!(!exists(&redis, &amo_key), "written after the clear");
+    // The queued job is built once a builder knows its function.
+    let _fb = job(&b);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            fj.get_or_build(&(1,)).await.unwrap() == Lookup::Ready("built 1".to_owned())
+        })
+        .await,
+        "the job queued before the clear is built"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_compute_still_builds_after_a_namespace_clear_all() {
+    let redis = TestRedis::start();
+    let a = plain_node(&redis).await;
+    let b = builder_node(&redis).await;
+    let job = |n: &CacheNode| {
+        n.func::<(u32,), String>("job")
+            .async_compute(|(x,): (u32,)| ready(Ok::<_, Infallible>(format!("built {x}"))))
+            .build()
+            .unwrap()
+    };
+    let (fj, _fb) = (job(&a), job(&b));
+    // The builder has created the queue and its consumer group.
+    assert!(eventually(PERIOD * 5, || async { exists(&redis, "t:jobs") }).await);
+    a.clear_all().await.unwrap();
+    assert_eq!(fj.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            fj.get_or_build(&(1,)).await.unwrap() == Lookup::Ready("built 1".to_owned())
+        })
+        .await,
+        "builders keep reading the queue after a clear_all"
+    );
 }
