@@ -713,6 +713,9 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
             pipe.cmd("SREM")
                 .arg(self.inner.keysets.shard_of(&self.inner.name, &redis_key))
                 .arg(&redis_key);
+            pipe.cmd("HDEL")
+                .arg(crate::refresh::args_key(node.namespace(), &self.inner.name))
+                .arg(&redis_key);
             let replies = node
                 .write_and_announce(shared, "clear", pipe, || {
                     Invalidation::Keys(vec![key.ram.clone()])

@@ -6,12 +6,21 @@
 //! |---|---|
 //! | plain value | `{ns}:k:{key}` |
 //! | function value | `{ns}:f:{funcname}:{args}` |
-//! | function key set | `{ns}:ks:{funcname}:{shard}` |
+//! | function key set, and its registry | `{ns}:ks:{funcname}:{shard}`, `{ns}:ks` |
+//! | a function's recorded arguments (refresh) | `{ns}:args:{funcname}` |
+//! | refresh: last runs, period locks | `{ns}:refresh:last`, `{ns}:lock:refresh:{funcname}` |
+//! | key-set sweep lock | `{ns}:lock:sweep` |
+//! | build queue (stream, group `builders`) | `{ns}:jobs` |
+//! | lock, version, build-job marker of value key `K` | `{K}:lock`, `{K}:ver`, `{K}:job` |
 //! | bus channel | `{ns}:bus` |
 //! | bus counter, log and epoch | `{ns}:{bus}:seq`, `{ns}:{bus}:log`, `{ns}:{bus}:epoch` |
 //!
 //! The bus keys share the `{bus}` hash tag because one script touches them
-//! together, which keeps the door open to Redis Cluster (DESIGN §8).
+//! together, and a value's companions (`{K}:…`) are tagged with the value's
+//! key so a script can touch both, which keeps the door open to Redis
+//! Cluster (DESIGN §8). A companion's name starts with `{{ns}:`, not with
+//! `{ns}:`: a namespace-wide walk needs both patterns
+//! ([`Keys::clear_patterns`]).
 
 use crate::{Error, Result};
 
@@ -64,16 +73,45 @@ impl Keys {
         format!("{}:f:{name}:", self.ns)
     }
 
-    /// A glob matching every key of the namespace (the namespace has no glob
-    /// characters, see [`Keys::new`]).
+    /// A glob matching every key of the namespace that starts with `{ns}:`
+    /// (the namespace has no glob characters, see [`Keys::new`]); value
+    /// companions are matched by [`Keys::clear_patterns`] only.
     pub(crate) fn namespace_pattern(&self) -> String {
         format!("{}:*", self.ns)
     }
 
-    /// Whether `key` (a key of this namespace) holds a value or bookkeeping
-    /// that `clear_all` removes: everything but the bus.
+    /// The globs that together match every key of the namespace: `{ns}:*`,
+    /// and `{{ns}:*` for the companions (`{K}:lock`, `{K}:ver`, `{K}:job`)
+    /// of its value keys. A `:` follows the namespace in both, so another
+    /// namespace's keys never match.
+    pub(crate) fn clear_patterns(&self) -> [String; 2] {
+        [self.namespace_pattern(), format!("{{{}:*", self.ns)]
+    }
+
+    /// Whether `key` (matched by one of [`Keys::clear_patterns`]) is one
+    /// that `clear_all` removes: every value and its bookkeeping (key sets,
+    /// recorded arguments, refresh state, locks, versions), but not
+    ///
+    /// * the bus (`{ns}:{bus}:…`): its counter and log are how nodes tell a
+    ///   missed invalidation from a lost Redis state, and the clear's own
+    ///   invalidation travels through them;
+    /// * the build queue: the stream `{ns}:jobs` carries the builders'
+    ///   consumer group (deleting it leaves every builder unable to read
+    ///   jobs until it restarts), and the markers `{K}:job` of the jobs still
+    ///   in it, which say a build is pending (they expire with the job
+    ///   timeout). A queued job builds its value anew after the clear.
     pub(crate) fn is_clearable(&self, key: &str) -> bool {
-        !key[self.ns.len()..].starts_with(":{bus}:") && !key[self.ns.len()..].starts_with(":bus")
+        if let Some(rest) = key
+            .strip_prefix(self.ns.as_str())
+            .and_then(|r| r.strip_prefix(':'))
+        {
+            return !rest.starts_with("{bus}:") && !rest.starts_with("bus") && rest != "jobs";
+        }
+        let companion = key
+            .strip_prefix('{')
+            .and_then(|k| k.strip_prefix(self.ns.as_str()))
+            .is_some_and(|k| k.starts_with(':'));
+        companion && !key.ends_with("}:job")
     }
 
     /// The bus pub/sub channel.
@@ -127,9 +165,46 @@ mod tests {
         assert_eq!(k.namespace_pattern(), "app:*");
         assert_eq!(k.bus_channel(), "app:bus");
         assert_eq!(k.bus_seq(), "app:{bus}:seq");
+        assert_eq!(k.clear_patterns(), ["app:*", "{app:*"]);
         assert!(k.is_clearable("app:k:x"));
         assert!(!k.is_clearable("app:{bus}:log"));
         assert!(!k.is_clearable("app:bus"));
+    }
+
+    #[test]
+    fn clear_all_spares_the_bus_and_the_build_queue_only() {
+        let k = Keys::new("app").unwrap();
+        for gone in [
+            "app:k:x",
+            "app:f:get:|ab",
+            "app:ks",
+            "app:ks:get:3",
+            "app:args:get",
+            "app:refresh:last",
+            "app:lock:refresh:get",
+            "app:lock:sweep",
+            "app:jobs2",
+            "{app:f:get:|ab}:lock",
+            "{app:f:get:|ab}:ver",
+            "{app:k:x}:lock",
+        ] {
+            assert!(k.is_clearable(gone), "{gone}");
+        }
+        for kept in [
+            "app:{bus}:seq",
+            "app:{bus}:log",
+            "app:{bus}:epoch",
+            "app:jobs",
+            "{app:f:get:|ab}:job",
+            // Not of this namespace.
+            "apple:k:x",
+            "{apple:f:g:|ab}:lock",
+            "other:k:x",
+            "{app",
+            "",
+        ] {
+            assert!(!k.is_clearable(kept), "{kept}");
+        }
     }
 
     #[test]

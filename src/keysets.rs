@@ -14,6 +14,9 @@
 //!   is removed from its set only after its key, so a deletion cut short
 //!   leaves nothing unreachable; members whose key had already expired are
 //!   pruned on the way, and by [`KeySets::prune`].
+//! * A key's recorded arguments (`{ns}:args:{F}`, kept for refresh) go
+//!   with its key-set entry: when the key is deleted through the set, and
+//!   when it is found gone (see [`KeySets::forget`]).
 
 use redis::Value;
 use xxhash_rust::xxh3::xxh3_64;
@@ -148,6 +151,10 @@ impl KeySets {
                 pipe.cmd("UNLINK").arg(m);
             }
             pipe.cmd("SREM").arg(&set).arg(&members).ignore();
+            pipe.cmd("HDEL")
+                .arg(crate::refresh::args_key(&self.ns, &walk.funcname))
+                .arg(&members)
+                .ignore();
             let unlinked: Vec<Value> = shared
                 .run("keyset_delete", pipe.query_async(&mut conn))
                 .await?;
@@ -169,7 +176,8 @@ impl KeySets {
     }
 
     /// Removes from `funcname`'s key set the members whose key no longer
-    /// exists (expired in Redis). Returns how many were removed.
+    /// exists (expired in Redis), with their recorded arguments. Returns how
+    /// many were removed.
     pub(crate) async fn prune(&self, shared: &SharedLayer, funcname: &str) -> Result<u64> {
         let mut pruned = 0;
         for shard in 0..SHARDS {
@@ -192,16 +200,20 @@ impl KeySets {
                         .filter_map(|(m, e)| (e == 0).then_some(m))
                         .collect();
                     if !gone.is_empty() {
-                        let removed: u64 = shared
+                        // Their arguments, to put back should one be
+                        // written again meanwhile.
+                        let args: Vec<Option<Vec<u8>>> = shared
                             .run(
                                 "keyset_prune",
-                                redis::cmd("SREM")
-                                    .arg(&set)
+                                redis::cmd("HMGET")
+                                    .arg(crate::refresh::args_key(&self.ns, funcname))
                                     .arg(&gone)
                                     .query_async(&mut conn),
                             )
                             .await?;
-                        pruned += removed;
+                        let gone: Vec<(String, Option<Vec<u8>>)> =
+                            gone.into_iter().cloned().zip(args).collect();
+                        pruned += self.forget(shared, funcname, &gone).await?;
                     }
                 }
                 if next == 0 {
@@ -211,6 +223,64 @@ impl KeySets {
             }
         }
         Ok(pruned)
+    }
+}
+
+impl KeySets {
+    /// Forgets keys of `funcname` found gone from Redis: their key-set
+    /// entries and recorded arguments (given with each key when it has
+    /// some). Returns how many key-set entries were removed.
+    ///
+    /// The absence was seen before this call, so a key may have been written
+    /// again since (a caller computing it anew). Removing first and looking
+    /// again after, in one pipeline, catches that: the entries of a key that
+    /// exists again are put back, so a live value never loses its key-set
+    /// entry (which would hide it from deletion) nor its arguments.
+    pub(crate) async fn forget(
+        &self,
+        shared: &SharedLayer,
+        funcname: &str,
+        gone: &[(String, Option<Vec<u8>>)],
+    ) -> Result<u64> {
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let args_key = crate::refresh::args_key(&self.ns, funcname);
+        let mut pipe = redis::pipe();
+        for (key, _) in gone {
+            pipe.cmd("SREM").arg(self.shard_of(funcname, key)).arg(key);
+        }
+        for (key, args) in gone {
+            if args.is_some() {
+                pipe.cmd("HDEL").arg(&args_key).arg(key).ignore();
+            }
+        }
+        for (key, _) in gone {
+            pipe.cmd("EXISTS").arg(key);
+        }
+        let mut conn = shared.conn();
+        let replies: Vec<u64> = shared
+            .run("keyset_forget", pipe.query_async(&mut conn))
+            .await?;
+        let (removed, exists) = replies.split_at(gone.len());
+        let mut restore = redis::pipe();
+        let mut forgotten = 0;
+        for (((key, args), removed), exists) in gone.iter().zip(removed).zip(exists) {
+            if *exists == 0 {
+                forgotten += removed;
+                continue;
+            }
+            self.add_to_pipeline(&mut restore, funcname, key);
+            if let Some(args) = args {
+                crate::refresh::add_args_record(&mut restore, &self.ns, funcname, key, args);
+            }
+        }
+        if exists.iter().any(|e| *e > 0) {
+            shared
+                .run("keyset_forget", restore.query_async::<()>(&mut conn))
+                .await?;
+        }
+        Ok(forgotten)
     }
 }
 

@@ -773,6 +773,8 @@ impl CacheNode {
     /// Deletes every value of this namespace: in Redis with `SCAN` and
     /// batched `UNLINK` (never `KEYS` or `FLUSHDB`; other namespaces are not
     /// touched), then in RAM. Returns how many Redis keys were removed.
+    /// The values' bookkeeping goes too (key sets, recorded arguments,
+    /// refresh state, locks, versions); the bus and the build queue stay.
     ///
     /// # Errors
     /// As [`delete`](Self::delete).
@@ -781,9 +783,16 @@ impl CacheNode {
         let keys = &self.inner.config.keys;
         let removed = match self.redis("clear_all")? {
             Some(shared) => {
-                let removed = shared
-                    .scan_unlink(&keys.namespace_pattern(), |k| keys.is_clearable(k))
-                    .await;
+                let removed = async {
+                    let mut n = 0;
+                    for pattern in keys.clear_patterns() {
+                        n += shared
+                            .scan_unlink(&pattern, |k| keys.is_clearable(k))
+                            .await?;
+                    }
+                    Ok::<_, Error>(n)
+                }
+                .await;
                 // Announced even when the walk failed part-way: whatever it
                 // deleted must leave every instance's RAM too.
                 match &self.inner.bus {

@@ -11,8 +11,14 @@
 //!   *granularity* (the seed's `REFRESH_EVERY_GRANULARITY`) and, for each
 //!   function due (its last run, kept in Redis in `{ns}:refresh:last`, is
 //!   older than its period), takes the function's refresh lock so one
-//!   instance per period rebuilds every key of its key set. Readers keep
+//!   instance per period rebuilds the function's *live* values: those whose
+//!   arguments are recorded and whose value is still in Redis. Readers keep
 //!   the old value until the new one is written (stale-while-revalidate).
+//!   A value that expired, was evicted or was deleted stays gone until a
+//!   caller asks for it again: the pass does not build it, writes only over
+//!   an existing value (`SET … XX`, so one that goes while it is being
+//!   built is not brought back), and forgets its recorded arguments and
+//!   key-set entry (see [`KeySets::forget`]).
 //! * **Warm-up.** [`CacheNode::warm_up`] computes the values marked for
 //!   warm-up, each function bounded by its timeout; it never hangs past
 //!   the timeouts and reports what did not finish.
@@ -90,11 +96,16 @@ impl Registry {
     }
 }
 
-fn args_key(ns: &str, func: &str) -> String {
+/// The hash of function `func`'s recorded arguments, by Redis key.
+pub(crate) fn args_key(ns: &str, func: &str) -> String {
     format!("{ns}:args:{func}")
 }
 
-/// Builds the value of one call and writes it everywhere.
+/// Recorded calls read per `HSCAN` step of a refresh pass.
+const REFRESH_PAGE: usize = 100;
+
+/// Builds the value of one call and writes it everywhere (warm-up: a
+/// value is wanted whether or not one is stored).
 pub(crate) async fn rebuild(
     node: &CacheNode,
     r: &Rebuild,
@@ -119,20 +130,58 @@ pub(crate) async fn rebuild(
     shared
         .run("rebuild", record.query_async::<()>(&mut conn))
         .await?;
+    write_value(node, shared, r, redis_key, &sealed, false).await?;
+    Ok(())
+}
+
+/// Rebuilds the value of one call for a refresh pass: writes it only over
+/// a stored value. Returns whether it was written (`false`: the value had
+/// gone by then, and stays gone).
+async fn refresh_value(
+    node: &CacheNode,
+    r: &Rebuild,
+    redis_key: &str,
+    args: Vec<u8>,
+) -> Result<bool> {
+    let shared = node
+        .redis("refresh")?
+        .ok_or(Error::NoSharedLayer { op: "refresh" })?;
+    let sealed = (r.build)(args, r.ttl.map_or(0, ttl_millis))
+        .await
+        .map_err(Error::Encode)?;
+    write_value(node, shared, r, redis_key, &sealed, true).await
+}
+
+/// Writes a rebuilt value (only over an existing one when `only_over`)
+/// with the invalidation of its RAM copies. Returns whether it was written.
+async fn write_value(
+    node: &CacheNode,
+    shared: &crate::shared::SharedLayer,
+    r: &Rebuild,
+    redis_key: &str,
+    sealed: &[u8],
+    only_over: bool,
+) -> Result<bool> {
     let mut pipe = redis::pipe();
-    crate::shared::add_set(&mut pipe, redis_key, &sealed, r.ttl);
+    crate::shared::add_set(&mut pipe, redis_key, sealed, r.ttl);
+    if only_over {
+        pipe.arg("XX");
+    }
     let ram_key = redis_key
         .strip_prefix(&r.redis_prefix)
         .map(|suffix| format!("{}{suffix}", r.ram_prefix));
-    node.write_and_announce(shared, "rebuild", pipe, || {
-        Invalidation::Keys(ram_key.into_iter().collect())
-    })
-    .await?;
+    // Announced even when `XX` refuses: RAM copies of a value gone from
+    // Redis are dropped too, once (its record is forgotten just after).
+    let replies = node
+        .write_and_announce(shared, "rebuild", pipe, || {
+            Invalidation::Keys(ram_key.into_iter().collect())
+        })
+        .await?;
     // Our own RAM copy is stale too.
     if let (Some(local), Some(k)) = (node.ram(), redis_key.strip_prefix(&r.redis_prefix)) {
         local.remove(&format!("{}{k}", r.ram_prefix));
     }
-    Ok(())
+    Ok(!matches!(replies.first(), Some(redis::Value::Nil)))
 }
 
 /// Records the arguments of a call so that refresh can rebuild it.
@@ -276,40 +325,77 @@ async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Re
     }
     let keysets = KeySets::new(&node.inner().config.keys);
     let args_key = args_key(&ns, &r.func);
-    let mut rebuilt = 0u64;
-    for shard in 0..crate::keysets::SHARDS {
-        let set = keysets.shard(&r.func, shard);
-        let mut cursor = 0u64;
-        loop {
-            let (next, members) = crate::keysets::scan_page(&shared, &set, cursor).await?;
-            // The arguments of the whole page in one round trip.
-            let args: Vec<Option<Vec<u8>>> = if members.is_empty() {
-                Vec::new()
-            } else {
-                shared
-                    .run(
-                        "refresh",
-                        redis::cmd("HMGET")
-                            .arg(&args_key)
-                            .arg(&members)
-                            .query_async(&mut conn),
-                    )
-                    .await?
-            };
-            for (key, args) in members.iter().zip(args) {
-                let Some(args) = args else { continue };
-                match rebuild(node, r, key, args).await {
-                    Ok(()) => rebuilt += 1,
-                    Err(e) => {
-                        tracing::warn!(func = %r.func, error = %e, "cannot refresh a value")
-                    }
+    let (mut rebuilt, mut forgotten) = (0u64, 0u64);
+    // The recorded calls, not the key set: every value refresh can rebuild
+    // has its arguments there, and so every record is looked at (those
+    // of values cleared, or written by a build that lost its lock, too).
+    let mut cursor = 0u64;
+    loop {
+        let (next, flat): (u64, Vec<Vec<u8>>) = shared
+            .run(
+                "refresh",
+                redis::cmd("HSCAN")
+                    .arg(&args_key)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(REFRESH_PAGE)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut page = Vec::with_capacity(flat.len() / 2);
+        let mut foreign = Vec::new();
+        let mut flat = flat.into_iter();
+        while let (Some(field), Some(args)) = (flat.next(), flat.next()) {
+            match String::from_utf8(field) {
+                Ok(key) if key.starts_with(&r.redis_prefix) => page.push((key, args)),
+                // Not a key of this function: never written over.
+                Ok(key) => foreign.push(key.into_bytes()),
+                Err(e) => foreign.push(e.into_bytes()),
+            }
+        }
+        if !foreign.is_empty() {
+            tracing::warn!(func = %r.func, count = foreign.len(), "recorded arguments of keys outside the function dropped");
+            let _: () = shared
+                .run(
+                    "refresh",
+                    redis::cmd("HDEL")
+                        .arg(&args_key)
+                        .arg(&foreign)
+                        .query_async(&mut conn),
+                )
+                .await?;
+        }
+        // Which values are still stored, in one round trip: gone ones are
+        // not built at all.
+        let live: Vec<bool> = if page.is_empty() {
+            Vec::new()
+        } else {
+            let mut pipe = redis::pipe();
+            for (key, _) in &page {
+                pipe.cmd("EXISTS").arg(key);
+            }
+            shared.run("refresh", pipe.query_async(&mut conn)).await?
+        };
+        let mut gone = Vec::new();
+        for ((key, args), live) in page.into_iter().zip(live) {
+            if !live {
+                gone.push((key, Some(args)));
+                continue;
+            }
+            match refresh_value(node, r, &key, args.clone()).await {
+                Ok(true) => rebuilt += 1,
+                // It went while being built.
+                Ok(false) => gone.push((key, Some(args))),
+                Err(e) => {
+                    tracing::warn!(func = %r.func, error = %e, "cannot refresh a value")
                 }
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
+        forgotten += keysets.forget(&shared, &r.func, &gone).await?;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
     }
     let _: () = shared
         .run(
@@ -321,6 +407,6 @@ async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Re
                 .query_async(&mut conn),
         )
         .await?;
-    tracing::debug!(func = %r.func, rebuilt, "refresh done");
+    tracing::debug!(func = %r.func, rebuilt, forgotten, "refresh done");
     Ok(())
 }

@@ -186,6 +186,8 @@ const ACL_COMMANDS: &[&str] = &[
     "+hset",
     "+hget",
     "+hmget",
+    "+hdel",
+    "+hscan",
     "+xadd",
     "+xrange",
     "+xrevrange",
@@ -365,6 +367,8 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
         .op_timeout(Duration::from_secs(2))
         .deletion_check_frequency(NO_CHECK)
         .builder_role(true)
+        .min_refresh_period(Duration::from_secs(1))
+        .refresh_granularity(Duration::from_millis(50))
         .build()
         .await
         .expect("builder node connects");
@@ -382,6 +386,37 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
         })
         .await,
         "the job was not built"
+    );
+
+    // Refresh on the builder node: a pass rebuilds the live value and
+    // forgets the one deleted from Redis, with its recorded arguments.
+    let rates = builder
+        .func::<(u32,), u32>("rates")
+        .computed_by(|(x,): (u32,)| async move { Ok::<_, String>(x) })
+        .async_refresh_every(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for x in [1, 2] {
+        rates
+            .call(&(x,), || async move { Ok::<_, String>(x) })
+            .await
+            .unwrap();
+    }
+    let _: () = redis
+        .conn()
+        .unlink(rates.cache_key(&(1,)).unwrap())
+        .unwrap();
+    let live = vec![rates.cache_key(&(2,)).unwrap()];
+    assert!(
+        eventually(LONG, || async {
+            redis
+                .conn()
+                .hkeys::<_, Vec<String>>("ns:args:rates")
+                .unwrap()
+                == live
+        })
+        .await,
+        "no refresh pass forgot the deleted value"
     );
 
     // Broadcast invalidations.
