@@ -213,9 +213,17 @@ impl CacheNodeBuilder {
         self
     }
 
-    /// How often the bus checks that it missed no invalidation; default
-    /// [`DEFAULT_DELETION_CHECK_FREQUENCY`]. This is the staleness bound of
-    /// the crate's guarantee (plus one Redis round trip).
+    /// The staleness bound of the crate's guarantee (plus one Redis round
+    /// trip); default [`DEFAULT_DELETION_CHECK_FREQUENCY`]. The bus checks
+    /// that it missed no invalidation twice per period, and RAM is served
+    /// only until one period after the start of the last check that
+    /// succeeded (the lease: see the [bus](crate::bus) docs).
+    ///
+    /// A check must complete within the period, so the period allows Redis
+    /// round trips up to about half of it for RAM to be served all the
+    /// time; with slower links reads go to Redis part of the time (links
+    /// slower than the period: always). A node still builds on such a link:
+    /// its first position is read under [`op_timeout`](Self::op_timeout).
     pub fn deletion_check_frequency(mut self, every: Duration) -> Self {
         self.deletion_check_frequency = every;
         self
