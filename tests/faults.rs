@@ -66,6 +66,9 @@ struct History {
     failed_calls: AtomicU64,
     /// Windows whose acknowledged writes Redis lost.
     lost: Mutex<Vec<(Instant, Instant)>>,
+    /// Reads done by spinning readers (which record only the last read of
+    /// each version they see).
+    spun: AtomicU64,
 }
 
 impl History {
@@ -169,7 +172,10 @@ async fn workload(
                     let started = Instant::now();
                     // 10% writes, 2% RAM invalidations, 88% reads: RAM
                     // entries live long enough for staleness to show.
-                    match rng.u8(..50) {
+                    // With spinning readers, the writes come from
+                    // `writers_apart`: here they would starve.
+                    let op = if spin { 49 } else { rng.u8(..50) };
+                    match op {
                         0..=4 => {
                             let _guard = key_locks[key as usize].lock().await;
                             let version = versions.fetch_add(1, Ordering::SeqCst);
@@ -196,13 +202,14 @@ async fn workload(
                         }
                         _ if spin => {
                             // Reads of one key back to back for up to
-                            // 800 ms, never yielding on RAM hits. Only the
+                            // 1.5 s, never yielding on RAM hits. Only the
                             // last read of each version is recorded: that
                             // is the one the checker needs.
-                            let until = Instant::now() + Duration::from_millis(rng.u64(100..800));
+                            let until = Instant::now() + Duration::from_millis(rng.u64(300..1500));
                             let mut last: Option<(Option<u64>, Instant)> = None;
                             while Instant::now() < until && !stop.load(Ordering::Relaxed) {
                                 let started = Instant::now();
+                                history.spun.fetch_add(1, Ordering::Relaxed);
                                 match node.get::<u64>(&name).await {
                                     Ok(version) => {
                                         if let Some((seen, at)) = last {
@@ -530,15 +537,20 @@ async fn staleness_holds_when_one_node_sees_200ms_of_latency() {
     .await;
 }
 
-/// Redis restarts from a snapshot taken during the run: the counter goes
-/// back, the epoch survives, and the writers soon publish past the nodes'
-/// old positions.
+/// Redis restarts from a snapshot taken during the run, while one node is
+/// cut off: the counter goes back, the epoch survives, and the other nodes
+/// publish past the cut node's old position before it comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staleness_holds_when_redis_restarts_from_an_older_snapshot() {
     let redis = Arc::new(Mutex::new(TestRedis::start()));
     let url = redis.lock().unwrap().url();
-    let nodes = four_nodes(&url).await;
+    let px = Proxy::start(redis.lock().unwrap().port());
+    let mut nodes = vec![node(&px.url()).await];
+    for _ in 0..3 {
+        nodes.push(node(&url).await);
+    }
     let server = redis.clone();
+    let burster = nodes[1].clone();
     let restart = move |history: Arc<History>| async move {
         let snapshot = Instant::now();
         let s = server.clone();
@@ -546,6 +558,7 @@ async fn staleness_holds_when_redis_restarts_from_an_older_snapshot() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(600)).await;
+        px.cut();
         tokio::task::spawn_blocking(move || server.lock().unwrap().restart_from_snapshot())
             .await
             .unwrap();
@@ -554,9 +567,17 @@ async fn staleness_holds_when_redis_restarts_from_an_older_snapshot() {
             .lock()
             .unwrap()
             .push((snapshot, Instant::now()));
+        // The others write, under numbers the cut node believes it has
+        // applied; then a burst of invalidations of other keys takes the
+        // counter past its position, and it comes back.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for i in 0..300 {
+            let _ = burster.invalidate_keys(&[&format!("burst{i}")]).await;
+        }
+        px.restore();
     };
     under_fault(
-        "restart from an older snapshot",
+        "restart from an older snapshot, one node cut off",
         &url,
         nodes,
         CHECK + SLACK,
@@ -568,7 +589,8 @@ async fn staleness_holds_when_redis_restarts_from_an_older_snapshot() {
 
 /// Replication to the replica is cut, the primary goes on acknowledging
 /// writes, then the replica is promoted and every node is sent to it (one
-/// address in front of both, as a DNS name or a virtual IP gives).
+/// address in front of both, as a DNS name or a virtual IP gives); one node
+/// comes back only after the others have published past its position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staleness_holds_when_a_lagging_replica_is_promoted() {
     let primary = TestRedis::start();
@@ -582,13 +604,18 @@ async fn staleness_holds_when_a_lagging_replica_is_promoted() {
         .await
     );
     let front = Arc::new(Proxy::start(primary.port()));
-    let nodes = four_nodes(&front.url()).await;
-    let f = front.clone();
+    let late = Arc::new(Proxy::start(primary.port()));
+    let mut nodes = vec![node(&late.url()).await];
+    for _ in 0..3 {
+        nodes.push(node(&front.url()).await);
+    }
+    let (f, l) = (front.clone(), late.clone());
     let replica_port = replica.port();
     let failover = move |history: Arc<History>| async move {
         replication.cut();
         let cut = Instant::now();
         tokio::time::sleep(Duration::from_millis(600)).await;
+        l.cut();
         let promote = tokio::task::spawn_blocking(move || {
             let _: () = redis::cmd("REPLICAOF")
                 .arg("NO")
@@ -603,11 +630,14 @@ async fn staleness_holds_when_a_lagging_replica_is_promoted() {
         });
         promote.await.unwrap();
         f.retarget(replica_port);
+        l.retarget(replica_port);
         history.lost.lock().unwrap().push((cut, Instant::now()));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        l.restore();
     };
     // Connections are counted on the server the nodes end on.
     under_fault(
-        "lagging replica promoted",
+        "lagging replica promoted, one node cut off",
         &replica.url(),
         nodes,
         CHECK + SLACK,
@@ -615,59 +645,111 @@ async fn staleness_holds_when_a_lagging_replica_is_promoted() {
         failover,
     )
     .await;
-    drop(front);
+    drop((front, late));
+}
+
+/// Writes from nodes on a runtime of their own, on their own thread, so
+/// that they go on whatever the readers' runtime is doing. Returns when
+/// `stop` is set.
+fn writers_apart(
+    url: String,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let writer = node(&url).await;
+            let mut rng = fastrand::Rng::with_seed(99);
+            let mut version = 1_000_000u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = rng.u64(..KEYS);
+                version += 1;
+                let started = Instant::now();
+                let r = writer
+                    .set(&format!("key{key}"), &version, Ttl::Default)
+                    .await;
+                history.took(started.elapsed());
+                match r {
+                    Ok(()) => history.record(Op::Write {
+                        key,
+                        version,
+                        end: Instant::now(),
+                    }),
+                    Err(_) => {
+                        history.failed_calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(rng.u64(2..8))).await;
+            }
+            writer.shutdown().await;
+        })
+    })
 }
 
 /// Readers whose reads are RAM hits back to back, never yielding between
-/// them, on both workers of a multi-thread runtime while Redis pauses.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn staleness_holds_when_readers_never_yield_on_a_busy_runtime() {
+/// them, on every worker of the runtime (or on a `current_thread` one),
+/// while writers on another runtime change the values and the
+/// subscriptions are killed.
+async fn readers_never_yield(name: &str) {
     let redis = TestRedis::start();
     let nodes = four_nodes(&redis.url()).await;
     let client = redis.client();
-    let kill = |_| async move {
-        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut client.get_connection().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (url, s) = (redis.url(), stop.clone());
+    let writes = Arc::new(std::sync::OnceLock::<Arc<History>>::new());
+    let w = writes.clone();
+    let kill = |history: Arc<History>| async move {
+        let _ = w.set(history.clone());
+        let writers = writers_apart(url, history.clone(), s.clone());
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut client.get_connection().unwrap());
+        }
+        s.store(true, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || writers.join().unwrap())
+            .await
+            .unwrap();
     };
-    run_under_fault(
-        "readers never yield, multi-thread",
+    let history = run_under_fault(
+        name,
         &redis.url(),
         nodes,
         CHECK + SLACK,
-        Duration::from_secs(4),
+        Duration::from_secs(3),
         true,
         kill,
     )
     .await;
+    // Not vacuous: the writers ran while the readers spun.
+    let ops = history.ops.lock().unwrap();
+    let writes = ops.iter().filter(|o| matches!(o, Op::Write { .. })).count();
+    let reads = ops.iter().filter(|o| matches!(o, Op::Read { .. })).count();
+    let spun = history.spun.load(Ordering::Relaxed);
+    println!("{name}: {writes} writes, {spun} reads ({reads} recorded)");
+    assert!(writes >= 100, "{name}: only {writes} writes");
+    assert!(spun >= 10_000, "{name}: only {spun} reads");
+    assert!(reads >= 20, "{name}: only {reads} reads recorded");
+    drop(stop);
 }
 
-/// The same on a `current_thread` runtime: the listener runs only when a
-/// reader's read goes to Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_holds_when_readers_never_yield_on_a_busy_runtime() {
+    readers_never_yield("readers never yield, multi-thread").await;
+}
+
+/// On a `current_thread` runtime the listener runs only when a reader's
+/// read goes to Redis.
 #[tokio::test]
 async fn staleness_holds_when_readers_never_yield_on_current_thread() {
-    let redis = TestRedis::start();
-    let nodes = four_nodes(&redis.url()).await;
-    let client = redis.client();
-    let kill = |_| async move {
-        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut client.get_connection().unwrap());
-    };
-    run_under_fault(
-        "readers never yield, current_thread",
-        &redis.url(),
-        nodes,
-        CHECK + SLACK,
-        Duration::from_secs(4),
-        true,
-        kill,
-    )
-    .await;
+    readers_never_yield("readers never yield, current_thread").await;
 }
 
 fn port_of(url: &str) -> u16 {
