@@ -30,6 +30,20 @@ use support::{eventually, TestRedis};
 /// hop, at worst the bus's deletion-check period), with margin.
 const PROPAGATION: Duration = Duration::from_secs(5);
 
+/// How long a builder's `XREADGROUP` blocks. A job queued while a builder
+/// waits on it is delivered at once; one already queued when a builder
+/// (re)starts, or recreates its consumer group, is delivered at its next
+/// read: within one block period either way.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// A job left pending (its builder died, or did not know its function yet)
+/// is claimed again once idle for 1 s, by a reclaim pass that runs at most
+/// 1 s plus one block period after the previous one: within 3 s.
+const RECLAIM: Duration = Duration::from_secs(3);
+
+/// The longest pause between a builder's attempts to reconnect to Redis.
+const RECONNECT: Duration = Duration::from_secs(1);
+
 /// The environment variable that makes a `child_*` test run, carrying the
 /// URL of the parent's test server.
 const CHILD_REDIS: &str = "CACHENODE_COMPUTE_CHILD_REDIS";
@@ -597,11 +611,9 @@ async fn get_or_build_queues_one_job_that_a_builder_node_builds_once() {
             }
         }
     });
+    // The job is queued before the builder starts: its first read takes it.
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            builds.load(SeqCst) == 1
-        })
-        .await,
+        eventually(BLOCK, || async { builds.load(SeqCst) == 1 }).await,
         "the builder node takes the job"
     );
     // While it builds, lookups queue nothing more.
@@ -611,7 +623,7 @@ async fn get_or_build_queues_one_job_that_a_builder_node_builds_once() {
     assert_eq!(xlen(&redis), 1, "still one job");
     open.send(true).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(BLOCK, || async {
             fc.get_or_build(&(1,)).await.unwrap() == Lookup::Ready("built 1".to_string())
         })
         .await,
@@ -621,7 +633,7 @@ async fn get_or_build_queues_one_job_that_a_builder_node_builds_once() {
     assert!(exists(&redis, &key));
     // The builder cleans up after writing the value: marker, job, lock.
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(BLOCK, || async {
             !exists(&redis, &marker_of(&key))
                 && pending_jobs(&redis) == 0
                 && xlen(&redis) == 0
@@ -688,10 +700,7 @@ async fn a_job_read_before_its_function_is_registered_waits_for_it_and_unknown_o
     // it (as at start-up, with jobs queued), and never knows `nobody`.
     let b = builder_node(&redis.url()).await;
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            pending_jobs(&redis) == 2
-        })
-        .await,
+        eventually(BLOCK, || async { pending_jobs(&redis) == 2 }).await,
         "the builder reads the jobs"
     );
     let builds = Arc::new(AtomicUsize::new(0));
@@ -702,8 +711,9 @@ async fn a_job_read_before_its_function_is_registered_waits_for_it_and_unknown_o
             ready(Ok(format!("built {x}")))
         }
     });
+    // Left pending when read, the job is built when claimed again.
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(RECLAIM, || async {
             fc.get_or_build(&(1,)).await.unwrap() == Lookup::Ready("built 1".to_string())
         })
         .await,
@@ -712,7 +722,7 @@ async fn a_job_read_before_its_function_is_registered_waits_for_it_and_unknown_o
     assert_eq!(builds.load(SeqCst), 1);
     // The job no builder knows is dropped once older than its timeout.
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(RECLAIM, || async {
             pending_jobs(&redis) == 0 && xlen(&redis) == 0
         })
         .await,
@@ -758,10 +768,8 @@ async fn async_compute_job_of_a_killed_builder_process_is_reclaimed_and_built_on
     // Its marker expires with the job timeout: a lookup then queues a
     // duplicate job, as an application asking again would.
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            !exists(&redis, &marker_of(&key))
-        })
-        .await
+        eventually(JOB_TIMEOUT, || async { !exists(&redis, &marker_of(&key)) }).await,
+        "the marker expires with the job timeout"
     );
     assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
     assert_eq!(jobs_added(&redis), 2, "a duplicate is queued");
@@ -775,7 +783,9 @@ async fn async_compute_job_of_a_killed_builder_process_is_reclaimed_and_built_on
             ready(Ok(format!("parent {x}")))
         }
     });
-    let built = tokio::time::timeout(Duration::from_secs(20), async {
+    // The dead builder's lock expires within the job timeout; the jobs
+    // are claimed again within a reclaim period.
+    let built = tokio::time::timeout(JOB_TIMEOUT + RECLAIM, async {
         loop {
             if let Lookup::Ready(v) = fc.get_or_build(&(1,)).await.unwrap() {
                 return v;
@@ -814,6 +824,156 @@ async fn child_builder_builds_until_killed() {
     });
     println!("@ready");
     tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+/// Whether a client is blocked in `XREADGROUP` (a builder waiting for jobs).
+fn builder_blocked(redis: &TestRedis) -> bool {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut redis.conn())
+        .unwrap();
+    list.lines().any(|l| {
+        let mut fields = l.split(' ');
+        l.contains(" cmd=xreadgroup ")
+            && fields.any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('b')))
+    })
+}
+
+/// `report(x)` on a builder node, built at once as `built {x}`; records
+/// for each build how many times its job had been delivered (a job claimed
+/// again after a lost delivery shows 2 or more).
+fn counting_report_fn(
+    b: &CacheNode,
+    redis: &TestRedis,
+    deliveries: &Arc<Mutex<Vec<(u32, i64)>>>,
+) -> CachedFn<(u32,), String> {
+    let (client, deliveries) = (redis.client(), deliveries.clone());
+    report_fn(b, move |(x,)| {
+        let (client, deliveries) = (client.clone(), deliveries.clone());
+        async move {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            // The job being built is the only one pending.
+            let pending: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+                .arg("t:jobs")
+                .arg("builders")
+                .arg("-")
+                .arg("+")
+                .arg(10)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let times = pending.iter().map(|p| p.3).max().unwrap_or(0);
+            deliveries.lock().unwrap().push((x, times));
+            Ok(format!("built {x}"))
+        }
+    })
+}
+
+async fn is_built(f: &CachedFn<(u32,), String>, x: u32) -> bool {
+    matches!(f.get_or_build(&(x,)).await, Ok(Lookup::Ready(v)) if v == format!("built {x}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_queued_while_the_builder_waits_is_built_at_once_not_after_a_reclaim() {
+    let redis = TestRedis::start();
+    let client = node(&redis).await;
+    let fc = report_fn(&client, |_| async { Err::<String, _>("no".to_string()) });
+    let b = builder_node(&redis.url()).await;
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let _fb = counting_report_fn(&b, &redis, &deliveries);
+    // Jobs queued at several points of a block period: each is delivered
+    // to the waiting builder and built before the period is over (a job
+    // whose delivery was lost would be claimed again only once idle 1 s).
+    let offsets = [0, 300, 600, 900];
+    for (x, into_block) in (1..).zip(offsets) {
+        assert!(
+            eventually(BLOCK, || async { builder_blocked(&redis) }).await,
+            "the builder waits for jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(into_block)).await;
+        assert_eq!(fc.get_or_build(&(x,)).await.unwrap(), Lookup::BeingBuilt);
+        assert!(
+            eventually(BLOCK, || is_built(&fc, x)).await,
+            "job {x}, queued {into_block} ms into a block, was not built within one block period"
+        );
+    }
+    assert_eq!(
+        *deliveries.lock().unwrap(),
+        [(1, 1), (2, 1), (3, 1), (4, 1)],
+        "each job was delivered once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_takes_jobs_again_after_the_namespace_is_cleared() {
+    let redis = TestRedis::start();
+    let client = node(&redis).await;
+    let fc = report_fn(&client, |_| async { Err::<String, _>("no".to_string()) });
+    let b = builder_node(&redis.url()).await;
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let _fb = counting_report_fn(&b, &redis, &deliveries);
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(eventually(BLOCK, || is_built(&fc, 1)).await, "job 1 built");
+
+    // Clearing the namespace deletes the job stream and its group (which
+    // the builder, blocked on them, is told of).
+    client.clear_all().await.unwrap();
+    assert_eq!(fc.get_or_build(&(2,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(
+        eventually(BLOCK, || is_built(&fc, 2)).await,
+        "a job queued after the stream was deleted is not built within one block period"
+    );
+    // And the builder goes on waiting for jobs on the recreated group.
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    assert_eq!(fc.get_or_build(&(3,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(eventually(BLOCK, || is_built(&fc, 3)).await, "job 3 built");
+
+    // The group alone removed (the stream stays, with a job queued).
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg("t:jobs")
+        .arg("builders")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(fc.get_or_build(&(4,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(
+        eventually(BLOCK, || is_built(&fc, 4)).await,
+        "a job queued after the group was removed is not built within one block period"
+    );
+    assert_eq!(
+        *deliveries.lock().unwrap(),
+        [(1, 1), (2, 1), (3, 1), (4, 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_takes_jobs_again_after_redis_restarts() {
+    let mut redis = TestRedis::start();
+    let client = node(&redis).await;
+    let fc = report_fn(&client, |_| async { Err::<String, _>("no".to_string()) });
+    let b = builder_node(&redis.url()).await;
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let _fb = counting_report_fn(&b, &redis, &deliveries);
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(eventually(BLOCK, || is_built(&fc, 1)).await, "job 1 built");
+
+    // An empty server comes back on the same port: no stream, no group,
+    // every connection lost.
+    tokio::task::block_in_place(|| redis.restart());
+    // The client's first lookups may fail while it reconnects; the
+    // builder reconnects within one pause, then reads at once.
+    assert!(
+        eventually(RECONNECT + BLOCK, || is_built(&fc, 2)).await,
+        "a job queued after the restart is not built within {:?}",
+        RECONNECT + BLOCK
+    );
+    assert_eq!(*deliveries.lock().unwrap(), [(1, 1), (2, 1)]);
 }
 
 // ---------------------------------------------------------------------------
