@@ -997,7 +997,9 @@ where
                 .await);
         };
         let redis_key = self.redis_key(key);
-        let deadline = tokio::time::Instant::now() + o.wait_timeout;
+        // `None`: a wait timeout too long to add to now (`Duration::MAX`)
+        // waits without bound.
+        let deadline = tokio::time::Instant::now().checked_add(o.wait_timeout);
         let mut pause = Duration::from_millis(5);
         loop {
             match crate::atomic::try_lock(shared, &redis_key, o.lock_ttl).await {
@@ -1021,7 +1023,7 @@ where
                         .await);
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 tracing::warn!(
                     func = %self.inner.name,
                     waited = ?o.wait_timeout,

@@ -566,6 +566,57 @@ async fn at_least_once_stores_the_value_of_the_computation_that_started_last() {
 }
 
 // ---------------------------------------------------------------------------
+// Bounds
+// ---------------------------------------------------------------------------
+
+/// How many `SET` commands the server has run.
+fn set_calls(redis: &TestRedis) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_once_with_an_unbounded_wait_timeout_waits_for_the_holder() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let f = |n: &CacheNode| {
+        n.func::<(u32,), String>("patient")
+            .atomic_writes(AtomicWrites::AtMostOnce)
+            .atomic_wait_timeout(Duration::MAX)
+            .build()
+            .unwrap()
+    };
+    let (fa, fb) = (f(&a), f(&b));
+    let mut holder = gated_call(&fa, 1, "from a");
+    if (&mut holder.started).await.is_err() {
+        panic!("the holder's call failed: {:?}", holder.call.await);
+    }
+    let lock = lock_of(&fa.cache_key(&(1,)).unwrap());
+    assert!(exists(&redis, &lock), "A computes under the lock");
+    let sets = set_calls(&redis);
+    let waiter = tokio::spawn({
+        let fb = fb.clone();
+        async move { fb.call(&(1,), must_not_compute).await }
+    });
+    // B tried the lock (a SET NX that failed): it waits for A's value.
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            set_calls(&redis) > sets
+        })
+        .await
+    );
+    holder.release.send(()).unwrap();
+    assert_eq!(holder.call.await.unwrap().unwrap(), "from a");
+    assert_eq!(waiter.await.unwrap().unwrap(), "from a", "B waited for A");
+}
+
+// ---------------------------------------------------------------------------
 // Async compute
 // ---------------------------------------------------------------------------
 
