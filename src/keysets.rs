@@ -146,6 +146,7 @@ impl KeySets {
             let mut pipe = redis::pipe();
             for m in &members {
                 pipe.cmd("UNLINK").arg(m);
+                crate::atomic::add_forget_version(&mut pipe, m);
             }
             pipe.cmd("SREM").arg(&set).arg(&members).ignore();
             let unlinked: Vec<Value> = shared

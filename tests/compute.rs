@@ -565,6 +565,138 @@ async fn at_least_once_stores_the_value_of_the_computation_that_started_last() {
     );
 }
 
+fn version_of(value_key: &str) -> String {
+    format!("{{{value_key}}}:ver")
+}
+
+/// One hour, in ms: how far the skewed hosts below are off.
+const HOUR_MS: i64 = 3_600_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_orders_by_start_on_redis_whatever_the_hosts_clocks_say() {
+    let redis = TestRedis::start();
+    let (a, b, c, d) = (
+        node(&redis).await,
+        node(&redis).await,
+        node(&redis).await,
+        node(&redis).await,
+    );
+    let f = |n: &CacheNode, skew_ms: i64| {
+        n.func::<(u32,), String>("skewed")
+            .atomic_writes(AtomicWrites::AtLeastOnce)
+            // No expiry: the skew then touches nothing but the ordering.
+            .expire_in(Duration::ZERO)
+            .skew_host_clock_for_tests(skew_ms)
+            .build()
+            .unwrap()
+    };
+    // Three hosts: one on time, one an hour behind, one an hour ahead.
+    let (on_time, behind, ahead) = (f(&a, 0), f(&b, -HOUR_MS), f(&c, HOUR_MS));
+    let stored = redis_probe(&d, "skewed");
+
+    // 1. The host whose clock is behind starts later: its value stays.
+    let mut older = gated_call(&on_time, 1, "older");
+    (&mut older.started).await.unwrap();
+    let mut newer = gated_call(&behind, 1, "newer");
+    (&mut newer.started).await.unwrap();
+    newer.release.send(()).unwrap();
+    assert_eq!(newer.call.await.unwrap().unwrap(), "newer");
+    older.release.send(()).unwrap();
+    assert_eq!(older.call.await.unwrap().unwrap(), "older");
+    assert_eq!(
+        probe(&stored, 1).await.as_deref(),
+        Some("newer"),
+        "the write that started later, on a host whose clock is behind, lost"
+    );
+
+    // 2. The host whose clock is ahead starts first: its value does not
+    // replace the newer one.
+    let mut older = gated_call(&ahead, 2, "older");
+    (&mut older.started).await.unwrap();
+    let mut newer = gated_call(&on_time, 2, "newer");
+    (&mut newer.started).await.unwrap();
+    newer.release.send(()).unwrap();
+    assert_eq!(newer.call.await.unwrap().unwrap(), "newer");
+    older.release.send(()).unwrap();
+    assert_eq!(older.call.await.unwrap().unwrap(), "older");
+    assert_eq!(
+        probe(&stored, 2).await.as_deref(),
+        Some("newer"),
+        "the write that started first, on a host whose clock is ahead, won"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_leaves_no_version_key_once_its_value_expires_or_is_deleted() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    let f = |name: &str, ttl: Duration| {
+        n.func::<(u32,), String>(name)
+            .atomic_writes(AtomicWrites::AtLeastOnce)
+            .expire_in(ttl)
+            .build()
+            .unwrap()
+    };
+    let value = |x: u32| ready(Ok::<_, Infallible>(format!("v{x}")));
+
+    // A value with a TTL: its version expires with it.
+    let brief = f("brief", Duration::from_millis(300));
+    brief.call(&(1,), || value(1)).await.unwrap();
+    let key = brief.cache_key(&(1,)).unwrap();
+    assert!(exists(&redis, &version_of(&key)), "versioned");
+    assert!(eventually(Duration::from_secs(1), || async { !exists(&redis, &key) }).await);
+    assert!(
+        !exists(&redis, &version_of(&key)),
+        "the version outlived its value"
+    );
+
+    // Values that never expire: their versions go when they are deleted.
+    let forever = f("forever", Duration::ZERO);
+    for x in 1..=3 {
+        forever.call(&(x,), || value(x)).await.unwrap();
+        let key = forever.cache_key(&(x,)).unwrap();
+        let left: i64 = redis.conn().pttl(version_of(&key)).unwrap();
+        assert_eq!(left, -1, "no TTL, like its value");
+    }
+    assert!(forever.clear(&(1,)).await.unwrap());
+    let key = forever.cache_key(&(1,)).unwrap();
+    assert!(!exists(&redis, &key));
+    assert!(
+        !exists(&redis, &version_of(&key)),
+        "clear left the version behind"
+    );
+    assert_eq!(forever.clear_all().await.unwrap(), 2);
+    for x in 2..=3 {
+        let key = forever.cache_key(&(x,)).unwrap();
+        assert!(!exists(&redis, &key));
+        assert!(
+            !exists(&redis, &version_of(&key)),
+            "clear_all left the version of {x} behind"
+        );
+    }
+    assert_eq!(redis.keys("*:ver"), Vec::<String>::new());
+
+    // A version left behind by a value deleted some other way does not
+    // refuse the next write.
+    forever.call(&(4,), || value(4)).await.unwrap();
+    let key = forever.cache_key(&(4,)).unwrap();
+    let _: () = redis.conn().del(&key).unwrap();
+    let _: () = redis.conn().set(version_of(&key), u64::MAX / 2).unwrap();
+    let other = node(&redis).await;
+    let fo = other
+        .func::<(u32,), String>("forever")
+        .atomic_writes(AtomicWrites::AtLeastOnce)
+        .expire_in(Duration::ZERO)
+        .build()
+        .unwrap();
+    assert_eq!(fo.call(&(4,), || value(40)).await.unwrap(), "v40");
+    assert_eq!(
+        probe(&redis_probe(&other, "forever"), 4).await.as_deref(),
+        Some("v40"),
+        "a version without its value refused a write"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Bounds
 // ---------------------------------------------------------------------------
