@@ -882,14 +882,23 @@ where
         if ram.is_some() {
             node.inner().metrics.miss(Layer::Ram);
         }
-        let leader = match self.inner.flights.join(&key.ram) {
+        // The ticket is taken before joining: a flight whose leader took
+        // its own before an invalidation of the key was applied is not
+        // joined (its value may predate the invalidation).
+        let mut ticket = ram.map(LocalLayer::ticket);
+        let group = self.inner.group.as_deref();
+        let stale = |t| ram.is_some_and(|l| l.fenced_since(&key.ram, group, t));
+        let leader = match self.inner.flights.join(&key.ram, ticket, stale) {
             Role::Leader(l) => Some(l),
             Role::Follower(f) => match f.wait::<V>().await {
                 Some(v) => return Ok(V::clone(&v)),
-                None => None, // the leader failed: compute for ourselves
+                None => {
+                    // The leader failed: compute for ourselves, from now.
+                    ticket = ram.map(LocalLayer::ticket);
+                    None
+                }
             },
         };
-        let ticket = ram.map(LocalLayer::ticket);
         if let Some(v) = self.read_redis(&key, ticket).await {
             self.inner.metrics.hit(Layer::Redis);
             if let Some(l) = leader {

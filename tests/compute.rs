@@ -749,6 +749,58 @@ async fn at_most_once_with_an_unbounded_wait_timeout_waits_for_the_holder() {
 }
 
 // ---------------------------------------------------------------------------
+// Single flight
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_arriving_after_an_invalidation_does_not_share_the_flight_begun_before_it() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    let f = n.func::<(u32,), String>("flight").build().unwrap();
+
+    // The leader computes from data read before the invalidation.
+    let mut leader = gated_call(&f, 1, "before");
+    (&mut leader.started).await.unwrap();
+    assert!(!f.clear(&(1,)).await.unwrap(), "nothing stored yet");
+
+    // A caller arriving after it computes for itself.
+    let computed = Arc::new(AtomicUsize::new(0));
+    let late = tokio::spawn({
+        let (f, computed) = (f.clone(), computed.clone());
+        async move {
+            f.call(&(1,), || {
+                computed.fetch_add(1, SeqCst);
+                ready(Ok::<_, Infallible>("after".to_string()))
+            })
+            .await
+        }
+    });
+    let on_its_own = eventually(Duration::from_secs(1), || async {
+        computed.load(SeqCst) == 1
+    })
+    .await;
+    leader.release.send(()).unwrap();
+    assert_eq!(
+        leader.call.await.unwrap().unwrap(),
+        "before",
+        "the leader answers its caller"
+    );
+    assert_eq!(
+        late.await.unwrap().unwrap(),
+        "after",
+        "the late caller got the value computed before the invalidation"
+    );
+    assert!(on_its_own);
+    assert_eq!(computed.load(SeqCst), 1);
+    // Only the value computed after the invalidation is kept.
+    assert_eq!(
+        probe(&redis_probe(&n, "flight"), 1).await.as_deref(),
+        Some("after")
+    );
+    assert_eq!(f.call(&(1,), must_not_compute).await.unwrap(), "after");
+}
+
+// ---------------------------------------------------------------------------
 // Async compute
 // ---------------------------------------------------------------------------
 
