@@ -271,6 +271,9 @@ pub(crate) async fn builder_task(
     // that jobs left pending again (built elsewhere, or of a function this
     // node does not know) do not hide the ones behind them.
     let mut reclaim_from = "0-0".to_owned();
+    // The group was created again and no read has succeeded since: if it
+    // is gone again at once, pause rather than spin.
+    let mut recreated = false;
     loop {
         if *stop.borrow() {
             return;
@@ -295,6 +298,8 @@ pub(crate) async fn builder_task(
                                 redis::cmd("PING").query_async::<()>(&mut shared_conn),
                             )
                             .await;
+                        // The group may be new: walk its pending jobs anew.
+                        reclaim_from = "0-0".to_owned();
                         conn.insert(c)
                     }
                     Err(e) => {
@@ -315,15 +320,20 @@ pub(crate) async fn builder_task(
         let entries = match read {
             Ok(Ok(entries)) => {
                 backoff = MIN_BACKOFF;
+                recreated = false;
                 entries
             }
             Ok(Err(e)) => {
                 match failure(&e) {
                     Failure::NoGroup => match create_group(c, &stream).await {
-                        Ok(()) => {
+                        Ok(()) if !recreated => {
                             tracing::info!("builders' consumer group created again");
                             reclaim_from = "0-0".to_owned();
+                            recreated = true;
                             continue;
+                        }
+                        Ok(()) => {
+                            tracing::warn!(error = %e, "the builders' consumer group keeps disappearing");
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot create the builders' consumer group");

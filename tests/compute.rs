@@ -1061,17 +1061,27 @@ async fn child_builder_builds_until_killed() {
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
 
-/// Whether a client is blocked in `XREADGROUP` (a builder waiting for jobs).
-fn builder_blocked(redis: &TestRedis) -> bool {
+/// The id of the client blocked in `XREADGROUP` (a builder waiting for
+/// jobs), if one is.
+fn blocked_builder(redis: &TestRedis) -> Option<String> {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query(&mut redis.conn())
         .unwrap();
-    list.lines().any(|l| {
-        let mut fields = l.split(' ');
-        l.contains(" cmd=xreadgroup ")
-            && fields.any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('b')))
+    list.lines().find_map(|l| {
+        let field = |name: &str| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        let blocked =
+            l.contains(" cmd=xreadgroup ") && field("flags=").is_some_and(|f| f.contains('b'));
+        blocked.then(|| field("id=")).flatten()
     })
+}
+
+fn builder_blocked(redis: &TestRedis) -> bool {
+    blocked_builder(redis).is_some()
 }
 
 /// `report(x)` on a builder node, built at once as `built {x}`; records
@@ -1123,6 +1133,8 @@ async fn a_job_queued_while_the_builder_waits_is_built_at_once_not_after_a_recla
     // to the waiting builder and built before the period is over (a job
     // whose delivery was lost would be claimed again only once idle 1 s).
     let offsets = [0, 300, 600, 900];
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    let first = blocked_builder(&redis);
     for (x, into_block) in (1..).zip(offsets) {
         assert!(
             eventually(BLOCK, || async { builder_blocked(&redis) }).await,
@@ -1140,6 +1152,9 @@ async fn a_job_queued_while_the_builder_waits_is_built_at_once_not_after_a_recla
         [(1, 1), (2, 1), (3, 1), (4, 1)],
         "each job was delivered once"
     );
+    // On one connection throughout: no read outlived its reply timeout.
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    assert_eq!(blocked_builder(&redis), first, "the builder reconnected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
