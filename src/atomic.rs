@@ -11,9 +11,12 @@
 //!   writer whose lock expired (it stalled, or was cut off) cannot overwrite
 //!   what a later holder wrote. The lock is released by compare-and-delete.
 //! * **At least once.** Every instance may compute; each write carries the
-//!   time its computation started and a script refuses it when a value from
-//!   a later computation is already stored, so a stored value never goes
-//!   back in time.
+//!   time its computation started, read from the Redis server that holds
+//!   the value (never from the instance's own clock, which may be off), and
+//!   a script refuses it when a value from a later computation is already
+//!   stored, so a stored value never goes back in time. The start time of
+//!   the stored value lives in `{K}:ver`, which expires with the value and
+//!   is deleted with it.
 
 use std::time::Duration;
 
@@ -33,7 +36,9 @@ pub enum AtomicWrites {
     /// loses locks: a computation running then may be repeated once.
     AtMostOnce,
     /// At least one instance computes; several may, and the stored value is
-    /// never older (by computation start) than one already stored.
+    /// never older (by computation start) than one already stored. Starts
+    /// are ordered by the Redis server's clock, so instances whose clocks
+    /// disagree still agree on which computation started last.
     AtLeastOnce,
 }
 
@@ -70,15 +75,25 @@ end
 return 1
 "#;
 
+/// `KEYS`: value (only routes the call to the server that holds it).
+/// Returns the server's time in µs.
+const START: &str = r#"
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000000 + tonumber(t[2])
+"#;
+
 /// `KEYS`: value, version. `ARGV`: bytes, ttl ms (0: none), version.
 /// Returns 0 when refused, 1 when written, 2 when it replaced a value
-/// (which other instances may hold in RAM).
+/// (which other instances may hold in RAM). The version of a value that is
+/// gone (deleted some way that left its version behind) refuses nothing.
 const WRITE_IF_NEWER: &str = r#"
-local cur = redis.call('GET', KEYS[2])
-if cur and tonumber(cur) > tonumber(ARGV[3]) then
-  return 0
-end
 local replaced = redis.call('EXISTS', KEYS[1]) == 1
+if replaced then
+  local cur = redis.call('GET', KEYS[2])
+  if cur and tonumber(cur) > tonumber(ARGV[3]) then
+    return 0
+  end
+end
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
@@ -229,9 +244,35 @@ async fn release(shared: &SharedLayer, key: &str, token: &str) -> Result<()> {
         .map(|_| ())
 }
 
+/// The version of a computation of `value_key` starting now: the time of
+/// the Redis server that holds the key, in µs. 0 (older than any stored
+/// value, so it only fills a missing one) when Redis cannot tell.
+pub(crate) async fn start_version(shared: &SharedLayer, value_key: &str) -> u64 {
+    let script = redis::Script::new(START);
+    let mut call = script.prepare_invoke();
+    call.key(value_key);
+    let mut conn = shared.conn();
+    match shared
+        .run("start_version", call.invoke_async::<u64>(&mut conn))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the Redis time; the computation counts as oldest");
+            0
+        }
+    }
+}
+
+/// Appends to `pipe` the deletion of `value_key`'s version (ignored reply),
+/// for every deletion of the value itself.
+pub(crate) fn add_forget_version(pipe: &mut redis::Pipeline, value_key: &str) {
+    pipe.cmd("UNLINK").arg(version_key(value_key)).ignore();
+}
+
 /// Appends to `pipe` the write of `bytes` to `value_key` unless a value from
-/// a computation started after `version` (Unix µs) is already stored. Its
-/// reply is [`REPLACED`] when it overwrote a value.
+/// a computation started after `version` (from [`start_version`]) is
+/// already stored. Its reply is [`REPLACED`] when it overwrote a value.
 pub(crate) fn add_write_if_newer(
     pipe: &mut redis::Pipeline,
     value_key: &str,

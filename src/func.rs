@@ -43,7 +43,7 @@ use crate::codec::{self, Codec};
 use crate::keysets::{KeySets, Progress, Walk};
 use crate::local::{Entry, FillTicket, Group, LocalLayer};
 use crate::metrics::Layer;
-use crate::node::{unix_micros, unix_millis, CacheNode, Layers};
+use crate::node::{unix_millis, CacheNode, Layers};
 use crate::singleflight::{Flights, Role};
 use crate::{Error, Result, Ttl};
 use key::{ArgsMode, KeyArgs};
@@ -92,6 +92,9 @@ struct Options<A: ?Sized, V> {
     warmup: Vec<Vec<u8>>,
     warmup_decode: Option<WarmupDecode<A>>,
     warmup_timeout: Duration,
+    /// How far this handle's reads of the host clock are shifted, in ms
+    /// (tests only: a host whose clock is off).
+    clock_skew_ms: i64,
 }
 
 type EncodeArgs<A> = Arc<dyn Fn(&A) -> Option<Vec<u8>> + Send + Sync>;
@@ -143,6 +146,7 @@ impl CacheNode {
                 warmup: Vec::new(),
                 warmup_decode: None,
                 warmup_timeout: crate::refresh::DEFAULT_WARMUP_TIMEOUT,
+                clock_skew_ms: 0,
             },
         }
     }
@@ -292,6 +296,16 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
     /// it, the caller computes for itself and does not store the value.
     pub fn atomic_wait_timeout(mut self, timeout: Duration) -> Self {
         self.opts.wait_timeout = timeout;
+        self
+    }
+
+    /// Shifts this handle's reads of the host's wall clock (the expiry it
+    /// writes into values) by `skew_ms`, negative for a clock behind. For
+    /// tests: it simulates a host whose clock is off, to show what does not
+    /// depend on hosts' clocks (the order of at-least-once writes).
+    #[doc(hidden)]
+    pub fn skew_host_clock_for_tests(mut self, skew_ms: i64) -> Self {
+        self.opts.clock_skew_ms = skew_ms;
         self
     }
 
@@ -678,6 +692,11 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
         Ok(())
     }
 
+    /// The host's wall clock, Unix ms, as this handle sees it.
+    fn host_millis(&self) -> u64 {
+        unix_millis().saturating_add_signed(self.inner.opts.clock_skew_ms)
+    }
+
     fn redis_key(&self, key: &CallKey) -> String {
         format!("{}{}", self.inner.redis_prefix, key.suffix)
     }
@@ -716,6 +735,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
             pipe.cmd("HDEL")
                 .arg(crate::refresh::args_key(node.namespace(), &self.inner.name))
                 .arg(&redis_key);
+            crate::atomic::add_forget_version(&mut pipe, &redis_key);
             let replies = node
                 .write_and_announce(shared, "clear", pipe, || {
                     Invalidation::Keys(vec![key.ram.clone()])
@@ -865,14 +885,23 @@ where
         if ram.is_some() {
             node.inner().metrics.miss(Layer::Ram);
         }
-        let leader = match self.inner.flights.join(&key.ram) {
+        // The ticket is taken before joining: a flight whose leader took
+        // its own before an invalidation of the key was applied is not
+        // joined (its value may predate the invalidation).
+        let mut ticket = ram.map(LocalLayer::ticket);
+        let group = self.inner.group.as_deref();
+        let stale = |t| ram.is_some_and(|l| l.fenced_since(&key.ram, group, t));
+        let leader = match self.inner.flights.join(&key.ram, ticket, stale) {
             Role::Leader(l) => Some(l),
             Role::Follower(f) => match f.wait::<V>().await {
                 Some(v) => return Ok(V::clone(&v)),
-                None => None, // the leader failed: compute for ourselves
+                None => {
+                    // The leader failed: compute for ourselves, from now.
+                    ticket = ram.map(LocalLayer::ticket);
+                    None
+                }
             },
         };
-        let ticket = ram.map(LocalLayer::ticket);
         if let Some(v) = self.read_redis(&key, ticket).await {
             self.inner.metrics.hit(Layer::Redis);
             if let Some(l) = leader {
@@ -893,7 +922,13 @@ where
                     .await
             }
             Some(AtomicWrites::AtLeastOnce) => {
-                let started = unix_micros();
+                // Ordered by the Redis server's clock, not this host's.
+                let started = match node.redis("call") {
+                    Ok(Some(shared)) => {
+                        crate::atomic::start_version(shared, &self.redis_key(&key)).await
+                    }
+                    _ => 0,
+                };
                 self.store(&key, compute().await?, ticket, Write::IfNewer(started))
                     .await
             }
@@ -1002,7 +1037,9 @@ where
                 .await);
         };
         let redis_key = self.redis_key(key);
-        let deadline = tokio::time::Instant::now() + o.wait_timeout;
+        // `None`: a wait timeout too long to add to now (`Duration::MAX`)
+        // waits without bound.
+        let deadline = tokio::time::Instant::now().checked_add(o.wait_timeout);
         let mut pause = Duration::from_millis(5);
         loop {
             match crate::atomic::try_lock(shared, &redis_key, o.lock_ttl).await {
@@ -1026,7 +1063,7 @@ where
                         .await);
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 tracing::warn!(
                     func = %self.inner.name,
                     waited = ?o.wait_timeout,
@@ -1111,7 +1148,8 @@ where
     ) -> Result<Option<usize>> {
         let node = &self.inner.node;
         let expires_at_ms = ttl.map_or(0, |t| {
-            unix_millis().saturating_add(crate::shared::ttl_millis(t))
+            self.host_millis()
+                .saturating_add(crate::shared::ttl_millis(t))
         });
         let bytes = codec::seal(
             &node.inner().codec,
@@ -1196,8 +1234,8 @@ enum Write<'a> {
     Plain,
     /// Only while this lock is held (at most once).
     Held(&'a crate::atomic::LockGuard),
-    /// Only if no value from a later computation (start time, Unix µs) is
-    /// stored (at least once).
+    /// Only if no value from a later computation (start time on the Redis
+    /// server, µs) is stored (at least once).
     IfNewer(u64),
 }
 

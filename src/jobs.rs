@@ -17,6 +17,15 @@
 //!   and dropped once older than its timeout.
 //! * Functions are registered by name on every node that builds them; a job
 //!   is a name, the encoded arguments, the value's key and its TTL.
+//! * An idle builder waits for jobs in `XREADGROUP ... BLOCK 1000`, on a
+//!   connection of its own whose reply timeout outlasts the block, so a job
+//!   queued meanwhile is delivered to it at once (never into a reply the
+//!   client stopped waiting for). Jobs left pending are claimed again once
+//!   idle for 1 s, by a pass that runs every second between reads.
+//! * A builder survives what happens to Redis: a lost connection is
+//!   replaced (pauses of 100 ms doubling up to 1 s), and when the stream or
+//!   its group is gone (the namespace was cleared, Redis came back empty)
+//!   it creates them again (`XGROUP CREATE ... MKSTREAM`) and reads at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -153,7 +162,99 @@ pub(crate) async fn enqueue(shared: &SharedLayer, ns: &str, job: &Job) -> Result
     Ok(true)
 }
 
+/// How long one `XREADGROUP` waits for a job. A job queued while a builder
+/// waits is delivered to it at once; one found when the builder (re)starts
+/// or recreates its group, at its next read.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// The first and the longest pause between a builder's attempts after a
+/// failure (connecting, or a read that failed for another reason than a
+/// missing group).
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why a builder's command failed, and so what it does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The stream or its group is gone (deleted, or Redis came back
+    /// empty): create them again, then read at once.
+    NoGroup,
+    /// The connection is lost or in doubt (a reply that did not come in
+    /// time may still arrive, carrying jobs): connect again.
+    Connection,
+    /// Redis refused the command for another reason: pause, then retry.
+    Other,
+}
+
+fn failure(e: &redis::RedisError) -> Failure {
+    match e.code() {
+        // NOGROUP: no such stream or group. UNBLOCKED: the stream was
+        // deleted while the read was blocked on it.
+        Some("NOGROUP" | "UNBLOCKED") => Failure::NoGroup,
+        Some(_) => Failure::Other,
+        None => Failure::Connection,
+    }
+}
+
+/// `XGROUP CREATE {stream} builders 0 MKSTREAM`; a group that exists
+/// already is fine. From id 0: jobs queued before the group existed (into a
+/// stream recreated by `XADD`) are built too.
+async fn create_group(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// The builder's own connection (an `XREADGROUP` that blocks would hold up
+/// the node's shared, multiplexed one), with its group ensured. Its reply
+/// timeout outlasts a blocked read, so no reply carrying jobs is dropped.
+async fn connect(
+    shared: &SharedLayer,
+    stream: &str,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(shared.op_timeout()))
+        .set_response_timeout(Some(read_timeout(shared)));
+    let connecting = async {
+        let mut conn = shared
+            .client()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        create_group(&mut conn, stream).await?;
+        Ok(conn)
+    };
+    match tokio::time::timeout(shared.op_timeout() * 2, connecting).await {
+        Ok(c) => c,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connecting the builder timed out",
+        ))),
+    }
+}
+
+/// How long a builder waits for any reply: a blocked read's period plus
+/// the operation timeout.
+fn read_timeout(shared: &SharedLayer) -> Duration {
+    BLOCK + shared.op_timeout()
+}
+
 /// The builder loop of a node started with the builder role.
+///
+/// It keeps going whatever happens to Redis: a lost connection is replaced
+/// (with capped backoff), and a stream or group that disappeared (the
+/// namespace was cleared, Redis restarted empty) is created again.
 pub(crate) async fn builder_task(
     shared: SharedLayer,
     registry: Arc<Registry>,
@@ -163,105 +264,168 @@ pub(crate) async fn builder_task(
 ) {
     let stream = stream_key(&ns);
     let consumer = uuid::Uuid::new_v4().to_string();
-    let mut backoff = Duration::from_millis(100);
-    // A connection of its own: XREADGROUP BLOCK would hold up the node's
-    // shared, multiplexed connection.
-    let mut conn = loop {
-        let connecting = shared.client().get_multiplexed_async_connection();
-        tokio::select! {
-            _ = stop.changed() => return,
-            c = tokio::time::timeout(shared.op_timeout(), connecting) => match c {
-                Ok(Ok(c)) => break c,
-                _ => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-    };
-    let group: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = group {
-        if !e.to_string().contains("BUSYGROUP") {
-            tracing::warn!(error = %e, "cannot create the builders' consumer group");
-        }
-    }
+    let mut backoff = MIN_BACKOFF;
+    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut reclaim_at = tokio::time::Instant::now();
     // Where the next XAUTOCLAIM resumes its walk of the pending jobs, so
     // that jobs left pending again (built elsewhere, or of a function this
     // node does not know) do not hide the ones behind them.
     let mut reclaim_from = "0-0".to_owned();
+    // The group was created again and no read has succeeded since: if it
+    // is gone again at once, pause rather than spin.
+    let mut recreated = false;
     loop {
         if *stop.borrow() {
             return;
         }
-        let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
-        if tokio::time::Instant::now() >= reclaim_at {
-            reclaim_at = tokio::time::Instant::now() + Duration::from_secs(1);
-            // Jobs idle for a second: their builder may have died. Whether
-            // it did is decided by the key's lock, which a live builder
-            // keeps and a dead one loses within the job's timeout.
-            let claimed: redis::RedisResult<(String, Vec<Entry>, Vec<String>)> =
-                redis::cmd("XAUTOCLAIM")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg(&consumer)
-                    .arg(1000)
-                    .arg(&reclaim_from)
-                    .arg("COUNT")
-                    .arg(10)
-                    .query_async(&mut conn)
-                    .await;
-            if let Ok((next, claimed, _)) = claimed {
-                reclaim_from = next;
-                entries.extend(claimed.into_iter().filter_map(field_j));
-            }
-        }
-        if entries.is_empty() {
-            let mut xread = redis::cmd("XREADGROUP");
-            xread
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&consumer)
-                .arg("COUNT")
-                .arg(1)
-                .arg("BLOCK")
-                .arg(1000)
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(">");
-            let read = tokio::select! {
-                _ = stop.changed() => return,
-                r = tokio::time::timeout(
-                    Duration::from_secs(3),
-                    xread.query_async::<Option<Vec<(String, Vec<Entry>)>>>(&mut conn),
-                ) => r,
-            };
-            match read {
-                Ok(Ok(Some(streams))) => {
-                    for (_, items) in streams {
-                        entries.extend(items.into_iter().filter_map(field_j));
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => {
+                let connected = tokio::select! {
+                    _ = stop.changed() => return,
+                    c = connect(&shared, &stream) => c,
+                };
+                match connected {
+                    Ok(c) => {
+                        // After a lost connection, the node's shared one is
+                        // likely lost too: one command makes it reconnect
+                        // now, before a build needs it (a build whose lock
+                        // or write fails is left to be claimed again).
+                        let mut shared_conn = shared.conn();
+                        let _ = shared
+                            .run(
+                                "job_ping",
+                                redis::cmd("PING").query_async::<()>(&mut shared_conn),
+                            )
+                            .await;
+                        // The group may be new: walk its pending jobs anew.
+                        reclaim_from = "0-0".to_owned();
+                        conn.insert(c)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "builder cannot connect to Redis");
+                        if pause(&mut stop, &mut backoff).await {
+                            return;
+                        }
+                        continue;
                     }
                 }
-                Ok(Ok(None)) => continue,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "builder cannot read jobs");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                Err(_) => continue,
             }
-        }
+        };
+        let read = next_jobs(c, &stream, &consumer, &mut reclaim_at, &mut reclaim_from);
+        let read = tokio::select! {
+            _ = stop.changed() => return,
+            r = tokio::time::timeout(read_timeout(&shared) * 2, read) => r,
+        };
+        let entries = match read {
+            Ok(Ok(entries)) => {
+                backoff = MIN_BACKOFF;
+                recreated = false;
+                entries
+            }
+            Ok(Err(e)) => {
+                match failure(&e) {
+                    Failure::NoGroup => match create_group(c, &stream).await {
+                        Ok(()) if !recreated => {
+                            tracing::info!("builders' consumer group created again");
+                            reclaim_from = "0-0".to_owned();
+                            recreated = true;
+                            continue;
+                        }
+                        Ok(()) => {
+                            tracing::warn!(error = %e, "the builders' consumer group keeps disappearing");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot create the builders' consumer group");
+                            if failure(&e) == Failure::Connection {
+                                conn = None;
+                            }
+                        }
+                    },
+                    Failure::Connection => {
+                        tracing::debug!(error = %e, "builder lost its connection; reconnecting");
+                        conn = None;
+                    }
+                    Failure::Other => {
+                        tracing::warn!(error = %e, "builder cannot read jobs");
+                    }
+                }
+                if pause(&mut stop, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!("builder's read timed out; reconnecting");
+                conn = None;
+                continue;
+            }
+        };
         for (id, bytes) in entries {
             build_one(&ns, &shared, &registry, &keysets, &stream, &id, &bytes).await;
         }
     }
+}
+
+/// Sleeps `backoff` (then doubles it, up to [`MAX_BACKOFF`]); true when
+/// the node stops meanwhile.
+async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>, backoff: &mut Duration) -> bool {
+    let d = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    tokio::select! {
+        _ = stop.changed() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+/// The next jobs to build: those claimed again, when a reclaim is due, else
+/// the next new one (waiting up to [`BLOCK`] for it).
+async fn next_jobs(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    consumer: &str,
+    reclaim_at: &mut tokio::time::Instant,
+    reclaim_from: &mut String,
+) -> redis::RedisResult<Vec<(String, Vec<u8>)>> {
+    if tokio::time::Instant::now() >= *reclaim_at {
+        *reclaim_at = tokio::time::Instant::now() + Duration::from_secs(1);
+        // Jobs idle for a second: their builder may have died. Whether it
+        // did is decided by the key's lock, which a live builder keeps and
+        // a dead one loses within the job's timeout.
+        let (next, claimed, _): (String, Vec<Entry>, Vec<String>) = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(1000)
+            .arg(&*reclaim_from)
+            .arg("COUNT")
+            .arg(10)
+            .query_async(conn)
+            .await?;
+        *reclaim_from = next;
+        if !claimed.is_empty() {
+            return Ok(claimed.into_iter().filter_map(field_j).collect());
+        }
+    }
+    let read: Option<Vec<(String, Vec<Entry>)>> = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(1)
+        .arg("BLOCK")
+        .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(u64::MAX))
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(conn)
+        .await?;
+    Ok(read
+        .into_iter()
+        .flatten()
+        .flat_map(|(_, items)| items)
+        .filter_map(field_j)
+        .collect())
 }
 
 /// The Unix time in ms at which a stream entry was added, from its id.

@@ -149,6 +149,7 @@ impl KeySets {
             let mut pipe = redis::pipe();
             for m in &members {
                 pipe.cmd("UNLINK").arg(m);
+                crate::atomic::add_forget_version(&mut pipe, m);
             }
             pipe.cmd("SREM").arg(&set).arg(&members).ignore();
             pipe.cmd("HDEL")

@@ -30,6 +30,20 @@ use support::{eventually, TestRedis};
 /// hop, at worst the bus's deletion-check period), with margin.
 const PROPAGATION: Duration = Duration::from_secs(5);
 
+/// How long a builder's `XREADGROUP` blocks. A job queued while a builder
+/// waits on it is delivered at once; one already queued when a builder
+/// (re)starts, or recreates its consumer group, is delivered at its next
+/// read: within one block period either way.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// A job left pending (its builder died, or did not know its function yet)
+/// is claimed again once idle for 1 s, by a reclaim pass that runs at most
+/// 1 s plus one block period after the previous one: within 3 s.
+const RECLAIM: Duration = Duration::from_secs(3);
+
+/// The longest pause between a builder's attempts to reconnect to Redis.
+const RECONNECT: Duration = Duration::from_secs(1);
+
 /// The environment variable that makes a `child_*` test run, carrying the
 /// URL of the parent's test server.
 const CHILD_REDIS: &str = "CACHENODE_COMPUTE_CHILD_REDIS";
@@ -551,6 +565,241 @@ async fn at_least_once_stores_the_value_of_the_computation_that_started_last() {
     );
 }
 
+fn version_of(value_key: &str) -> String {
+    format!("{{{value_key}}}:ver")
+}
+
+/// One hour, in ms: how far the skewed hosts below are off.
+const HOUR_MS: i64 = 3_600_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_orders_by_start_on_redis_whatever_the_hosts_clocks_say() {
+    let redis = TestRedis::start();
+    let (a, b, c, d) = (
+        node(&redis).await,
+        node(&redis).await,
+        node(&redis).await,
+        node(&redis).await,
+    );
+    let f = |n: &CacheNode, skew_ms: i64| {
+        n.func::<(u32,), String>("skewed")
+            .atomic_writes(AtomicWrites::AtLeastOnce)
+            // No expiry: the skew then touches nothing but the ordering.
+            .expire_in(Duration::ZERO)
+            .skew_host_clock_for_tests(skew_ms)
+            .build()
+            .unwrap()
+    };
+    // Three hosts: one on time, one an hour behind, one an hour ahead.
+    let (on_time, behind, ahead) = (f(&a, 0), f(&b, -HOUR_MS), f(&c, HOUR_MS));
+    let stored = redis_probe(&d, "skewed");
+
+    // 1. The host whose clock is behind starts later: its value stays.
+    let mut older = gated_call(&on_time, 1, "older");
+    (&mut older.started).await.unwrap();
+    let mut newer = gated_call(&behind, 1, "newer");
+    (&mut newer.started).await.unwrap();
+    newer.release.send(()).unwrap();
+    assert_eq!(newer.call.await.unwrap().unwrap(), "newer");
+    older.release.send(()).unwrap();
+    assert_eq!(older.call.await.unwrap().unwrap(), "older");
+    assert_eq!(
+        probe(&stored, 1).await.as_deref(),
+        Some("newer"),
+        "the write that started later, on a host whose clock is behind, lost"
+    );
+
+    // 2. The host whose clock is ahead starts first: its value does not
+    // replace the newer one.
+    let mut older = gated_call(&ahead, 2, "older");
+    (&mut older.started).await.unwrap();
+    let mut newer = gated_call(&on_time, 2, "newer");
+    (&mut newer.started).await.unwrap();
+    newer.release.send(()).unwrap();
+    assert_eq!(newer.call.await.unwrap().unwrap(), "newer");
+    older.release.send(()).unwrap();
+    assert_eq!(older.call.await.unwrap().unwrap(), "older");
+    assert_eq!(
+        probe(&stored, 2).await.as_deref(),
+        Some("newer"),
+        "the write that started first, on a host whose clock is ahead, won"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_leaves_no_version_key_once_its_value_expires_or_is_deleted() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    let f = |name: &str, ttl: Duration| {
+        n.func::<(u32,), String>(name)
+            .atomic_writes(AtomicWrites::AtLeastOnce)
+            .expire_in(ttl)
+            .build()
+            .unwrap()
+    };
+    let value = |x: u32| ready(Ok::<_, Infallible>(format!("v{x}")));
+
+    // A value with a TTL: its version expires with it.
+    let brief = f("brief", Duration::from_millis(300));
+    brief.call(&(1,), || value(1)).await.unwrap();
+    let key = brief.cache_key(&(1,)).unwrap();
+    assert!(exists(&redis, &version_of(&key)), "versioned");
+    assert!(eventually(Duration::from_secs(1), || async { !exists(&redis, &key) }).await);
+    assert!(
+        !exists(&redis, &version_of(&key)),
+        "the version outlived its value"
+    );
+
+    // Values that never expire: their versions go when they are deleted.
+    let forever = f("forever", Duration::ZERO);
+    for x in 1..=3 {
+        forever.call(&(x,), || value(x)).await.unwrap();
+        let key = forever.cache_key(&(x,)).unwrap();
+        let left: i64 = redis.conn().pttl(version_of(&key)).unwrap();
+        assert_eq!(left, -1, "no TTL, like its value");
+    }
+    assert!(forever.clear(&(1,)).await.unwrap());
+    let key = forever.cache_key(&(1,)).unwrap();
+    assert!(!exists(&redis, &key));
+    assert!(
+        !exists(&redis, &version_of(&key)),
+        "clear left the version behind"
+    );
+    assert_eq!(forever.clear_all().await.unwrap(), 2);
+    for x in 2..=3 {
+        let key = forever.cache_key(&(x,)).unwrap();
+        assert!(!exists(&redis, &key));
+        assert!(
+            !exists(&redis, &version_of(&key)),
+            "clear_all left the version of {x} behind"
+        );
+    }
+    assert_eq!(redis.keys("*:ver"), Vec::<String>::new());
+
+    // A version left behind by a value deleted some other way does not
+    // refuse the next write.
+    forever.call(&(4,), || value(4)).await.unwrap();
+    let key = forever.cache_key(&(4,)).unwrap();
+    let _: () = redis.conn().del(&key).unwrap();
+    let _: () = redis.conn().set(version_of(&key), u64::MAX / 2).unwrap();
+    let other = node(&redis).await;
+    let fo = other
+        .func::<(u32,), String>("forever")
+        .atomic_writes(AtomicWrites::AtLeastOnce)
+        .expire_in(Duration::ZERO)
+        .build()
+        .unwrap();
+    assert_eq!(fo.call(&(4,), || value(40)).await.unwrap(), "v40");
+    assert_eq!(
+        probe(&redis_probe(&other, "forever"), 4).await.as_deref(),
+        Some("v40"),
+        "a version without its value refused a write"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Bounds
+// ---------------------------------------------------------------------------
+
+/// How many `SET` commands the server has run.
+fn set_calls(redis: &TestRedis) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_once_with_an_unbounded_wait_timeout_waits_for_the_holder() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let f = |n: &CacheNode| {
+        n.func::<(u32,), String>("patient")
+            .atomic_writes(AtomicWrites::AtMostOnce)
+            .atomic_wait_timeout(Duration::MAX)
+            .build()
+            .unwrap()
+    };
+    let (fa, fb) = (f(&a), f(&b));
+    let mut holder = gated_call(&fa, 1, "from a");
+    if (&mut holder.started).await.is_err() {
+        panic!("the holder's call failed: {:?}", holder.call.await);
+    }
+    let lock = lock_of(&fa.cache_key(&(1,)).unwrap());
+    assert!(exists(&redis, &lock), "A computes under the lock");
+    let sets = set_calls(&redis);
+    let waiter = tokio::spawn({
+        let fb = fb.clone();
+        async move { fb.call(&(1,), must_not_compute).await }
+    });
+    // B tried the lock (a SET NX that failed): it waits for A's value.
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            set_calls(&redis) > sets
+        })
+        .await
+    );
+    holder.release.send(()).unwrap();
+    assert_eq!(holder.call.await.unwrap().unwrap(), "from a");
+    assert_eq!(waiter.await.unwrap().unwrap(), "from a", "B waited for A");
+}
+
+// ---------------------------------------------------------------------------
+// Single flight
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_arriving_after_an_invalidation_does_not_share_the_flight_begun_before_it() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    let f = n.func::<(u32,), String>("flight").build().unwrap();
+
+    // The leader computes from data read before the invalidation.
+    let mut leader = gated_call(&f, 1, "before");
+    (&mut leader.started).await.unwrap();
+    assert!(!f.clear(&(1,)).await.unwrap(), "nothing stored yet");
+
+    // A caller arriving after it computes for itself.
+    let computed = Arc::new(AtomicUsize::new(0));
+    let late = tokio::spawn({
+        let (f, computed) = (f.clone(), computed.clone());
+        async move {
+            f.call(&(1,), || {
+                computed.fetch_add(1, SeqCst);
+                ready(Ok::<_, Infallible>("after".to_string()))
+            })
+            .await
+        }
+    });
+    let on_its_own = eventually(Duration::from_secs(1), || async {
+        computed.load(SeqCst) == 1
+    })
+    .await;
+    leader.release.send(()).unwrap();
+    assert_eq!(
+        leader.call.await.unwrap().unwrap(),
+        "before",
+        "the leader answers its caller"
+    );
+    assert_eq!(
+        late.await.unwrap().unwrap(),
+        "after",
+        "the late caller got the value computed before the invalidation"
+    );
+    assert!(on_its_own);
+    assert_eq!(computed.load(SeqCst), 1);
+    // Only the value computed after the invalidation is kept.
+    assert_eq!(
+        probe(&redis_probe(&n, "flight"), 1).await.as_deref(),
+        Some("after")
+    );
+    assert_eq!(f.call(&(1,), must_not_compute).await.unwrap(), "after");
+}
+
 // ---------------------------------------------------------------------------
 // Async compute
 // ---------------------------------------------------------------------------
@@ -597,11 +846,9 @@ async fn get_or_build_queues_one_job_that_a_builder_node_builds_once() {
             }
         }
     });
+    // The job is queued before the builder starts: its first read takes it.
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            builds.load(SeqCst) == 1
-        })
-        .await,
+        eventually(BLOCK, || async { builds.load(SeqCst) == 1 }).await,
         "the builder node takes the job"
     );
     // While it builds, lookups queue nothing more.
@@ -611,7 +858,7 @@ async fn get_or_build_queues_one_job_that_a_builder_node_builds_once() {
     assert_eq!(xlen(&redis), 1, "still one job");
     open.send(true).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(BLOCK, || async {
             fc.get_or_build(&(1,)).await.unwrap() == Lookup::Ready("built 1".to_string())
         })
         .await,
@@ -621,7 +868,7 @@ async fn get_or_build_queues_one_job_that_a_builder_node_builds_once() {
     assert!(exists(&redis, &key));
     // The builder cleans up after writing the value: marker, job, lock.
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(BLOCK, || async {
             !exists(&redis, &marker_of(&key))
                 && pending_jobs(&redis) == 0
                 && xlen(&redis) == 0
@@ -688,10 +935,7 @@ async fn a_job_read_before_its_function_is_registered_waits_for_it_and_unknown_o
     // it (as at start-up, with jobs queued), and never knows `nobody`.
     let b = builder_node(&redis.url()).await;
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            pending_jobs(&redis) == 2
-        })
-        .await,
+        eventually(BLOCK, || async { pending_jobs(&redis) == 2 }).await,
         "the builder reads the jobs"
     );
     let builds = Arc::new(AtomicUsize::new(0));
@@ -702,8 +946,9 @@ async fn a_job_read_before_its_function_is_registered_waits_for_it_and_unknown_o
             ready(Ok(format!("built {x}")))
         }
     });
+    // Left pending when read, the job is built when claimed again.
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(RECLAIM, || async {
             fc.get_or_build(&(1,)).await.unwrap() == Lookup::Ready("built 1".to_string())
         })
         .await,
@@ -712,7 +957,7 @@ async fn a_job_read_before_its_function_is_registered_waits_for_it_and_unknown_o
     assert_eq!(builds.load(SeqCst), 1);
     // The job no builder knows is dropped once older than its timeout.
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(RECLAIM, || async {
             pending_jobs(&redis) == 0 && xlen(&redis) == 0
         })
         .await,
@@ -758,10 +1003,8 @@ async fn async_compute_job_of_a_killed_builder_process_is_reclaimed_and_built_on
     // Its marker expires with the job timeout: a lookup then queues a
     // duplicate job, as an application asking again would.
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            !exists(&redis, &marker_of(&key))
-        })
-        .await
+        eventually(JOB_TIMEOUT, || async { !exists(&redis, &marker_of(&key)) }).await,
+        "the marker expires with the job timeout"
     );
     assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
     assert_eq!(jobs_added(&redis), 2, "a duplicate is queued");
@@ -775,7 +1018,9 @@ async fn async_compute_job_of_a_killed_builder_process_is_reclaimed_and_built_on
             ready(Ok(format!("parent {x}")))
         }
     });
-    let built = tokio::time::timeout(Duration::from_secs(20), async {
+    // The dead builder's lock expires within the job timeout; the jobs
+    // are claimed again within a reclaim period.
+    let built = tokio::time::timeout(JOB_TIMEOUT + RECLAIM, async {
         loop {
             if let Lookup::Ready(v) = fc.get_or_build(&(1,)).await.unwrap() {
                 return v;
@@ -814,6 +1059,176 @@ async fn child_builder_builds_until_killed() {
     });
     println!("@ready");
     tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+/// The id of the client blocked in `XREADGROUP` (a builder waiting for
+/// jobs), if one is.
+fn blocked_builder(redis: &TestRedis) -> Option<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut redis.conn())
+        .unwrap();
+    list.lines().find_map(|l| {
+        let field = |name: &str| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        let blocked =
+            l.contains(" cmd=xreadgroup ") && field("flags=").is_some_and(|f| f.contains('b'));
+        blocked.then(|| field("id=")).flatten()
+    })
+}
+
+fn builder_blocked(redis: &TestRedis) -> bool {
+    blocked_builder(redis).is_some()
+}
+
+/// `report(x)` on a builder node, built at once as `built {x}`; records
+/// for each build how many times its job had been delivered (a job claimed
+/// again after a lost delivery shows 2 or more).
+fn counting_report_fn(
+    b: &CacheNode,
+    redis: &TestRedis,
+    deliveries: &Arc<Mutex<Vec<(u32, i64)>>>,
+) -> CachedFn<(u32,), String> {
+    let (client, deliveries) = (redis.client(), deliveries.clone());
+    report_fn(b, move |(x,)| {
+        let (client, deliveries) = (client.clone(), deliveries.clone());
+        async move {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            // The job being built is the only one pending.
+            let pending: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+                .arg("t:jobs")
+                .arg("builders")
+                .arg("-")
+                .arg("+")
+                .arg(10)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let times = pending.iter().map(|p| p.3).max().unwrap_or(0);
+            deliveries.lock().unwrap().push((x, times));
+            Ok(format!("built {x}"))
+        }
+    })
+}
+
+async fn is_built(f: &CachedFn<(u32,), String>, x: u32) -> bool {
+    matches!(f.get_or_build(&(x,)).await, Ok(Lookup::Ready(v)) if v == format!("built {x}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_queued_while_the_builder_waits_is_built_at_once_not_after_a_reclaim() {
+    let redis = TestRedis::start();
+    let client = node(&redis).await;
+    let fc = report_fn(&client, |_| async { Err::<String, _>("no".to_string()) });
+    let b = builder_node(&redis.url()).await;
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let _fb = counting_report_fn(&b, &redis, &deliveries);
+    // Jobs queued at several points of a block period: each is delivered
+    // to the waiting builder and built before the period is over (a job
+    // whose delivery was lost would be claimed again only once idle 1 s).
+    let offsets = [0, 300, 600, 900];
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    let first = blocked_builder(&redis);
+    for (x, into_block) in (1..).zip(offsets) {
+        assert!(
+            eventually(BLOCK, || async { builder_blocked(&redis) }).await,
+            "the builder waits for jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(into_block)).await;
+        assert_eq!(fc.get_or_build(&(x,)).await.unwrap(), Lookup::BeingBuilt);
+        assert!(
+            eventually(BLOCK, || is_built(&fc, x)).await,
+            "job {x}, queued {into_block} ms into a block, was not built within one block period"
+        );
+    }
+    assert_eq!(
+        *deliveries.lock().unwrap(),
+        [(1, 1), (2, 1), (3, 1), (4, 1)],
+        "each job was delivered once"
+    );
+    // On one connection throughout: no read outlived its reply timeout.
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    assert_eq!(blocked_builder(&redis), first, "the builder reconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_takes_jobs_again_after_the_namespace_is_cleared() {
+    let redis = TestRedis::start();
+    let client = node(&redis).await;
+    let fc = report_fn(&client, |_| async { Err::<String, _>("no".to_string()) });
+    let b = builder_node(&redis.url()).await;
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let _fb = counting_report_fn(&b, &redis, &deliveries);
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(eventually(BLOCK, || is_built(&fc, 1)).await, "job 1 built");
+
+    // Clearing the namespace (which deletes the job stream and its group
+    // here, and any node of a version that does so).
+    client.clear_all().await.unwrap();
+    assert_eq!(fc.get_or_build(&(2,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(
+        eventually(BLOCK, || is_built(&fc, 2)).await,
+        "a job queued after the stream was deleted is not built within one block period"
+    );
+    // The stream deleted while the builder is blocked on it (it is told
+    // so): it goes on waiting for jobs on the recreated group.
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    let _: () = redis.conn().del("t:jobs").unwrap();
+    assert_eq!(fc.get_or_build(&(3,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(
+        eventually(BLOCK, || is_built(&fc, 3)).await,
+        "a job queued after the stream was deleted is not built within one block period"
+    );
+
+    // The group alone removed (the stream stays, with a job queued).
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg("t:jobs")
+        .arg("builders")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(fc.get_or_build(&(4,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(
+        eventually(BLOCK, || is_built(&fc, 4)).await,
+        "a job queued after the group was removed is not built within one block period"
+    );
+    assert_eq!(
+        *deliveries.lock().unwrap(),
+        [(1, 1), (2, 1), (3, 1), (4, 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_takes_jobs_again_after_redis_restarts() {
+    let mut redis = TestRedis::start();
+    let client = node(&redis).await;
+    let fc = report_fn(&client, |_| async { Err::<String, _>("no".to_string()) });
+    let b = builder_node(&redis.url()).await;
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let _fb = counting_report_fn(&b, &redis, &deliveries);
+    assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
+    assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
+    assert!(eventually(BLOCK, || is_built(&fc, 1)).await, "job 1 built");
+
+    // An empty server comes back on the same port: no stream, no group,
+    // every connection lost.
+    tokio::task::block_in_place(|| redis.restart());
+    // The client's first lookups may fail while it reconnects; the
+    // builder reconnects within one pause, then reads at once.
+    assert!(
+        eventually(RECONNECT + BLOCK, || is_built(&fc, 2)).await,
+        "a job queued after the restart is not built within {:?}",
+        RECONNECT + BLOCK
+    );
+    assert_eq!(*deliveries.lock().unwrap(), [(1, 1), (2, 1)]);
 }
 
 // ---------------------------------------------------------------------------

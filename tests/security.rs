@@ -169,6 +169,7 @@ mod tls {
 /// `watch_keyspace(true)` needs `+psubscribe` on top, with its channels.
 const ACL_COMMANDS: &[&str] = &[
     "+ping",
+    "+time",
     "+get",
     "+set",
     "+mget",
@@ -358,6 +359,18 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
     assert_eq!((ra.unwrap(), rb.unwrap()), (49, 49));
     assert_eq!(runs.load(SeqCst), 1, "computed once across both nodes");
     assert_eq!(once_a.clear_all().await.unwrap(), 1);
+
+    // At least once: start times from the server's clock, versioned write.
+    let latest = a
+        .func::<(u64,), u64>("latest")
+        .atomic_writes(AtomicWrites::AtLeastOnce)
+        .build()
+        .unwrap();
+    assert_eq!(
+        latest.call(&(1,), || async { Ok::<_, String>(1) }).await,
+        Ok(1)
+    );
+    assert!(latest.clear(&(1,)).await.unwrap());
 
     // Async compute: a job in the namespace's stream, built by a builder
     // node through its consumer group.
