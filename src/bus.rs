@@ -109,11 +109,9 @@ if type(added) == 'table' and added.err then
     return redis.error_reply(added.err)
   end
   local last = nil
-  if redis.call('TYPE', KEYS[2]).ok == 'stream' then
-    local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-    if top[1] then
-      last = tonumber(string.match(top[1][1], '^(%d+)'))
-    end
+  local top = redis.pcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if type(top) == 'table' and not top.err and top[1] then
+    last = tonumber(string.match(top[1][1], '^(%d+)'))
   end
   if last and last >= seq and last < 1e13 then
     seq = last + 1

@@ -1112,7 +1112,10 @@ where
         }
         let ttl = self.ttl();
         let mut size = None;
-        if let Ok(Some(shared)) = node.redis("call") {
+        let redis = node.redis("call");
+        // A function cached in RAM only: nothing in Redis stands behind it.
+        let ram_only = matches!(redis, Ok(None));
+        if let Ok(Some(shared)) = redis {
             match self.write_redis(shared, key, &value, ttl, write).await {
                 Ok(Some(len)) => size = Some(len),
                 // Refused: a newer value is stored, or our lock expired and
@@ -1128,7 +1131,10 @@ where
                 .or_else(|| node.inner().codec_len(&*value))
                 .unwrap_or(std::mem::size_of::<V>());
             let ram_ttl = capped(ttl, node.inner().config.ram_max_ttl);
-            let entry = Entry::new(value.clone(), ram_ttl, size, self.inner.group.clone());
+            let mut entry = Entry::new(value.clone(), ram_ttl, size, self.inner.group.clone());
+            if ram_only {
+                entry = entry.ram_only();
+            }
             if l.insert(key.ram.clone(), entry, t) {
                 node.inner().metrics.write(Layer::Ram);
             }

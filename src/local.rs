@@ -36,7 +36,9 @@
 //! cannot reach Redis, the lease runs out and reads go to Redis, which is
 //! where the listener gets its turn again. Entries are kept meanwhile, and
 //! served again once a check succeeds: it applied every invalidation they
-//! could have missed, and fills made meanwhile were fenced as usual.
+//! could have missed, and fills made meanwhile were fenced as usual. Values
+//! kept in this process's RAM alone (RAM-only writes, memory functions) are
+//! served outside the lease: nothing in Redis stands behind them.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -88,6 +90,9 @@ pub(crate) struct Entry {
     /// The epoch of the fill that produced the entry.
     stamp: u64,
     group: Option<Arc<Group>>,
+    /// Served only while the lease holds (see the module docs); false for
+    /// values that live in this process's RAM alone.
+    leased: bool,
 }
 
 impl Entry {
@@ -108,7 +113,18 @@ impl Entry {
             weight,
             stamp: 0,
             group,
+            leased: true,
         }
+    }
+
+    /// Marks a value that lives in this process's RAM alone (a RAM-only
+    /// write, a memory function): no other instance writes it, so it is
+    /// served whether or not the lease holds. Invalidations from the bus
+    /// still remove it when they are applied, but the staleness bound does
+    /// not cover it.
+    pub(crate) fn ram_only(mut self) -> Self {
+        self.leased = false;
+        self
     }
 }
 
@@ -265,11 +281,11 @@ impl LocalLayer {
     /// removed as they are found.
     #[inline]
     pub(crate) fn get(&self, key: &str) -> Option<Entry> {
-        if !self.lease.holds() {
+        let entry = self.cache.get(key)?;
+        if entry.leased && !self.lease.holds() {
             // Kept: served again once the bus has confirmed it caught up.
             return None;
         }
-        let entry = self.cache.get(key)?;
         if self.is_valid(&entry) {
             Some(entry)
         } else {
@@ -566,6 +582,18 @@ mod tests {
         assert!(l.get("a").is_none());
         l.renew_lease(l.check_start());
         assert_eq!(l.get_typed::<u32>("b").as_deref(), Some(&2));
+    }
+
+    #[test]
+    fn ram_only_values_are_served_outside_the_lease() {
+        let l = LocalLayer::leased(1 << 20, Duration::from_millis(50));
+        l.insert("kept".into(), entry(1).ram_only(), l.ticket());
+        l.insert("shared".into(), entry(2), l.ticket());
+        assert!(!l.lease_holds());
+        assert_eq!(l.get_typed::<u32>("kept").as_deref(), Some(&1));
+        assert!(l.get("shared").is_none());
+        l.remove("kept");
+        assert!(l.get("kept").is_none(), "invalidations still apply");
     }
 
     #[test]

@@ -623,7 +623,10 @@ impl CacheNode {
                 (t, cap) => t.or(cap),
             };
             let begun = begun.unwrap_or_else(|| local.begin_own_write(&ram_key));
-            let entry = Entry::new(value, ttl, size, None);
+            let mut entry = Entry::new(value, ttl, size, None);
+            if encoded_len.is_none() {
+                entry = entry.ram_only();
+            }
             if local.finish_own_write(ram_key.into_owned(), entry, begun) {
                 self.inner.metrics.write(Layer::Ram);
             }
@@ -692,7 +695,10 @@ impl CacheNode {
                 (Some(t), Some(cap)) => Some(t.min(cap)),
                 (t, cap) => t.or(cap),
             };
-            let entry = Entry::new(Arc::new(value.clone()), ttl, size, None);
+            let mut entry = Entry::new(Arc::new(value.clone()), ttl, size, None);
+            if encoded_len.is_none() {
+                entry = entry.ram_only();
+            }
             if local.insert(ram_key.into_owned(), entry, ticket) {
                 self.inner.metrics.write(Layer::Ram);
             }

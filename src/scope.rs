@@ -288,7 +288,8 @@ impl<A: KeyArgs + ?Sized, V: Clone + Send + Sync + 'static> MemoryFn<A, V> {
         let ticket = local.ticket();
         let v = compute().await?;
         let group = local.group(&self.name);
-        let entry = Entry::new(Arc::new(v.clone()), self.ttl, (self.weigh)(&v), Some(group));
+        let entry =
+            Entry::new(Arc::new(v.clone()), self.ttl, (self.weigh)(&v), Some(group)).ram_only();
         if local.insert(k.clone(), entry, ticket) {
             if let Some(o) = owner {
                 o.keys.lock().unwrap_or_else(|p| p.into_inner()).push(k);

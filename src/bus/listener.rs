@@ -109,6 +109,14 @@ pub(crate) struct Listener {
     last_entry: Option<String>,
     /// Entries to ask for in the next `XRANGE` of a catch-up.
     page: usize,
+    /// Whether the last check succeeded on the connection the channel
+    /// messages now come from. Until one has, after a (re)subscription or a
+    /// failed check, a channel message is not applied (nor dropped as seen)
+    /// on its number alone: the server may have been replaced by one whose
+    /// history differs under the same numbers, which only a check can tell
+    /// (it compares the log entry at `last_applied`). The message makes a
+    /// check run instead, which applies it from the log.
+    verified: bool,
     /// Whether the lease held at the last look (to log its changes once).
     serving: bool,
     check_script: redis::Script,
@@ -162,6 +170,7 @@ impl Listener {
             last_applied: 0,
             last_entry: None,
             page: CATCH_UP_PAGE,
+            verified: false,
             serving: true,
             check_script: redis::Script::new(CHECK_SCRIPT),
             keyspace,
@@ -224,7 +233,9 @@ impl Listener {
                             backoff = BACKOFF_MIN;
                             self.state.subscribed.store(true, Ordering::Release);
                             tracing::info!(url = self.shared.url(), "bus subscribed");
-                            // Whatever was published while we were away.
+                            // Whatever was published while we were away; and
+                            // whether this is still the server we knew.
+                            self.verified = false;
                             self.check(Source::Stream).await;
                         }
                         Err(e) => {
@@ -253,6 +264,11 @@ impl Listener {
             }
             return;
         };
+        if !self.verified {
+            // See `verified`: the log has this message too.
+            self.check(Source::Stream).await;
+            return;
+        }
         if seq <= self.last_applied {
             return; // a replay, or already read from the log
         }
@@ -321,12 +337,16 @@ impl Listener {
         let started: CheckStart = self.local.check_start();
         match self.sync(source, self.check_timeout()).await {
             Ok(()) => {
+                self.verified = true;
                 self.local.renew_lease(started);
                 self.state
                     .last_check_ok_ms
                     .store(unix_millis(), Ordering::Release);
             }
-            Err(e) => tracing::debug!(error = %e, "bus check failed"),
+            Err(e) => {
+                self.verified = false;
+                tracing::debug!(error = %e, "bus check failed");
+            }
         }
         self.report_lease();
     }
