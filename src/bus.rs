@@ -32,9 +32,11 @@
 //! advancing, every message that is unsigned or badly signed, counting it in
 //! [`BusHealth::unauthenticated`]. A forged *log* entry is skipped (its
 //! sequence number cannot also hold a real entry: stream ids are unique)
-//! rather than treated as undecodable, which would flush RAM. Not covered:
-//! replays of genuine signed messages (the sequence number is assigned by
-//! Redis after signing), and deleting or trimming the bus keys.
+//! rather than treated as undecodable, which would flush RAM. Genuine
+//! signed messages replayed on the channel are refused (the `replay`
+//! module). Not covered: clients that delete, trim or rewrite the bus keys
+//! (with `DEL`, `XDEL`, `XTRIM`, `SET`); entries added to the log do not
+//! stop publishing (see `PUBLISH_SCRIPT`).
 //!
 //! **Guarantee.** Once an invalidation call returns `Ok`, no node serves the
 //! old value from RAM later than `deletion_check_frequency` plus one Redis
