@@ -752,7 +752,11 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// Deletes every value of the function: walks its key set, unlinking in
     /// batches (never a keyspace scan), then drops the function from the RAM
     /// of every instance (the seed's `clear_cached_func_all` /
-    /// `delete_from_funcname`). Returns how many Redis keys were deleted.
+    /// `delete_from_funcname`). Returns how many Redis keys were deleted:
+    /// the values Redis still held (every value leaves every RAM, also one
+    /// whose Redis copy had expired or been evicted). Key-set members that
+    /// are no value of the function are removed from the set, never deleted
+    /// (see [`Progress::foreign`]).
     ///
     /// # Errors
     /// When Redis fails; what was deleted stays deleted, and calling again
@@ -773,7 +777,9 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// Starts deleting the values whose arguments match `filter` (named
     /// arguments; the seed's `clear_cached_func_some`). Needs
     /// [`cache_key_with_full_args`](FuncBuilder::cache_key_with_full_args).
-    /// Each [`ClearSome::step`] deletes one batch and says how far it got.
+    /// Each [`ClearSome::step`] deletes one batch and says how far it got;
+    /// every matching value the key set records leaves the RAM of every
+    /// instance, and [`Progress::deleted`] counts those Redis still held.
     ///
     /// # Errors
     /// [`Error::Config`] when the function does not use full-args keys.
@@ -1253,7 +1259,8 @@ fn capped(ttl: Option<Duration>, cap: Option<Duration>) -> Option<Duration> {
 }
 
 /// Deletes every value of `funcname` from Redis through its key set, then
-/// from the RAM of every instance.
+/// from the RAM of every instance (one function fence, which covers every
+/// value, whether Redis still had it or not).
 async fn clear_function(
     node: &CacheNode,
     funcname: &str,
@@ -1263,15 +1270,21 @@ async fn clear_function(
     let mut walk = Walk::new(funcname, Vec::new());
     if let Some(shared) = node.redis("clear_all")? {
         let keysets = KeySets::new(&node.inner().config.keys);
-        while !walk.progress.finished {
+        while !walk.walked() {
             keysets.delete_step(shared, &mut walk).await?;
-            progress(walk.progress);
+            // The function fence below announces them all at once.
+            walk.pending.clear();
+            progress(Progress {
+                finished: false,
+                ..walk.progress()
+            });
         }
     }
     node.invalidate_func(funcname).await?;
-    walk.progress.finished = true;
-    progress(walk.progress);
-    Ok(walk.progress.deleted)
+    walk.finish();
+    walk.pending.clear();
+    progress(walk.progress());
+    Ok(walk.progress().deleted)
 }
 
 /// A partial deletion in progress; see [`CachedFn::clear_some`].
@@ -1289,31 +1302,29 @@ impl ClearSome {
 
     /// Deletes one batch of matching values (Redis, key set, and the RAM of
     /// every instance) and returns the progress so far; call again until
-    /// `finished`.
+    /// `finished`. Every matching value is dropped from every RAM, also one
+    /// whose Redis copy had already gone; [`Progress::deleted`] counts those
+    /// Redis still held.
     ///
     /// # Errors
-    /// When Redis fails; the next call resumes where this one stopped.
+    /// When Redis fails; the next call resumes where this one stopped. A
+    /// batch deleted from Redis whose announcement failed is announced first
+    /// by the next call, so a failed step loses nothing.
     pub async fn step(&mut self) -> Result<Progress> {
         self.node.check_open()?;
         let Some(shared) = self.node.redis("clear_some")? else {
             // No key sets to walk: drop the whole function from RAM.
             self.node.invalidate_func(&self.walk.funcname).await?;
-            self.walk.progress.finished = true;
-            return Ok(self.walk.progress);
+            self.walk.finish();
+            return Ok(self.walk.progress());
         };
-        let keysets = KeySets::new(&self.node.inner().config.keys);
-        let deleted = keysets.delete_step(shared, &mut self.walk).await?;
-        if !deleted.is_empty() {
-            let keys = &self.node.inner().config.keys;
-            let ram_keys: Vec<String> = deleted
-                .iter()
-                .filter_map(|k| k.strip_prefix(keys.namespace()))
-                .filter_map(|rest| crate::keys::ram_key_of(&rest[1..]))
-                .collect();
-            let refs: Vec<&str> = ram_keys.iter().map(String::as_str).collect();
-            self.node.invalidate_ram_keys(&refs).await?;
+        announce_pending(&self.node, &mut self.walk).await?;
+        if !self.walk.walked() {
+            let keysets = KeySets::new(&self.node.inner().config.keys);
+            keysets.delete_step(shared, &mut self.walk).await?;
+            announce_pending(&self.node, &mut self.walk).await?;
         }
-        Ok(self.walk.progress)
+        Ok(self.walk.progress())
     }
 
     /// Runs the deletion to the end, reporting progress after each batch.
@@ -1332,8 +1343,24 @@ impl ClearSome {
 
     /// Progress so far.
     pub fn progress(&self) -> Progress {
-        self.walk.progress
+        self.walk.progress()
     }
+}
+
+/// Drops the values `walk` deleted so far from the RAM of every instance;
+/// they stay pending until that succeeds.
+async fn announce_pending(node: &CacheNode, walk: &mut Walk) -> Result<()> {
+    let pending = &mut walk.pending;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    // A page read again after a failed step adds its members again.
+    pending.sort_unstable();
+    pending.dedup();
+    let refs: Vec<&str> = pending.iter().map(String::as_str).collect();
+    node.invalidate_ram_keys(&refs).await?;
+    pending.clear();
+    Ok(())
 }
 
 /// A deletion of several functions' values running in the background; see
@@ -1387,22 +1414,27 @@ impl CacheNode {
         let (tx, rx) = watch::channel(Progress::default());
         let node = self.clone();
         let task = tokio::spawn(async move {
-            let mut done = 0;
+            let mut done = Progress::default();
             for name in &funcnames {
                 let before = done;
-                done += clear_function(&node, name, |p| {
+                let mut last = Progress::default();
+                clear_function(&node, name, |p| {
+                    last = p;
                     let _ = tx.send(Progress {
-                        deleted: before + p.deleted,
+                        deleted: before.deleted + p.deleted,
+                        foreign: before.foreign + p.foreign,
                         finished: false,
                     });
                 })
                 .await?;
+                done.deleted += last.deleted;
+                done.foreign += last.foreign;
             }
             let _ = tx.send(Progress {
-                deleted: done,
                 finished: true,
+                ..done
             });
-            Ok(done)
+            Ok(done.deleted)
         });
         BackgroundClear { progress: rx, task }
     }

@@ -17,6 +17,16 @@
 //! * A key's recorded arguments (`{ns}:args:{F}`, kept for refresh) go
 //!   with its key-set entry: when the key is deleted through the set, and
 //!   when it is found gone (see [`KeySets::forget`]).
+//! * Every member a deletion removes is handed back for the RAM of every
+//!   instance, whether or not Redis still had its key: an instance may hold
+//!   a value in RAM whose Redis copy expired, was evicted or was deleted by
+//!   hand. The walk keeps them (see [`Walk`]) until they are announced, so a
+//!   step whose announcement failed loses none.
+//! * A key set is input from Redis like any other: a member that is not a
+//!   value key of its function (not UTF-8, another function's or another
+//!   namespace's key, a bus key, …: planted or corrupt) is removed from the
+//!   set, counted in [`Progress::foreign`] and logged, and the key it names
+//!   is never deleted.
 
 use redis::Value;
 use xxhash_rust::xxh3::xxh3_64;
@@ -34,9 +44,16 @@ pub(crate) const PAGE: usize = 1000;
 /// How far a deletion has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
-    /// Redis keys deleted so far.
+    /// Redis keys deleted so far: the matching values Redis still held. A
+    /// value whose Redis copy had already gone (expired, evicted, deleted
+    /// out of band) is dropped from the RAM of every instance all the same,
+    /// but not counted.
     pub deleted: u64,
-    /// Whether every shard has been walked.
+    /// Key-set members met so far that were no value key of the function
+    /// (planted or corrupt): removed from the key set, never deleted, logged.
+    pub foreign: u64,
+    /// Whether every shard has been walked and every value deleted has been
+    /// announced to the other instances.
     pub finished: bool,
 }
 
@@ -119,15 +136,18 @@ impl KeySets {
     }
 
     /// One step of a deletion: one `SSCAN` page of the current shard, its
-    /// matching members unlinked and removed from the set. Returns the Redis
-    /// keys that existed and were deleted.
-    pub(crate) async fn delete_step(
-        &self,
-        shared: &SharedLayer,
-        walk: &mut Walk,
-    ) -> Result<Vec<String>> {
-        if walk.progress.finished {
-            return Ok(Vec::new());
+    /// matching members unlinked and removed from the set, its foreign
+    /// members (see the module docs) removed from the set only. The RAM keys
+    /// of the members unlinked join [`Walk::pending`], to be announced by the
+    /// caller.
+    ///
+    /// # Errors
+    /// When Redis fails. The walk stays where it was, so the next step reads
+    /// the page again; members whose `UNLINK` may have run are pending all
+    /// the same.
+    pub(crate) async fn delete_step(&self, shared: &SharedLayer, walk: &mut Walk) -> Result<()> {
+        if walk.shard >= SHARDS {
+            return Ok(());
         }
         let set = self.shard(&walk.funcname, walk.shard);
         let mut conn = shared.conn();
@@ -137,48 +157,72 @@ impl KeySets {
             scan.arg("MATCH").arg(format!("*{first}*"));
         }
         scan.arg("COUNT").arg(PAGE);
-        let (next, members): (u64, Vec<String>) = shared
+        let (next, members): (u64, Vec<Vec<u8>>) = shared
             .run("keyset_scan", scan.query_async(&mut conn))
             .await?;
-        let members: Vec<String> = members
-            .into_iter()
-            .filter(|m| walk.parts.iter().all(|p| m.contains(p.as_str())))
-            .collect();
-        let mut deleted = Vec::new();
-        if !members.is_empty() {
-            let mut pipe = redis::pipe();
-            for m in &members {
-                pipe.cmd("UNLINK").arg(m);
-                crate::atomic::add_forget_version(&mut pipe, m);
+        let prefix = format!("{}:f:{}:", self.ns, walk.funcname);
+        let mut keys = Vec::new();
+        let mut foreign = Vec::new();
+        for member in members {
+            match String::from_utf8(member) {
+                Ok(key) => match key.strip_prefix(&prefix) {
+                    Some(suffix) => {
+                        if walk.parts.iter().all(|p| suffix.contains(p.as_str())) {
+                            walk.pending.push(format!("\0f{}:{suffix}", walk.funcname));
+                            keys.push(key);
+                        }
+                    }
+                    None => foreign.push(key.into_bytes()),
+                },
+                Err(e) => foreign.push(e.into_bytes()),
             }
-            pipe.cmd("SREM").arg(&set).arg(&members).ignore();
-            pipe.cmd("HDEL")
-                .arg(crate::refresh::args_key(&self.ns, &walk.funcname))
-                .arg(&members)
-                .ignore();
+        }
+        if !keys.is_empty() || !foreign.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("UNLINK").arg(key);
+                crate::atomic::add_forget_version(&mut pipe, key);
+            }
+            if !keys.is_empty() {
+                pipe.cmd("SREM").arg(&set).arg(&keys).ignore();
+                pipe.cmd("HDEL")
+                    .arg(crate::refresh::args_key(&self.ns, &walk.funcname))
+                    .arg(&keys)
+                    .ignore();
+            }
+            if !foreign.is_empty() {
+                pipe.cmd("SREM").arg(&set).arg(&foreign).ignore();
+            }
             let unlinked: Vec<Value> = shared
                 .run("keyset_delete", pipe.query_async(&mut conn))
                 .await?;
-            for (m, r) in members.into_iter().zip(unlinked) {
-                if matches!(r, Value::Int(n) if n > 0) {
-                    deleted.push(m);
-                }
-            }
+            walk.progress.deleted += unlinked
+                .iter()
+                .filter(|r| matches!(r, Value::Int(n) if *n > 0))
+                .count() as u64;
         }
-        walk.progress.deleted += deleted.len() as u64;
+        if !foreign.is_empty() {
+            walk.progress.foreign += foreign.len() as u64;
+            tracing::warn!(
+                func = %walk.funcname,
+                key_set = %set,
+                count = foreign.len(),
+                "key-set members that are no value of the function: removed from the set, not deleted"
+            );
+        }
         if next == 0 {
             walk.shard += 1;
             walk.cursor = 0;
-            walk.progress.finished = walk.shard >= SHARDS;
         } else {
             walk.cursor = next;
         }
-        Ok(deleted)
+        Ok(())
     }
 
     /// Removes from `funcname`'s key set the members whose key no longer
-    /// exists (expired in Redis), with their recorded arguments. Returns how
-    /// many were removed.
+    /// exists (expired in Redis), with their recorded arguments, and
+    /// members that are not UTF-8 (no key of cachenode's). Returns how many
+    /// were removed.
     pub(crate) async fn prune(&self, shared: &SharedLayer, funcname: &str) -> Result<u64> {
         let mut pruned = 0;
         for shard in 0..SHARDS {
@@ -187,15 +231,66 @@ impl KeySets {
             loop {
                 let mut conn = shared.conn();
                 let (next, members) = scan_page(shared, &set, cursor).await?;
-                if !members.is_empty() {
+                let mut names = Vec::new();
+                let mut garbage = Vec::new();
+                for m in members {
+                    match String::from_utf8(m) {
+                        Ok(name) => names.push(name),
+                        Err(e) => garbage.push(e.into_bytes()),
+                    }
+                }
+                if !garbage.is_empty() {
+                    let removed: u64 = shared
+                        .run(
+                            "keyset_prune",
+                            redis::cmd("SREM")
+                                .arg(&set)
+                                .arg(&garbage)
+                                .query_async(&mut conn),
+                        )
+                        .await?;
+                    pruned += removed;
+                }
+                // A member in another shard than its own (planted or
+                // corrupt) leaves this one; one whose key exists goes to its
+                // own shard, where deletions and `forget` look for it.
+                let (names, misplaced): (Vec<String>, Vec<String>) = names
+                    .into_iter()
+                    .partition(|m| self.shard_of(funcname, m) == set);
+                if !misplaced.is_empty() {
                     let mut pipe = redis::pipe();
-                    for m in &members {
+                    pipe.cmd("SREM").arg(&set).arg(&misplaced).ignore();
+                    for m in &misplaced {
+                        pipe.cmd("EXISTS").arg(m);
+                    }
+                    let exists: Vec<u64> = shared
+                        .run("keyset_prune", pipe.query_async(&mut conn))
+                        .await?;
+                    let mut moved = redis::pipe();
+                    let mut moving = false;
+                    for (m, e) in misplaced.iter().zip(exists) {
+                        if e > 0 {
+                            self.add_to_pipeline(&mut moved, funcname, m);
+                            moving = true;
+                        } else {
+                            pruned += 1;
+                        }
+                    }
+                    if moving {
+                        shared
+                            .run("keyset_prune", moved.query_async::<()>(&mut conn))
+                            .await?;
+                    }
+                }
+                if !names.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for m in &names {
                         pipe.cmd("EXISTS").arg(m);
                     }
                     let exists: Vec<u8> = shared
                         .run("keyset_prune", pipe.query_async(&mut conn))
                         .await?;
-                    let gone: Vec<&String> = members
+                    let gone: Vec<&String> = names
                         .iter()
                         .zip(exists)
                         .filter_map(|(m, e)| (e == 0).then_some(m))
@@ -286,12 +381,9 @@ impl KeySets {
 }
 
 /// One `SSCAN` page (of [`PAGE`] members) of key-set shard `set`: the
-/// next cursor (0 at the end) and the members.
-pub(crate) async fn scan_page(
-    shared: &SharedLayer,
-    set: &str,
-    cursor: u64,
-) -> Result<(u64, Vec<String>)> {
+/// next cursor (0 at the end) and the members, as bytes (a member that is
+/// not UTF-8 is no key cachenode wrote; [`KeySets::prune`] removes it).
+async fn scan_page(shared: &SharedLayer, set: &str, cursor: u64) -> Result<(u64, Vec<Vec<u8>>)> {
     let mut conn = shared.conn();
     shared
         .run(
@@ -307,7 +399,8 @@ pub(crate) async fn scan_page(
 }
 
 /// A deletion in progress over one function's key set: the position of the
-/// walk and what it matches. Steps are made with [`KeySets::delete_step`].
+/// walk, what it matches, and what it deleted but has not announced yet.
+/// Steps are made with [`KeySets::delete_step`].
 #[derive(Debug, Clone)]
 pub(crate) struct Walk {
     pub(crate) funcname: String,
@@ -315,7 +408,11 @@ pub(crate) struct Walk {
     pub(crate) parts: Vec<String>,
     shard: u64,
     cursor: u64,
-    pub(crate) progress: Progress,
+    /// RAM keys of the members unlinked (or maybe unlinked: the reply was
+    /// lost) and not announced yet. The walk moves on before they are
+    /// announced, so they are kept here until an announcement succeeds.
+    pub(crate) pending: Vec<String>,
+    progress: Progress,
 }
 
 impl Walk {
@@ -325,8 +422,27 @@ impl Walk {
             parts,
             shard: 0,
             cursor: 0,
+            pending: Vec::new(),
             progress: Progress::default(),
         }
+    }
+
+    /// Whether every shard has been walked (announcements aside).
+    pub(crate) fn walked(&self) -> bool {
+        self.shard >= SHARDS
+    }
+
+    /// How far it has got: finished once walked with nothing pending.
+    pub(crate) fn progress(&self) -> Progress {
+        Progress {
+            finished: self.walked() && self.pending.is_empty(),
+            ..self.progress
+        }
+    }
+
+    /// Ends the walk without walking (nothing to walk: no Redis).
+    pub(crate) fn finish(&mut self) {
+        self.shard = SHARDS;
     }
 }
 

@@ -1169,6 +1169,7 @@ async fn clear_all_removes_every_value_of_the_function_and_spares_others() {
         reports.last(),
         Some(&Progress {
             deleted: 20,
+            foreign: 0,
             finished: true
         })
     );
@@ -1268,6 +1269,7 @@ async fn clear_all_of_many_keys(count: usize) {
         reports.last(),
         Some(&Progress {
             deleted: count as u64,
+            foreign: 0,
             finished: true
         })
     );
@@ -1362,6 +1364,7 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
         steps.last(),
         Some(&Progress {
             deleted: 60,
+            foreign: 0,
             finished: true
         })
     );
@@ -1369,6 +1372,7 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
         clear.progress(),
         Progress {
             deleted: 60,
+            foreign: 0,
             finished: true
         }
     );
@@ -1424,6 +1428,7 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
         reports.last(),
         Some(&Progress {
             deleted: 1,
+            foreign: 0,
             finished: true
         })
     );
@@ -1476,6 +1481,207 @@ async fn clear_some_needs_full_args_keys() {
         "{text}"
     );
     assert_eq!(redis.keys("t:f:hashed_only:*").len(), 1, "nothing deleted");
+}
+
+/// The bus counter: the number of the last invalidation published.
+fn bus_seq(redis: &TestRedis) -> u64 {
+    let seq: Option<u64> = redis.conn().get("t:{bus}:seq").unwrap();
+    seq.unwrap_or(0)
+}
+
+/// Waits until every node has applied everything published so far.
+async fn caught_up(redis: &TestRedis, nodes: &[&CacheNode]) {
+    let seq = bus_seq(redis);
+    let ok = eventually(PROPAGATION, || async {
+        nodes
+            .iter()
+            .all(|n| n.bus_health().unwrap().last_applied_seq >= seq)
+    })
+    .await;
+    let health: Vec<_> = nodes.iter().map(|n| n.bus_health()).collect();
+    assert!(ok, "nodes did not apply seq {seq}: {health:?}");
+}
+
+fn greet(n: &CacheNode, name: &str) -> CachedFn<Args, String> {
+    n.func::<Args, String>(name)
+        .cache_key_with_full_args(true)
+        .build()
+        .unwrap()
+}
+
+fn greet_probe(n: &CacheNode, name: &str) -> CachedFn<Args, String> {
+    n.func::<Args, String>(name)
+        .cache_key_with_full_args(true)
+        .local_ram_cache_only()
+        .build()
+        .unwrap()
+}
+
+/// Computes `lang-user` for `users` × [`LANGS`] through `fa`, then reads
+/// each value through every handle of `readers` (from Redis: they hold it
+/// in RAM afterwards).
+async fn greetings(fa: &CachedFn<Args, String>, readers: &[&CachedFn<Args, String>], users: u32) {
+    for user in 0..users {
+        for lang in LANGS {
+            let v = format!("{lang}-{user}");
+            fa.call(&ul(user, lang), || ready(Ok::<_, Infallible>(v.clone())))
+                .await
+                .unwrap();
+            for f in readers {
+                let seen = f
+                    .call(&ul(user, lang), || {
+                        ready(Ok::<_, Infallible>(String::new()))
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(seen, v, "read from Redis, not computed");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn clear_some_drops_values_from_every_ram_even_when_redis_had_lost_them() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (fa, fb) = (greet(&a, "lost"), greet(&b, "lost"));
+    let (pa, pb) = (greet_probe(&a, "lost"), greet_probe(&b, "lost"));
+    greetings(&fa, &[&fb], 6).await;
+    // The fr values of users 0 to 2 leave Redis behind cachenode's back
+    // (expired, evicted under maxmemory, deleted by hand), while their
+    // key-set entries and the RAM copies of both nodes stay.
+    for user in 0..3 {
+        let removed: u64 = redis
+            .conn()
+            .del(fa.cache_key(&ul(user, "fr")).unwrap())
+            .unwrap();
+        assert_eq!(removed, 1);
+    }
+    for p in [&pa, &pb] {
+        assert_eq!(in_ram(p, &ul(0, "fr")).await.as_deref(), Some("fr-0"));
+    }
+
+    let deleted = fa
+        .clear_some(&Args::new().arg("lang", "fr").unwrap())
+        .unwrap()
+        .run(|_| {})
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3, "the count is of the keys Redis still held");
+    assert_eq!(fa.key_set_size().await.unwrap(), 12);
+    caught_up(&redis, &[&a, &b]).await;
+    for (who, p) in [("a", &pa), ("b", &pb)] {
+        for user in 0..6 {
+            assert_eq!(
+                in_ram(p, &ul(user, "fr")).await,
+                None,
+                "{who} still serves fr-{user}"
+            );
+            for lang in ["en", "de"] {
+                assert_eq!(
+                    in_ram(p, &ul(user, lang)).await,
+                    Some(format!("{lang}-{user}")),
+                    "{who} keeps {lang}-{user}"
+                );
+            }
+        }
+    }
+
+    // clear_all too: one more value leaves Redis; every other one is counted,
+    // and neither node serves any of them.
+    let removed: u64 = redis
+        .conn()
+        .del(fa.cache_key(&ul(0, "en")).unwrap())
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(fa.clear_all().await.unwrap(), 11);
+    caught_up(&redis, &[&a, &b]).await;
+    for (who, p) in [("a", &pa), ("b", &pb)] {
+        for user in 0..6 {
+            for lang in LANGS {
+                assert_eq!(in_ram(p, &ul(user, lang)).await, None, "{who}");
+            }
+        }
+    }
+    assert!(redis.keys("t:f:lost:*").is_empty());
+    assert!(redis.keys("t:ks:lost:*").is_empty());
+}
+
+#[tokio::test]
+async fn clear_some_step_that_could_not_announce_is_retried_without_losing_keys() {
+    let redis = TestRedis::start();
+    let a = node(&redis).await;
+    // B hears invalidations through pub/sub only during the test: a periodic
+    // check would read the bus counter broken below.
+    let b = CacheNode::builder()
+        .redis_url(redis.url())
+        .namespace("t")
+        .op_timeout(Duration::from_millis(500))
+        .deletion_check_frequency(Duration::from_secs(600))
+        .build()
+        .await
+        .unwrap();
+    let (fa, fb, pb) = (
+        greet(&a, "retry"),
+        greet(&b, "retry"),
+        greet_probe(&b, "retry"),
+    );
+    greetings(&fa, &[&fb], 8).await;
+    let seq: Option<String> = redis.conn().get("t:{bus}:seq").unwrap();
+
+    let mut clear = fa
+        .clear_some(&Args::new().arg("lang", "fr").unwrap())
+        .unwrap();
+    // Something foreign at the bus counter: publishing fails (nothing is
+    // published, so no message is lost either).
+    let _: () = redis.conn().set("t:{bus}:seq", "not a number").unwrap();
+    let err = loop {
+        match clear.step().await {
+            Ok(p) => assert!(!p.finished, "finished with a broken bus: {p:?}"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::Redis { op: "publish", .. }), "{err:?}");
+    assert!(!clear.progress().finished);
+    // The bus repaired, the deletion goes on where it stopped.
+    match seq {
+        Some(seq) => redis.conn().set::<_, _, ()>("t:{bus}:seq", seq).unwrap(),
+        None => redis.conn().del::<_, ()>("t:{bus}:seq").unwrap(),
+    }
+    let last = loop {
+        let p = clear.step().await.unwrap();
+        if p.finished {
+            break p;
+        }
+    };
+    assert_eq!(
+        last,
+        Progress {
+            deleted: 8,
+            foreign: 0,
+            finished: true
+        }
+    );
+    caught_up(&redis, &[&a, &b]).await;
+    let h = b.bus_health().unwrap();
+    assert!(
+        h.gap_flushes == 0 && !h.suspended,
+        "nothing hid B's RAM: {h:?}"
+    );
+    for user in 0..8 {
+        assert!(!exists(&redis, &fa.cache_key(&ul(user, "fr")).unwrap()));
+        assert_eq!(
+            in_ram(&pb, &ul(user, "fr")).await,
+            None,
+            "b still serves fr-{user}"
+        );
+        for lang in ["en", "de"] {
+            assert_eq!(
+                in_ram(&pb, &ul(user, lang)).await,
+                Some(format!("{lang}-{user}"))
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1546,6 +1752,7 @@ async fn clear_funcs_clears_several_functions_everywhere_with_progress() {
             mine.last(),
             Some(&Progress {
                 deleted: expected,
+                foreign: 0,
                 finished: true
             })
         );
@@ -1604,6 +1811,7 @@ async fn clear_funcs_in_background_reports_progress_and_the_total() {
         clear.progress(),
         Progress {
             deleted: 5025,
+            foreign: 0,
             finished: true
         }
     );

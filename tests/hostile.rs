@@ -1,11 +1,17 @@
-//! Keys and arguments with any bytes, against a real redis-server.
+//! Keys and arguments with any bytes, and hostile or corrupt things planted
+//! in Redis where clears look, against a real redis-server.
 
 mod support;
 
 use std::time::Duration;
 
-use cachenode::{Args, CacheNode, Ttl};
+use cachenode::{Args, CacheNode, CachedFn, Progress, Ttl};
+use redis::Commands;
 use support::{eventually, TestRedis};
+
+fn exists(redis: &TestRedis, key: &str) -> bool {
+    redis.conn().exists(key).unwrap()
+}
 
 async fn node(redis: &TestRedis) -> CacheNode {
     CacheNode::builder()
@@ -254,4 +260,295 @@ async fn removing_an_undecodable_value_drops_the_readers_own_ram_copy() {
     assert_eq!(a.stats().decode_failures, 1);
     assert_eq!(raw_get(&redis, "h:k:k"), None);
     assert_eq!(a.ram_only().get::<String>("k").await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------
+// Hostile or corrupt things planted in Redis, where clears look
+// ---------------------------------------------------------------------------
+
+fn victim(n: &CacheNode) -> CachedFn<Args, String> {
+    n.func::<Args, String>("victim")
+        .cache_key_with_full_args(true)
+        .build()
+        .unwrap()
+}
+
+fn va(user: u32, lang: &str) -> Args {
+    Args::new()
+        .arg("user", &user)
+        .unwrap()
+        .arg("lang", lang)
+        .unwrap()
+}
+
+fn fr() -> Args {
+    Args::new().arg("lang", "fr").unwrap()
+}
+
+/// `users` × fr/en values of `f`, each `lang-user`.
+async fn victim_values(f: &CachedFn<Args, String>, users: u32) {
+    for user in 0..users {
+        for lang in ["fr", "en"] {
+            let v = format!("{lang}-{user}");
+            f.call(&va(user, lang), || async { Ok::<_, ()>(v.clone()) })
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// The `;name=hash` part of a full-args key.
+fn part_of(key: &str, name: &str) -> String {
+    let part = key
+        .split(';')
+        .find(|p| p.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{key} has no part {name}"));
+    format!(";{part}")
+}
+
+/// Adds `member` (any bytes) to shard `shard` of the victim's key set.
+fn plant_member(redis: &TestRedis, shard: u64, member: &[u8]) {
+    let added: u64 = redis
+        .conn()
+        .sadd(format!("h:ks:victim:{shard}"), member)
+        .unwrap();
+    assert_eq!(added, 1);
+}
+
+#[tokio::test]
+async fn key_set_members_shaped_like_the_namespace_do_not_panic_a_clear() {
+    let redis = TestRedis::start();
+    let a = node(&redis).await;
+    let f = victim(&a);
+    victim_values(&f, 3).await;
+    let lang_fr = part_of(&f.cache_key(&va(0, "fr")).unwrap(), "lang");
+    // Members a corrupt or hostile writer put in the key set, naming keys
+    // that exist: the namespace alone, and the namespace followed by other
+    // bytes (a multibyte character first); the last two carry the filter's
+    // part, so the walk of `clear_some(lang = fr)` looks at them.
+    let planted = [
+        "h".to_string(),
+        "h☃".to_string(),
+        format!("h{lang_fr}"),
+        format!("hé{lang_fr}"),
+    ];
+    for (shard, m) in (0u64..).zip(&planted) {
+        plant_member(&redis, shard, m.as_bytes());
+        let _: () = redis.conn().set(m, "not the victim's").unwrap();
+    }
+    let mut last = Progress::default();
+    let deleted = f
+        .clear_some(&fr())
+        .unwrap()
+        .run(|p| last = p)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3);
+    let counted = Progress {
+        deleted: 3,
+        foreign: 2,
+        finished: true,
+    };
+    assert_eq!(last, counted, "the two that carry the part are met");
+    for user in 0..3 {
+        assert!(!exists(&redis, &f.cache_key(&va(user, "fr")).unwrap()));
+        assert!(exists(&redis, &f.cache_key(&va(user, "en")).unwrap()));
+    }
+    assert_eq!(f.clear_all_with(|p| last = p).await.unwrap(), 3);
+    assert_eq!(last, counted, "then the other two");
+    assert!(redis.keys("h:f:victim:*").is_empty());
+    for m in &planted {
+        assert!(exists(&redis, m), "{m:?} is not the victim's to delete");
+    }
+    assert_eq!(f.key_set_size().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_clear_never_deletes_keys_a_key_set_names_that_the_function_does_not_own() {
+    let redis = TestRedis::start();
+    let a = node(&redis).await;
+    let f = victim(&a);
+    victim_values(&f, 3).await;
+    let other = a
+        .func::<Args, String>("other")
+        .cache_key_with_full_args(true)
+        .build()
+        .unwrap();
+    other
+        .call(&va(0, "fr"), || async { Ok::<_, ()>("theirs".to_string()) })
+        .await
+        .unwrap();
+    let lang_fr = part_of(&f.cache_key(&va(0, "fr")).unwrap(), "lang");
+    // Keys that are not the victim's values, named in its key set: a plain
+    // value (its name carries the filter's part), another function's value,
+    // another namespace's value, the bus's own keys, and a member that is
+    // not even UTF-8.
+    let plain = format!("precious{lang_fr}");
+    a.set(&plain, &7u32, Ttl::Default).await.unwrap();
+    let other_key = other.cache_key(&va(0, "fr")).unwrap();
+    let elsewhere = format!("x:f:victim:|{lang_fr}");
+    let _: () = redis.conn().set(&elsewhere, "another namespace").unwrap();
+    let mut binary = vec![0xFF, 0xFE];
+    binary.extend_from_slice(lang_fr.as_bytes());
+    let planted: Vec<Vec<u8>> = vec![
+        format!("h:k:{plain}").into_bytes(),
+        other_key.clone().into_bytes(),
+        elsewhere.clone().into_bytes(),
+        b"h:{bus}:seq".to_vec(),
+        b"h:{bus}:log".to_vec(),
+        binary,
+    ];
+    for (shard, m) in (0u64..).zip(&planted) {
+        plant_member(&redis, shard % 16, m);
+    }
+    assert!(exists(&redis, "h:{bus}:seq") && exists(&redis, "h:{bus}:log"));
+
+    let mut last = Progress::default();
+    let deleted = f
+        .clear_some(&fr())
+        .unwrap()
+        .run(|p| last = p)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3);
+    assert_eq!(last.foreign, 4, "the four that carry the part");
+    assert_eq!(f.clear_all_with(|p| last = p).await.unwrap(), 3);
+    assert_eq!(last.foreign, 2, "the bus's keys");
+    assert!(redis.keys("h:f:victim:*").is_empty());
+    // Everything else is still there.
+    assert_eq!(a.get::<u32>(&plain).await.unwrap(), Some(7));
+    assert!(exists(&redis, &other_key));
+    assert!(exists(&redis, &elsewhere));
+    assert!(exists(&redis, "h:{bus}:seq") && exists(&redis, "h:{bus}:log"));
+    assert_eq!(
+        other
+            .call(&va(0, "fr"), || async {
+                Ok::<_, ()>("recomputed".to_string())
+            })
+            .await
+            .unwrap(),
+        "theirs"
+    );
+    // The foreign members are out of the key set.
+    assert_eq!(f.key_set_size().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_key_set_of_the_wrong_type_makes_clear_fail_clearly_until_it_is_removed() {
+    let redis = TestRedis::start();
+    let a = node(&redis).await;
+    let f = victim(&a);
+    victim_values(&f, 3).await;
+    // A string where shard 5 of the key set belongs (any members it had are
+    // lost with it: the values they named stay until their TTL).
+    let _: () = redis.conn().set("h:ks:victim:5", "not a set").unwrap();
+    let wrong_type = |e: &cachenode::Error, op: &str| {
+        matches!(e, cachenode::Error::Redis { op: o, .. } if *o == op)
+            && e.to_string().contains("WRONGTYPE")
+    };
+    let err = f.clear_some(&fr()).unwrap().run(|_| {}).await.unwrap_err();
+    assert!(wrong_type(&err, "keyset_scan"), "{err}");
+    let err = f.clear_all().await.unwrap_err();
+    assert!(wrong_type(&err, "keyset_scan"), "{err}");
+    let err = f.key_set_size().await.unwrap_err();
+    assert!(wrong_type(&err, "keyset_size"), "{err}");
+    // The registry of functions of the wrong type: listing and pruning fail
+    // clearly, calls still answer.
+    let _: () = redis.conn().del("h:ks").unwrap();
+    let _: () = redis.conn().rpush("h:ks", "not a set").unwrap();
+    let err = a.key_sets().await.unwrap_err();
+    assert!(wrong_type(&err, "keyset_functions"), "{err}");
+    let err = a.prune_key_sets().await.unwrap_err();
+    assert!(wrong_type(&err, "keyset_functions"), "{err}");
+    assert_eq!(
+        f.call(&va(9, "fr"), || async { Ok::<_, ()>("fr-9".to_string()) })
+            .await
+            .unwrap(),
+        "fr-9"
+    );
+    // Once the foreign keys are gone, a clear finishes: every value still
+    // in Redis and recorded in the key set is deleted.
+    let _: () = redis.conn().del(&["h:ks:victim:5", "h:ks"]).unwrap();
+    let left = redis.keys("h:f:victim:*").len() as u64;
+    assert!(left > 0);
+    assert_eq!(f.clear_all().await.unwrap(), left);
+    assert!(redis.keys("h:f:victim:*").is_empty());
+}
+
+#[tokio::test]
+async fn corrupt_or_wrong_typed_values_under_function_keys_are_recomputed_and_cleared() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (fa, fb) = (victim(&a), victim(&b));
+    victim_values(&fa, 1).await;
+    let garbage = fa.cache_key(&va(0, "fr")).unwrap();
+    let listed = fa.cache_key(&va(0, "en")).unwrap();
+    let corrupt = |redis: &TestRedis| {
+        let mut conn = redis.conn();
+        let _: () = conn.set(&garbage, b"\xCB\x01 not an envelope").unwrap();
+        let _: () = conn.del(&listed).unwrap();
+        let _: () = conn.rpush(&listed, "a list").unwrap();
+    };
+    corrupt(&redis);
+    // B never saw them: it reads Redis, finds junk, computes and stores.
+    for (args, v) in [(va(0, "fr"), "fr-new"), (va(0, "en"), "en-new")] {
+        let got = fb
+            .call(&args, || async { Ok::<_, ()>(v.to_string()) })
+            .await
+            .unwrap();
+        assert_eq!(got, v);
+    }
+    assert_eq!(
+        b.stats().decode_failures,
+        1,
+        "the undecodable one is counted"
+    );
+    // What B stored over the value of the wrong type is real: a third node
+    // reads it without computing.
+    let c = node(&redis).await;
+    let fc = victim(&c);
+    for (args, v) in [(va(0, "en"), "en-new")] {
+        let got = fc
+            .call(&args, || async { Ok::<_, ()>("computed".to_string()) })
+            .await
+            .unwrap();
+        assert_eq!(got, v);
+    }
+    // Junk under the keys is deleted (and counted) by clears like any value.
+    corrupt(&redis);
+    assert_eq!(fa.clear_some(&fr()).unwrap().run(|_| {}).await.unwrap(), 1);
+    assert_eq!(fa.clear_all().await.unwrap(), 1);
+    assert!(redis.keys("h:f:victim:*").is_empty());
+    assert_eq!(fa.key_set_size().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn pruning_removes_members_that_are_not_utf8_or_gone_and_rehomes_misplaced_ones() {
+    let redis = TestRedis::start();
+    let a = node(&redis).await;
+    let f = victim(&a);
+    victim_values(&f, 2).await;
+    // Not UTF-8; a key that is gone; a live key in a shard not its own.
+    plant_member(&redis, 3, &[0xFF, 0xFE, b'x']);
+    plant_member(&redis, 4, b"h:f:victim:|gone");
+    let live = f.cache_key(&va(0, "fr")).unwrap();
+    let own: u64 = (0..16)
+        .find(|s| {
+            redis
+                .conn()
+                .sismember(format!("h:ks:victim:{s}"), &live)
+                .unwrap()
+        })
+        .unwrap();
+    plant_member(&redis, (own + 1) % 16, live.as_bytes());
+    assert_eq!(f.key_set_size().await.unwrap(), 7);
+    assert_eq!(a.prune_key_sets().await.unwrap(), 2);
+    assert_eq!(
+        f.key_set_size().await.unwrap(),
+        4,
+        "the live one is kept once"
+    );
+    assert_eq!(a.prune_key_sets().await.unwrap(), 0);
+    assert_eq!(f.clear_all().await.unwrap(), 4);
+    assert_eq!(f.key_set_size().await.unwrap(), 0);
 }
