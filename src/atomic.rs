@@ -62,10 +62,18 @@ end
 return 0
 "#;
 
-/// `KEYS`: lock, value. `ARGV`: token, bytes, ttl ms (0: none).
+/// `KEYS`: lock, value[, generation]. `ARGV`: token, bytes, ttl ms (0:
+/// none)[, generation seen]. Returns 0 when the lock is lost, [`CLEARED`]
+/// when the generation changed, 1 when written.
 const WRITE_IF_HELD: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
+end
+if KEYS[3] then
+  local g = redis.pcall('GET', KEYS[3])
+  if type(g) == 'table' or (g or '') ~= ARGV[4] then
+    return -1
+  end
 end
 if tonumber(ARGV[3]) > 0 then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
@@ -82,11 +90,18 @@ local t = redis.call('TIME')
 return tonumber(t[1]) * 1000000 + tonumber(t[2])
 "#;
 
-/// `KEYS`: value, version. `ARGV`: bytes, ttl ms (0: none), version.
-/// Returns 0 when refused, 1 when written, 2 when it replaced a value
-/// (which other instances may hold in RAM). The version of a value that is
-/// gone (deleted some way that left its version behind) refuses nothing.
+/// `KEYS`: value, version[, generation]. `ARGV`: bytes, ttl ms (0: none),
+/// version[, generation seen]. Returns 0 when refused, [`CLEARED`] when the
+/// generation changed, 1 when written, 2 when it replaced a value (which
+/// other instances may hold in RAM). The version of a value that is gone
+/// (deleted some way that left its version behind) refuses nothing.
 const WRITE_IF_NEWER: &str = r#"
+if KEYS[3] then
+  local g = redis.pcall('GET', KEYS[3])
+  if type(g) == 'table' or (g or '') ~= ARGV[4] then
+    return -1
+  end
+end
 local replaced = redis.call('EXISTS', KEYS[1]) == 1
 if replaced then
   local cur = redis.call('GET', KEYS[2])
@@ -109,6 +124,55 @@ return 1
 
 /// The reply of a write from [`add_write_if_newer`] that replaced a value.
 pub(crate) const REPLACED: i64 = 2;
+
+/// The reply of a write refused because its function was cleared since the
+/// computation started (its clear generation changed; see
+/// [`keysets`](crate::keysets)).
+pub(crate) const CLEARED: i64 = -1;
+
+/// `KEYS`: value, generation. `ARGV`: bytes, ttl ms (0: none), generation
+/// seen. Returns [`CLEARED`] when the generation changed, 1 when written.
+const WRITE_IF_GENERATION: &str = r#"
+local g = redis.pcall('GET', KEYS[2])
+if type(g) == 'table' or (g or '') ~= ARGV[3] then
+  return -1
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"#;
+
+/// A write's condition on its function's clear generation: done only while
+/// the generation key holds `seen` (empty: while there is none).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GenerationCheck<'a> {
+    /// The generation key.
+    pub(crate) key: &'a str,
+    /// What the computation read there before it started.
+    pub(crate) seen: &'a [u8],
+}
+
+/// Appends to `pipe` the write of `bytes` to `value_key`, done only while
+/// `check` holds. Its reply is 1, or [`CLEARED`].
+pub(crate) fn add_write_if_generation(
+    pipe: &mut redis::Pipeline,
+    value_key: &str,
+    bytes: &[u8],
+    ttl: Option<Duration>,
+    check: GenerationCheck<'_>,
+) {
+    pipe.cmd("EVAL")
+        .arg(WRITE_IF_GENERATION)
+        .arg(2)
+        .arg(value_key)
+        .arg(check.key)
+        .arg(bytes)
+        .arg(ttl.map_or(0, ttl_millis))
+        .arg(check.seen);
+}
 
 pub(crate) fn lock_key(value_key: &str) -> String {
     format!("{{{value_key}}}:lock")
@@ -184,22 +248,29 @@ pub(crate) async fn try_lock(
 
 impl LockGuard {
     /// Appends to `pipe` the write of `bytes` to `value_key`, done only if
-    /// this lock is still held.
+    /// this lock is still held (and `check`, if any, holds).
     pub(crate) fn add_write(
         &self,
         pipe: &mut redis::Pipeline,
         value_key: &str,
         bytes: &[u8],
         ttl: Option<Duration>,
+        check: Option<GenerationCheck<'_>>,
     ) {
         pipe.cmd("EVAL")
             .arg(WRITE_IF_HELD)
-            .arg(2)
+            .arg(if check.is_some() { 3 } else { 2 })
             .arg(&self.key)
-            .arg(value_key)
-            .arg(&self.token)
+            .arg(value_key);
+        if let Some(c) = check {
+            pipe.arg(c.key);
+        }
+        pipe.arg(&self.token)
             .arg(bytes)
             .arg(ttl.map_or(0, ttl_millis));
+        if let Some(c) = check {
+            pipe.arg(c.seen);
+        }
     }
 
     /// Releases the lock (if still ours) and stops the keep-alive.
@@ -272,22 +343,28 @@ pub(crate) fn add_forget_version(pipe: &mut redis::Pipeline, value_key: &str) {
 
 /// Appends to `pipe` the write of `bytes` to `value_key` unless a value from
 /// a computation started after `version` (from [`start_version`]) is
-/// already stored. Its reply is [`REPLACED`] when it overwrote a value.
+/// already stored (or `check`, if any, fails). Its reply is [`REPLACED`]
+/// when it overwrote a value.
 pub(crate) fn add_write_if_newer(
     pipe: &mut redis::Pipeline,
     value_key: &str,
     bytes: &[u8],
     ttl: Option<Duration>,
     version: u64,
+    check: Option<GenerationCheck<'_>>,
 ) {
     pipe.cmd("EVAL")
         .arg(WRITE_IF_NEWER)
-        .arg(2)
+        .arg(if check.is_some() { 3 } else { 2 })
         .arg(value_key)
-        .arg(version_key(value_key))
-        .arg(bytes)
-        .arg(ttl.map_or(0, ttl_millis))
-        .arg(version);
+        .arg(version_key(value_key));
+    if let Some(c) = check {
+        pipe.arg(c.key);
+    }
+    pipe.arg(bytes).arg(ttl.map_or(0, ttl_millis)).arg(version);
+    if let Some(c) = check {
+        pipe.arg(c.seen);
+    }
 }
 
 #[cfg(test)]

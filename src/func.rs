@@ -38,9 +38,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use crate::atomic::AtomicWrites;
+use crate::atomic::GenerationCheck;
 use crate::bus::Invalidation;
 use crate::codec::{self, Codec};
-use crate::keysets::{KeySets, Progress, Walk};
+use crate::keysets::{Generation, KeySets, Progress, Walk};
 use crate::local::{Entry, FillTicket, Group, LocalLayer};
 use crate::metrics::Layer;
 use crate::node::{unix_millis, CacheNode, Layers};
@@ -908,7 +909,8 @@ where
                 }
             },
         };
-        if let Some(v) = self.read_redis(&key, ticket).await {
+        let (found, generation) = self.read_redis(&key, ticket).await;
+        if let Some(v) = found {
             self.inner.metrics.hit(Layer::Redis);
             if let Some(l) = leader {
                 l.finish(Some(v.clone()));
@@ -924,7 +926,8 @@ where
         };
         let value = match self.inner.opts.atomic {
             None => {
-                self.store(&key, compute().await?, ticket, Write::Plain)
+                let value = compute().await?;
+                self.store(&key, value, ticket, Write::Plain, &generation)
                     .await
             }
             Some(AtomicWrites::AtLeastOnce) => {
@@ -935,10 +938,13 @@ where
                     }
                     _ => 0,
                 };
-                self.store(&key, compute().await?, ticket, Write::IfNewer(started))
-                    .await
+                let value = compute().await?;
+                let write = Write::IfNewer(started);
+                self.store(&key, value, ticket, write, &generation).await
             }
-            Some(AtomicWrites::AtMostOnce) => self.at_most_once(&key, ticket, compute).await?,
+            Some(AtomicWrites::AtMostOnce) => {
+                self.at_most_once(&key, ticket, generation, compute).await?
+            }
         };
         if let Some(l) = leader {
             l.finish(Some(value.clone()));
@@ -974,7 +980,7 @@ where
         let shared = node
             .redis("get_or_build")?
             .ok_or(Error::NoSharedLayer { op: "get_or_build" })?;
-        if let Some(v) = self.read_redis(&key, ram.map(LocalLayer::ticket)).await {
+        if let (Some(v), _) = self.read_redis(&key, ram.map(LocalLayer::ticket)).await {
             return Ok(Lookup::Ready(V::clone(&v)));
         }
         let mut encoded = Vec::new();
@@ -994,25 +1000,40 @@ where
     }
 
     /// Reads and decodes the Redis copy, filling RAM; `None` on a miss or
-    /// any failure (logged and counted).
-    async fn read_redis(&self, key: &CallKey, ticket: Option<FillTicket>) -> Option<Arc<V>> {
+    /// any failure (logged and counted). With it, the function's clear
+    /// generation, which a computation started after this read checks when
+    /// it writes (see [`keysets`](crate::keysets)).
+    async fn read_redis(
+        &self,
+        key: &CallKey,
+        ticket: Option<FillTicket>,
+    ) -> (Option<Arc<V>>, Generation) {
         let node = &self.inner.node;
-        let shared = node.redis("call").ok().flatten()?;
+        let Some(shared) = node.redis("call").ok().flatten() else {
+            return (None, Generation::Unknown);
+        };
         let redis_key = self.redis_key(key);
-        let bytes = match shared.get(&redis_key).await {
+        let (read, generation) = self
+            .inner
+            .keysets
+            .get_with_generation(shared, &self.inner.name, &redis_key)
+            .await;
+        let bytes = match read {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 node.inner().metrics.miss(Layer::Redis);
-                return None;
+                return (None, generation);
             }
             Err(e) => {
                 tracing::warn!(func = %self.inner.name, error = %e, "Redis read failed; computing");
-                return None;
+                return (None, generation);
             }
         };
-        let (expires_at_ms, value) = node
-            .decode::<V>(shared, &redis_key, &key.ram, &bytes)
-            .await?;
+        let Some((expires_at_ms, value)) =
+            node.decode::<V>(shared, &redis_key, &key.ram, &bytes).await
+        else {
+            return (None, generation);
+        };
         node.inner().metrics.hit(Layer::Redis);
         let value = Arc::new(value);
         if let (Some(local), Some(ticket)) = (node.ram(), ticket) {
@@ -1021,7 +1042,7 @@ where
                 local.insert(key.ram.clone(), entry, ticket);
             }
         }
-        Some(value)
+        (Some(value), generation)
     }
 
     /// Computes under the key's lock, or waits for the instance that holds
@@ -1030,6 +1051,7 @@ where
         &self,
         key: &CallKey,
         ticket: Option<FillTicket>,
+        generation: Generation,
         compute: F,
     ) -> Result<Arc<V>, E>
     where
@@ -1038,8 +1060,9 @@ where
     {
         let o = &self.inner.opts;
         let Ok(Some(shared)) = self.inner.node.redis("call") else {
+            let value = compute().await?;
             return Ok(self
-                .store(key, compute().await?, ticket, Write::Plain)
+                .store(key, value, ticket, Write::Plain, &generation)
                 .await);
         };
         let redis_key = self.redis_key(key);
@@ -1051,21 +1074,24 @@ where
             match crate::atomic::try_lock(shared, &redis_key, o.lock_ttl).await {
                 Ok(Some(lock)) => {
                     // The value may have landed between our miss and the lock.
-                    if let Some(v) = self.read_redis(key, ticket).await {
+                    let (found, generation) = self.read_redis(key, ticket).await;
+                    if let Some(v) = found {
                         lock.release().await;
                         return Ok(v);
                     }
                     // On an error the guard drops and releases the lock.
                     let value = compute().await?;
-                    let value = self.store(key, value, ticket, Write::Held(&lock)).await;
+                    let write = Write::Held(&lock);
+                    let value = self.store(key, value, ticket, write, &generation).await;
                     lock.release().await;
                     return Ok(value);
                 }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(func = %self.inner.name, error = %e, "cannot take the compute lock; computing");
+                    let value = compute().await?;
                     return Ok(self
-                        .store(key, compute().await?, ticket, Write::Plain)
+                        .store(key, value, ticket, Write::Plain, &generation)
                         .await);
                 }
             }
@@ -1079,19 +1105,22 @@ where
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
-            if let Some(v) = self.read_redis(key, ticket).await {
+            if let (Some(v), _) = self.read_redis(key, ticket).await {
                 return Ok(v);
             }
         }
     }
 
-    /// Applies the caching rules to a computed value and stores it.
+    /// Applies the caching rules to a computed value and stores it, in Redis
+    /// only while the function's clear generation is still `generation`, the
+    /// one read before the computation started.
     async fn store(
         &self,
         key: &CallKey,
         value: V,
         ticket: Option<FillTicket>,
         write: Write<'_>,
+        generation: &Generation,
     ) -> Arc<V> {
         let o = &self.inner.opts;
         let (value, cache) = match o
@@ -1121,16 +1150,26 @@ where
         let redis = node.redis("call");
         // A function cached in RAM only: nothing in Redis stands behind it.
         let ram_only = matches!(redis, Ok(None));
-        if let Ok(Some(shared)) = redis {
-            match self.write_redis(shared, key, &value, ttl, write).await {
-                Ok(Some(len)) => size = Some(len),
-                // Refused: a newer value is stored, or our lock expired and
-                // someone else may have written. Do not keep ours in RAM.
-                Ok(None) => return value,
-                Err(e) => {
-                    tracing::warn!(func = %self.inner.name, error = %e, "cannot store computed value in Redis");
+        match (redis, generation) {
+            (Ok(Some(_)), Generation::Unknown) => {
+                tracing::debug!(func = %self.inner.name, "computed value not stored in Redis: the clear generation could not be read");
+            }
+            (Ok(Some(shared)), Generation::Seen(seen)) => {
+                match self
+                    .write_redis(shared, key, &value, ttl, write, seen)
+                    .await
+                {
+                    Ok(Some(len)) => size = Some(len),
+                    // Refused: a newer value is stored, our lock expired and
+                    // someone else may have written, or the function was
+                    // cleared meanwhile. Do not keep ours in RAM.
+                    Ok(None) => return value,
+                    Err(e) => {
+                        tracing::warn!(func = %self.inner.name, error = %e, "cannot store computed value in Redis");
+                    }
                 }
             }
+            _ => {}
         }
         if let (Some(l), Some(t)) = (local, ticket) {
             let size = size
@@ -1149,7 +1188,8 @@ where
     }
 
     /// Writes the value and records its key in the key set, in one round
-    /// trip. `Ok(None)` when a conditional write was refused.
+    /// trip, while the function's clear generation is still `seen`.
+    /// `Ok(None)` when a conditional write was refused.
     async fn write_redis(
         &self,
         shared: &crate::shared::SharedLayer,
@@ -1157,6 +1197,7 @@ where
         value: &V,
         ttl: Option<Duration>,
         write: Write<'_>,
+        seen: &[u8],
     ) -> Result<Option<usize>> {
         let node = &self.inner.node;
         let expires_at_ms = ttl.map_or(0, |t| {
@@ -1170,17 +1211,31 @@ where
             node.inner().config.max_value_bytes,
         )?;
         let redis_key = self.redis_key(key);
+        let generation_key = self.inner.keysets.generation(&self.inner.name);
+        let check = GenerationCheck {
+            key: &generation_key,
+            seen,
+        };
         let mut pipe = redis::pipe();
-        match write {
-            Write::Plain => crate::shared::add_set(&mut pipe, &redis_key, &bytes, ttl),
-            Write::Held(lock) => lock.add_write(&mut pipe, &redis_key, &bytes, ttl),
-            Write::IfNewer(version) => {
-                crate::atomic::add_write_if_newer(&mut pipe, &redis_key, &bytes, ttl, version)
-            }
-        }
+        // The key-set entry first: a value the write below stores is then
+        // recorded before any clear that could refuse it begins its walk.
         self.inner
             .keysets
             .add_to_pipeline(&mut pipe, &self.inner.name, &redis_key);
+        match write {
+            Write::Plain => {
+                crate::atomic::add_write_if_generation(&mut pipe, &redis_key, &bytes, ttl, check)
+            }
+            Write::Held(lock) => lock.add_write(&mut pipe, &redis_key, &bytes, ttl, Some(check)),
+            Write::IfNewer(version) => crate::atomic::add_write_if_newer(
+                &mut pipe,
+                &redis_key,
+                &bytes,
+                ttl,
+                version,
+                Some(check),
+            ),
+        }
         if let Some(args) = &key.args_record {
             crate::refresh::add_args_record(
                 &mut pipe,
@@ -1192,6 +1247,10 @@ where
         }
         let mut conn = shared.conn();
         let (written,): (redis::Value,) = shared.run("set", pipe.query_async(&mut conn)).await?;
+        if matches!(written, redis::Value::Int(crate::atomic::CLEARED)) {
+            tracing::debug!(func = %self.inner.name, "function cleared while computing; value not stored");
+            return Ok(None);
+        }
         if matches!(written, redis::Value::Int(0)) {
             tracing::debug!(func = %self.inner.name, "conditional write refused");
             return Ok(None);
@@ -1261,6 +1320,12 @@ fn capped(ttl: Option<Duration>, cap: Option<Duration>) -> Option<Duration> {
 /// Deletes every value of `funcname` from Redis through its key set, then
 /// from the RAM of every instance (one function fence, which covers every
 /// value, whether Redis still had it or not).
+///
+/// In this order, so that no value of a computation that started before
+/// the call survives it: first a new clear generation (every later write of
+/// such a computation is refused), then the walk (which deletes what they
+/// wrote before), then the fence (which drops from every RAM what was read
+/// or computed before it); see [`keysets`](crate::keysets).
 async fn clear_function(
     node: &CacheNode,
     funcname: &str,
@@ -1270,6 +1335,7 @@ async fn clear_function(
     let mut walk = Walk::new(funcname, Vec::new());
     if let Some(shared) = node.redis("clear_all")? {
         let keysets = KeySets::new(&node.inner().config.keys);
+        keysets.new_generation(shared, funcname).await?;
         while !walk.walked() {
             keysets.delete_step(shared, &mut walk).await?;
             // The function fence below announces them all at once.

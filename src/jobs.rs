@@ -537,7 +537,7 @@ async fn build_one(
         Ok(Ok(sealed)) => {
             let ttl = (job.ttl_ms > 0).then(|| Duration::from_millis(job.ttl_ms));
             let mut pipe = redis::pipe();
-            lock.add_write(&mut pipe, &job.redis_key, &sealed, ttl);
+            lock.add_write(&mut pipe, &job.redis_key, &sealed, ttl, None);
             pipe.ignore();
             keysets.add_to_pipeline(&mut pipe, &job.func, &job.redis_key);
             if job.record_args {

@@ -7,6 +7,7 @@
 //! | plain value | `{ns}:k:{key}` |
 //! | function value | `{ns}:f:{funcname}:{args}` |
 //! | function key set, and its registry | `{ns}:ks:{funcname}:{shard}`, `{ns}:ks` |
+//! | function clear generation | `{ns}:gen:{funcname}` |
 //! | a function's recorded arguments (refresh) | `{ns}:args:{funcname}` |
 //! | refresh: last runs, period locks | `{ns}:refresh:last`, `{ns}:lock:refresh:{funcname}` |
 //! | key-set sweep lock | `{ns}:lock:sweep` |
@@ -114,6 +115,12 @@ impl Keys {
         companion && !key.ends_with("}:job")
     }
 
+    /// The clear generation of function `name` (see
+    /// [`keysets`](crate::keysets)): changed by every `clear_all` of it.
+    pub(crate) fn func_generation(&self, name: &str) -> String {
+        format!("{}:gen:{name}", self.ns)
+    }
+
     /// The bus pub/sub channel.
     pub(crate) fn bus_channel(&self) -> String {
         format!("{}:bus", self.ns)
@@ -166,6 +173,7 @@ mod tests {
         assert_eq!(k.bus_channel(), "app:bus");
         assert_eq!(k.bus_seq(), "app:{bus}:seq");
         assert_eq!(k.clear_patterns(), ["app:*", "{app:*"]);
+        assert_eq!(k.func_generation("get_user"), "app:gen:get_user");
         assert!(k.is_clearable("app:k:x"));
         assert!(!k.is_clearable("app:{bus}:log"));
         assert!(!k.is_clearable("app:bus"));
@@ -180,6 +188,7 @@ mod tests {
             "app:ks",
             "app:ks:get:3",
             "app:args:get",
+            "app:gen:get",
             "app:refresh:last",
             "app:lock:refresh:get",
             "app:lock:sweep",

@@ -20,20 +20,52 @@
 //! * Every member a deletion removes is handed back for the RAM of every
 //!   instance, whether or not Redis still had its key: an instance may hold
 //!   a value in RAM whose Redis copy expired, was evicted or was deleted by
-//!   hand. The walk keeps them (see [`Walk`]) until they are announced, so a
-//!   step whose announcement failed loses none.
+//!   hand. The walk keeps them (`Walk::pending`) until they are announced,
+//!   so a step whose announcement failed loses none.
 //! * A key set is input from Redis like any other: a member that is not a
 //!   value key of its function (not UTF-8, another function's or another
 //!   namespace's key, a bus key, …: planted or corrupt) is removed from the
 //!   set, counted in [`Progress::foreign`] and logged, and the key it names
 //!   is never deleted.
+//!
+//! # Clearing a function while it computes
+//!
+//! A walk deletes what is in Redis when it passes; a computation that
+//! started before `clear_all` and writes its value after the walk passed
+//! its shard (or after `clear_all` returned: a slow computation, a node
+//! without RAM, a node the function fence reaches late) would put a value
+//! built before the clear back, for every node to read. So each function
+//! has a *clear generation* in Redis, `{ns}:gen:{funcname}`, and:
+//!
+//! 1. a cached call reads the generation together with its Redis lookup
+//!    (one pipeline, no extra round trip), before it starts computing;
+//! 2. it writes its value with a script that writes only while the
+//!    generation is still the one it read (a write refused so is not kept
+//!    in RAM either); its key-set entry goes first in the same pipeline, so
+//!    a value the script wrote is recorded before any later walk starts;
+//! 3. `clear_all` first sets a new generation (a random token, so a
+//!    corrupt value is simply replaced), then walks the key set, then
+//!    publishes the function fence.
+//!
+//! Once `clear_all` returns `Ok`: every value written before step 3 began
+//! was recorded before the walk and is deleted; every later write by a
+//! computation that started before `clear_all` read the old generation and
+//! is refused; RAM copies filled before the fence (from Redis, during the
+//! walk, or computed) are dropped by it on every node within the bus's
+//! bound, and fills started before it are refused. A computation that
+//! started after the new generation was set is stored as usual. A call that
+//! could not read the generation (Redis failing, or a foreign value of
+//! another type there, which the next `clear_all` replaces) does not store
+//! its value in Redis. The write script reads a key of another cluster slot
+//! than the value's: the one place where keys one script touches do not
+//! share a slot.
 
 use redis::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::keys::Keys;
 use crate::shared::SharedLayer;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Number of shards of each function's key set.
 pub const SHARDS: u64 = 16;
@@ -57,17 +89,100 @@ pub struct Progress {
     pub finished: bool,
 }
 
+/// What a computation saw of its function's clear generation (see the
+/// module docs) before it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Generation {
+    /// The generation key's bytes; empty when there is none (no `clear_all`
+    /// yet).
+    Seen(Vec<u8>),
+    /// It could not be read: the computed value is not written to Redis.
+    Unknown,
+}
+
 /// Key-set names and operations of one namespace.
 #[derive(Debug, Clone)]
 pub(crate) struct KeySets {
     ns: String,
+    keys: Keys,
 }
 
 impl KeySets {
     pub(crate) fn new(keys: &Keys) -> Self {
         KeySets {
             ns: keys.namespace().to_owned(),
+            keys: keys.clone(),
         }
+    }
+
+    /// The clear generation key of `funcname`.
+    pub(crate) fn generation(&self, funcname: &str) -> String {
+        self.keys.func_generation(funcname)
+    }
+
+    /// Gives `funcname` a new clear generation: writes already refused to a
+    /// computation that read the previous one (see the module docs).
+    pub(crate) async fn new_generation(&self, shared: &SharedLayer, funcname: &str) -> Result<()> {
+        let mut conn = shared.conn();
+        shared
+            .run(
+                "clear_generation",
+                redis::cmd("SET")
+                    .arg(self.generation(funcname))
+                    .arg(uuid::Uuid::new_v4().to_string())
+                    .query_async::<()>(&mut conn),
+            )
+            .await
+    }
+
+    /// `GET redis_key` and `funcname`'s clear generation, in one round trip.
+    /// A failure to read the value is an error; one to read the generation
+    /// (a foreign value of another type there) makes it
+    /// [`Generation::Unknown`], logged and counted.
+    pub(crate) async fn get_with_generation(
+        &self,
+        shared: &SharedLayer,
+        funcname: &str,
+        redis_key: &str,
+    ) -> (Result<Option<Vec<u8>>>, Generation) {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("GET").arg(redis_key);
+        pipe.cmd("GET").arg(self.generation(funcname));
+        let mut conn = shared.conn();
+        let replies: Vec<redis::RedisResult<Value>> =
+            match shared.run("get", pipe.query_async(&mut conn)).await {
+                Ok(replies) => replies,
+                Err(e) => return (Err(e), Generation::Unknown),
+            };
+        let mut replies = replies.into_iter();
+        let parse =
+            |reply: Option<redis::RedisResult<Value>>| -> redis::RedisResult<Option<Vec<u8>>> {
+                let value = reply.unwrap_or_else(|| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "missing pipeline reply",
+                    )))
+                })?;
+                Ok(redis::from_redis_value(value)?)
+            };
+        let value = parse(replies.next()).map_err(|source| {
+            crate::metrics::redis_error("get");
+            Error::Redis { op: "get", source }
+        });
+        let generation = match parse(replies.next()) {
+            Ok(seen) => Generation::Seen(seen.unwrap_or_default()),
+            Err(e) => {
+                crate::metrics::redis_error("clear_generation");
+                tracing::warn!(
+                    func = %funcname,
+                    error = %e,
+                    "cannot read the function's clear generation; values computed now are not stored in Redis"
+                );
+                Generation::Unknown
+            }
+        };
+        (value, generation)
     }
 
     /// The registry of function names.

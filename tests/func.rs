@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use cachenode::scope::{with_request, RequestContext};
 use cachenode::{
-    Args, CacheNode, CachedFn, Computed, Error, KeyArgs, Progress, RequestCached, ThreadLocalFn,
+    Args, AtomicWrites, CacheNode, CachedFn, Computed, Error, KeyArgs, Progress, RequestCached,
+    ThreadLocalFn,
 };
 use redis::Commands;
 use serde::de::DeserializeOwned;
@@ -1682,6 +1683,134 @@ async fn clear_some_step_that_could_not_announce_is_retried_without_losing_keys(
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// clear_all racing computations
+// ---------------------------------------------------------------------------
+
+/// Runs `call(1)` of function `name` on `writer` with a computation held
+/// after it started; runs `clear_all` on another node meanwhile; lets the
+/// computation finish once `clear_all` has returned (and, with
+/// `wait_for_fence`, once the writer has applied its invalidation). Then no
+/// node may serve what it computed: not from Redis, not from RAM.
+async fn computation_started_before_clear_all(
+    redis: &TestRedis,
+    writer: &CacheNode,
+    name: &str,
+    atomic: Option<AtomicWrites>,
+    wait_for_fence: bool,
+) {
+    let a = node(redis).await;
+    let build = |n: &CacheNode| {
+        let f = n.func::<(u32,), String>(name);
+        match atomic {
+            Some(mode) => f.atomic_writes(mode),
+            None => f,
+        }
+        .build()
+        .unwrap()
+    };
+    let (fa, fw) = (build(&a), build(writer));
+    fa.call(&(0,), || ready(Ok::<_, Infallible>("zero".to_string())))
+        .await
+        .unwrap();
+    let key = fw.cache_key(&(1,)).unwrap();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let call = tokio::spawn({
+        let fw = fw.clone();
+        async move {
+            fw.call(&(1,), move || async move {
+                let _ = started_tx.send(());
+                let _ = release_rx.await;
+                Ok::<_, Infallible>("computed before the clear".to_string())
+            })
+            .await
+        }
+    });
+    started_rx.await.expect("the computation started");
+    assert_eq!(fa.clear_all().await.unwrap(), 1, "{name}");
+    if wait_for_fence {
+        caught_up(redis, &[writer]).await;
+    }
+    release_tx.send(()).unwrap();
+    let got = call.await.unwrap().unwrap();
+    assert_eq!(
+        got, "computed before the clear",
+        "{name}: its caller has it"
+    );
+    assert!(
+        !exists(redis, &key),
+        "{name}: a value computed before clear_all reached Redis after it"
+    );
+    // No node serves it.
+    for f in [&fw, &fa] {
+        let v = f
+            .call(&(1,), || ready(Ok::<_, Infallible>("fresh".to_string())))
+            .await
+            .unwrap();
+        assert_eq!(v, "fresh", "{name}");
+    }
+    // A computation that starts after clear_all is stored as usual.
+    fw.call(&(2,), || ready(Ok::<_, Infallible>("after".to_string())))
+        .await
+        .unwrap();
+    assert!(exists(redis, &fw.cache_key(&(2,)).unwrap()), "{name}");
+    assert_eq!(fa.key_set_size().await.unwrap(), 2, "{name}");
+}
+
+#[tokio::test]
+async fn clear_all_keeps_out_values_computed_before_it_by_a_node_without_ram() {
+    let redis = TestRedis::start();
+    let writer = CacheNode::builder()
+        .redis_url(redis.url())
+        .namespace("t")
+        .op_timeout(Duration::from_millis(500))
+        .without_ram()
+        .build()
+        .await
+        .unwrap();
+    computation_started_before_clear_all(&redis, &writer, "ramless", None, false).await;
+    computation_started_before_clear_all(
+        &redis,
+        &writer,
+        "ramless_at_least_once",
+        Some(AtomicWrites::AtLeastOnce),
+        false,
+    )
+    .await;
+    computation_started_before_clear_all(
+        &redis,
+        &writer,
+        "ramless_at_most_once",
+        Some(AtomicWrites::AtMostOnce),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn clear_all_keeps_out_values_computed_before_it_by_a_node_that_missed_the_fence() {
+    let redis = TestRedis::start();
+    // A node whose invalidations are late (here: never come): its RAM check
+    // cannot refuse the value, so Redis must.
+    let writer = CacheNode::builder()
+        .redis_url(redis.url())
+        .namespace("t")
+        .op_timeout(Duration::from_millis(500))
+        .without_bus()
+        .build()
+        .await
+        .unwrap();
+    computation_started_before_clear_all(&redis, &writer, "deaf", None, false).await;
+}
+
+#[tokio::test]
+async fn clear_all_keeps_out_values_computed_before_it_by_a_node_that_heard_the_fence() {
+    let redis = TestRedis::start();
+    let writer = node(&redis).await;
+    computation_started_before_clear_all(&redis, &writer, "heard", None, true).await;
 }
 
 // ---------------------------------------------------------------------------

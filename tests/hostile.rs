@@ -552,3 +552,47 @@ async fn pruning_removes_members_that_are_not_utf8_or_gone_and_rehomes_misplaced
     assert_eq!(f.clear_all().await.unwrap(), 4);
     assert_eq!(f.key_set_size().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_clear_generation_of_the_wrong_type_stops_storing_until_clear_all_replaces_it() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (fa, fb) = (victim(&a), victim(&b));
+    victim_values(&fa, 1).await;
+    let _: () = redis
+        .conn()
+        .rpush("h:gen:victim", "not a generation")
+        .unwrap();
+    // Values already stored are served as before...
+    let got = fb
+        .call(&va(0, "fr"), || async {
+            Ok::<_, ()>("recomputed".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, "fr-0");
+    // ...and new ones are computed and answered, not stored in Redis: the
+    // call cannot tell whether a clear_all ran while it computed.
+    let got = fb
+        .call(&va(5, "fr"), || async { Ok::<_, ()>("fr-5".to_string()) })
+        .await
+        .unwrap();
+    assert_eq!(got, "fr-5");
+    let key5 = fb.cache_key(&va(5, "fr")).unwrap();
+    assert!(!exists(&redis, &key5));
+    // clear_all replaces it with a generation of its own; storing resumes.
+    assert_eq!(fa.clear_all().await.unwrap(), 2);
+    let kind: String = redis::cmd("TYPE")
+        .arg("h:gen:victim")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(kind, "string");
+    let got = fa
+        .call(&va(5, "fr"), || async {
+            Ok::<_, ()>("fr-5 again".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, "fr-5 again");
+    assert!(exists(&redis, &key5));
+}
