@@ -131,11 +131,16 @@ pub(crate) const REPLACED: i64 = 2;
 pub(crate) const CLEARED: i64 = -1;
 
 /// `KEYS`: value, generation. `ARGV`: bytes, ttl ms (0: none), generation
-/// seen. Returns [`CLEARED`] when the generation changed, 1 when written.
+/// seen, `XX` to write only over a stored value (else empty). Returns
+/// [`CLEARED`] when the generation changed, 0 when no value was there to
+/// write over, 1 when written.
 const WRITE_IF_GENERATION: &str = r#"
 local g = redis.pcall('GET', KEYS[2])
 if type(g) == 'table' or (g or '') ~= ARGV[3] then
   return -1
+end
+if ARGV[4] == 'XX' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -156,13 +161,16 @@ pub(crate) struct GenerationCheck<'a> {
 }
 
 /// Appends to `pipe` the write of `bytes` to `value_key`, done only while
-/// `check` holds. Its reply is 1, or [`CLEARED`].
+/// `check` holds (and, with `only_over`, only over a stored value). Its
+/// reply is 1 when written, 0 when `only_over` found nothing, or
+/// [`CLEARED`].
 pub(crate) fn add_write_if_generation(
     pipe: &mut redis::Pipeline,
     value_key: &str,
     bytes: &[u8],
     ttl: Option<Duration>,
     check: GenerationCheck<'_>,
+    only_over: bool,
 ) {
     pipe.cmd("EVAL")
         .arg(WRITE_IF_GENERATION)
@@ -171,7 +179,8 @@ pub(crate) fn add_write_if_generation(
         .arg(check.key)
         .arg(bytes)
         .arg(ttl.map_or(0, ttl_millis))
-        .arg(check.seen);
+        .arg(check.seen)
+        .arg(if only_over { "XX" } else { "" });
 }
 
 pub(crate) fn lock_key(value_key: &str) -> String {

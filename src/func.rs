@@ -1223,9 +1223,9 @@ where
             .keysets
             .add_to_pipeline(&mut pipe, &self.inner.name, &redis_key);
         match write {
-            Write::Plain => {
-                crate::atomic::add_write_if_generation(&mut pipe, &redis_key, &bytes, ttl, check)
-            }
+            Write::Plain => crate::atomic::add_write_if_generation(
+                &mut pipe, &redis_key, &bytes, ttl, check, false,
+            ),
             Write::Held(lock) => lock.add_write(&mut pipe, &redis_key, &bytes, ttl, Some(check)),
             Write::IfNewer(version) => crate::atomic::add_write_if_newer(
                 &mut pipe,

@@ -532,14 +532,30 @@ async fn build_one(
             return;
         }
     }
+    // Read before building: the value is written only if no clear_all of
+    // the function begins meanwhile (see `keysets`).
+    let seen = match keysets.read_generation(shared, &job.func).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            tracing::warn!(func = %job.func, error = %e, "cannot read the clear generation; job left pending");
+            lock.release().await;
+            return;
+        }
+    };
     let built = tokio::time::timeout(timeout, f(job.args.clone(), job.ttl_ms)).await;
     match built {
         Ok(Ok(sealed)) => {
             let ttl = (job.ttl_ms > 0).then(|| Duration::from_millis(job.ttl_ms));
+            let generation_key = keysets.generation(&job.func);
+            let check = crate::atomic::GenerationCheck {
+                key: &generation_key,
+                seen: &seen,
+            };
             let mut pipe = redis::pipe();
-            lock.add_write(&mut pipe, &job.redis_key, &sealed, ttl, None);
-            pipe.ignore();
+            // The key-set entry before the value (see `keysets`).
             keysets.add_to_pipeline(&mut pipe, &job.func, &job.redis_key);
+            lock.add_write(&mut pipe, &job.redis_key, &sealed, ttl, Some(check));
+            pipe.ignore();
             if job.record_args {
                 crate::refresh::add_args_record(
                     &mut pipe,

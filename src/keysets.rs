@@ -38,7 +38,9 @@
 //! has a *clear generation* in Redis, `{ns}:gen:{funcname}`, and:
 //!
 //! 1. a cached call reads the generation together with its Redis lookup
-//!    (one pipeline, no extra round trip), before it starts computing;
+//!    (one pipeline, no extra round trip), before it starts computing; so
+//!    do a builder before it runs a build job and a refresh before it
+//!    rebuilds a value;
 //! 2. it writes its value with a script that writes only while the
 //!    generation is still the one it read (a write refused so is not kept
 //!    in RAM either); its key-set entry goes first in the same pipeline, so
@@ -133,6 +135,28 @@ impl KeySets {
                     .query_async::<()>(&mut conn),
             )
             .await
+    }
+
+    /// `funcname`'s clear generation, for a computation about to start
+    /// (empty: none yet).
+    ///
+    /// # Errors
+    /// When Redis fails, or a foreign value of another type is there.
+    pub(crate) async fn read_generation(
+        &self,
+        shared: &SharedLayer,
+        funcname: &str,
+    ) -> Result<Vec<u8>> {
+        let mut conn = shared.conn();
+        let seen: Option<Vec<u8>> = shared
+            .run(
+                "clear_generation",
+                redis::cmd("GET")
+                    .arg(self.generation(funcname))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(seen.unwrap_or_default())
     }
 
     /// `GET redis_key` and `funcname`'s clear generation, in one round trip.

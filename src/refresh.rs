@@ -115,6 +115,10 @@ pub(crate) async fn rebuild(
     let shared = node
         .redis("rebuild")?
         .ok_or(Error::NoSharedLayer { op: "rebuild" })?;
+    // Read before building: the value is written only if no clear_all of
+    // the function begins meanwhile (see `keysets`).
+    let keysets = KeySets::new(&node.inner().config.keys);
+    let seen = keysets.read_generation(shared, &r.func).await?;
     let sealed = (r.build)(args.clone(), r.ttl.map_or(0, ttl_millis))
         .await
         .map_err(Error::Encode)?;
@@ -122,7 +126,6 @@ pub(crate) async fn rebuild(
     // value with its invalidation. Two round trips: `write_and_announce`
     // tells the writes' replies from the publication's by counting
     // commands, and the key-set commands are ignored ones (no reply).
-    let keysets = KeySets::new(&node.inner().config.keys);
     let mut record = redis::pipe();
     keysets.add_to_pipeline(&mut record, &r.func, redis_key);
     add_args_record(&mut record, node.namespace(), &r.func, redis_key, &args);
@@ -130,7 +133,7 @@ pub(crate) async fn rebuild(
     shared
         .run("rebuild", record.query_async::<()>(&mut conn))
         .await?;
-    write_value(node, shared, r, redis_key, &sealed, false).await?;
+    write_value(node, shared, r, redis_key, &sealed, &seen, false).await?;
     Ok(())
 }
 
@@ -146,27 +149,36 @@ async fn refresh_value(
     let shared = node
         .redis("refresh")?
         .ok_or(Error::NoSharedLayer { op: "refresh" })?;
+    // Read before building: the value is written only if no clear_all of
+    // the function begins meanwhile (see `keysets`).
+    let seen = KeySets::new(&node.inner().config.keys)
+        .read_generation(shared, &r.func)
+        .await?;
     let sealed = (r.build)(args, r.ttl.map_or(0, ttl_millis))
         .await
         .map_err(Error::Encode)?;
-    write_value(node, shared, r, redis_key, &sealed, true).await
+    write_value(node, shared, r, redis_key, &sealed, &seen, true).await
 }
 
-/// Writes a rebuilt value (only over an existing one when `only_over`)
-/// with the invalidation of its RAM copies. Returns whether it was written.
+/// Writes a rebuilt value (only over an existing one when `only_over`, and
+/// only while the function's clear generation is still `seen`) with the
+/// invalidation of its RAM copies. Returns whether it was written.
 async fn write_value(
     node: &CacheNode,
     shared: &crate::shared::SharedLayer,
     r: &Rebuild,
     redis_key: &str,
     sealed: &[u8],
+    seen: &[u8],
     only_over: bool,
 ) -> Result<bool> {
     let mut pipe = redis::pipe();
-    crate::shared::add_set(&mut pipe, redis_key, sealed, r.ttl);
-    if only_over {
-        pipe.arg("XX");
-    }
+    let generation_key = KeySets::new(&node.inner().config.keys).generation(&r.func);
+    let check = crate::atomic::GenerationCheck {
+        key: &generation_key,
+        seen,
+    };
+    crate::atomic::add_write_if_generation(&mut pipe, redis_key, sealed, r.ttl, check, only_over);
     let ram_key = redis_key
         .strip_prefix(&r.redis_prefix)
         .map(|suffix| format!("{}{suffix}", r.ram_prefix));
@@ -181,7 +193,7 @@ async fn write_value(
     if let (Some(local), Some(k)) = (node.ram(), redis_key.strip_prefix(&r.redis_prefix)) {
         local.remove(&format!("{}{k}", r.ram_prefix));
     }
-    Ok(!matches!(replies.first(), Some(redis::Value::Nil)))
+    Ok(matches!(replies.first(), Some(redis::Value::Int(1))))
 }
 
 /// Records the arguments of a call so that refresh can rebuild it.

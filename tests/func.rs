@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use cachenode::scope::{with_request, RequestContext};
 use cachenode::{
-    Args, AtomicWrites, CacheNode, CachedFn, Computed, Error, KeyArgs, Progress, RequestCached,
-    ThreadLocalFn,
+    Args, AtomicWrites, CacheNode, CachedFn, Computed, Error, KeyArgs, Lookup, Progress,
+    RequestCached, ThreadLocalFn,
 };
 use redis::Commands;
 use serde::de::DeserializeOwned;
@@ -1811,6 +1811,131 @@ async fn clear_all_keeps_out_values_computed_before_it_by_a_node_that_heard_the_
     let redis = TestRedis::start();
     let writer = node(&redis).await;
     computation_started_before_clear_all(&redis, &writer, "heard", None, true).await;
+}
+
+/// A builder node: consumes build jobs and refreshes, with refresh periods
+/// down to 1 s looked at every 100 ms.
+async fn builder_node(redis: &TestRedis) -> CacheNode {
+    CacheNode::builder()
+        .redis_url(redis.url())
+        .namespace("t")
+        .op_timeout(Duration::from_millis(500))
+        .builder_role(true)
+        .min_refresh_period(Duration::from_secs(1))
+        .refresh_granularity(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// A build function that counts its runs and waits for `gate` to open.
+fn gated_build(
+    builds: &Arc<AtomicUsize>,
+    gate: &tokio::sync::watch::Receiver<bool>,
+) -> impl Fn((u32,)) -> futures::future::BoxFuture<'static, Result<String, Infallible>>
+       + Send
+       + Sync
+       + 'static {
+    let (builds, gate) = (builds.clone(), gate.clone());
+    move |(x,): (u32,)| {
+        let (builds, mut gate) = (builds.clone(), gate.clone());
+        Box::pin(async move {
+            let n = builds.fetch_add(1, SeqCst) + 1;
+            let _ = gate.wait_for(|open| *open).await;
+            Ok(format!("build {n} of {x}"))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_all_keeps_out_a_value_a_builder_started_building_before_it() {
+    let redis = TestRedis::start();
+    let client = node(&redis).await;
+    let builder = builder_node(&redis).await;
+    let builds = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let report = |n: &CacheNode| {
+        n.func::<(u32,), String>("report")
+            .async_compute(gated_build(&builds, &gate))
+            .build()
+            .unwrap()
+    };
+    let (fc, _fb) = (report(&client), report(&builder));
+    let key = fc.cache_key(&(1,)).unwrap();
+    let marker = format!("{{{key}}}:job");
+    assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
+    let taken = eventually(PROPAGATION, || async { builds.load(SeqCst) == 1 }).await;
+    assert!(taken, "the builder takes the job");
+    assert_eq!(fc.clear_all().await.unwrap(), 0);
+    open.send(true).unwrap();
+    // The builder's write is done once it has removed the job's marker.
+    let written = eventually(PROPAGATION, || async { !exists(&redis, &marker) }).await;
+    assert!(written, "the build ends");
+    assert!(
+        !exists(&redis, &key),
+        "a value built from before clear_all reached Redis after it"
+    );
+    // Asked again, it is built again and served.
+    assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
+    let served = eventually(PROPAGATION, || async {
+        fc.get_or_build(&(1,)).await.unwrap() == Lookup::Ready("build 2 of 1".to_string())
+    })
+    .await;
+    assert!(served, "the value built after clear_all is served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_all_keeps_out_a_value_a_refresh_started_rebuilding_before_it() {
+    let redis = TestRedis::start();
+    let reader = CacheNode::builder()
+        .redis_url(redis.url())
+        .namespace("t")
+        .min_refresh_period(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let builder = builder_node(&redis).await;
+    let builds = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let prices = |n: &CacheNode| {
+        n.func::<(u32,), String>("prices")
+            .computed_by(gated_build(&builds, &gate))
+            .async_refresh_every(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    };
+    let (fr, _fb) = (prices(&reader), prices(&builder));
+    let key = fr.cache_key(&(1,)).unwrap();
+    fr.call(&(1,), || ready(Ok::<_, Infallible>("first".to_string())))
+        .await
+        .unwrap();
+    let rebuilding = eventually(PROPAGATION, || async { builds.load(SeqCst) == 1 }).await;
+    assert!(rebuilding, "the refresh starts rebuilding");
+    let last_run = || -> Option<u64> { redis.conn().hget("t:refresh:last", "prices").unwrap() };
+    let before = last_run();
+    assert_eq!(fr.clear_all().await.unwrap(), 1);
+    // After the clear, a caller computes the value anew; then the rebuild
+    // that started before the clear finishes.
+    let v = fr
+        .call(&(1,), || ready(Ok::<_, Infallible>("fresh".to_string())))
+        .await
+        .unwrap();
+    assert_eq!(v, "fresh");
+    assert!(exists(&redis, &key));
+    open.send(true).unwrap();
+    // The refresh has written (or not) once it records its run.
+    let done = eventually(PROPAGATION, || async { last_run() != before }).await;
+    assert!(done, "the refresh ends");
+    let other = node(&redis).await;
+    let fo = other.func::<(u32,), String>("prices").build().unwrap();
+    let v = fo
+        .call(&(1,), || ready(Ok::<_, Infallible>("computed".to_string())))
+        .await
+        .unwrap();
+    assert_eq!(
+        v, "fresh",
+        "a value rebuilt from before clear_all replaced the one computed after it"
+    );
 }
 
 // ---------------------------------------------------------------------------
