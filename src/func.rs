@@ -781,6 +781,11 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// Each [`ClearSome::step`] deletes one batch and says how far it got;
     /// every matching value the key set records leaves the RAM of every
     /// instance, and [`Progress::deleted`] counts those Redis still held.
+    /// Unlike [`clear_all`](Self::clear_all) it does not change the clear
+    /// generation: a matching value whose computation was running is
+    /// refused by the computing node if the invalidation reached it first,
+    /// and otherwise stored (the usual cache-aside race, as for
+    /// [`clear`](Self::clear)).
     ///
     /// # Errors
     /// [`Error::Config`] when the function does not use full-args keys.
