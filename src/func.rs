@@ -914,7 +914,7 @@ where
                 }
             },
         };
-        let (found, generation) = self.read_redis(&key, ticket).await;
+        let (found, generation) = self.read_redis(&key, &mut ticket).await;
         if let Some(v) = found {
             self.inner.metrics.hit(Layer::Redis);
             if let Some(l) = leader {
@@ -985,7 +985,10 @@ where
         let shared = node
             .redis("get_or_build")?
             .ok_or(Error::NoSharedLayer { op: "get_or_build" })?;
-        if let (Some(v), _) = self.read_redis(&key, ram.map(LocalLayer::ticket)).await {
+        if let (Some(v), _) = self
+            .read_redis(&key, &mut ram.map(LocalLayer::ticket))
+            .await
+        {
             return Ok(Lookup::Ready(V::clone(&v)));
         }
         let mut encoded = Vec::new();
@@ -1008,10 +1011,15 @@ where
     /// any failure (logged and counted). With it, the function's clear
     /// generation, which a computation started after this read checks when
     /// it writes (see [`keysets`](crate::keysets)).
+    ///
+    /// A value that does not decode is removed, and its removal fences the
+    /// key in this node's RAM; `ticket` is then taken anew, so that the
+    /// value computed in its place can be stored (the clear generation,
+    /// read before, still refuses it if a clear began meanwhile).
     async fn read_redis(
         &self,
         key: &CallKey,
-        ticket: Option<FillTicket>,
+        ticket: &mut Option<FillTicket>,
     ) -> (Option<Arc<V>>, Generation) {
         let node = &self.inner.node;
         let Some(shared) = node.redis("call").ok().flatten() else {
@@ -1037,11 +1045,14 @@ where
         let Some((expires_at_ms, value)) =
             node.decode::<V>(shared, &redis_key, &key.ram, &bytes).await
         else {
+            if ticket.is_some() {
+                *ticket = node.ram().map(LocalLayer::ticket);
+            }
             return (None, generation);
         };
         node.inner().metrics.hit(Layer::Redis);
         let value = Arc::new(value);
-        if let (Some(local), Some(ticket)) = (node.ram(), ticket) {
+        if let (Some(local), Some(ticket)) = (node.ram(), *ticket) {
             if let Some(ttl) = node.ram_ttl_from_expiry(expires_at_ms) {
                 let entry = Entry::new(value.clone(), ttl, bytes.len(), self.inner.group.clone());
                 local.insert(key.ram.clone(), entry, ticket);
@@ -1055,7 +1066,7 @@ where
     async fn at_most_once<F, Fut, E>(
         &self,
         key: &CallKey,
-        ticket: Option<FillTicket>,
+        mut ticket: Option<FillTicket>,
         generation: Generation,
         compute: F,
     ) -> Result<Arc<V>, E>
@@ -1079,7 +1090,7 @@ where
             match crate::atomic::try_lock(shared, &redis_key, o.lock_ttl).await {
                 Ok(Some(lock)) => {
                     // The value may have landed between our miss and the lock.
-                    let (found, generation) = self.read_redis(key, ticket).await;
+                    let (found, generation) = self.read_redis(key, &mut ticket).await;
                     if let Some(v) = found {
                         lock.release().await;
                         return Ok(v);
@@ -1110,7 +1121,7 @@ where
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
-            if let (Some(v), _) = self.read_redis(key, ticket).await {
+            if let (Some(v), _) = self.read_redis(key, &mut ticket).await {
                 return Ok(v);
             }
         }

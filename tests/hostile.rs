@@ -503,11 +503,11 @@ async fn corrupt_or_wrong_typed_values_under_function_keys_are_recomputed_and_cl
         1,
         "the undecodable one is counted"
     );
-    // What B stored over the value of the wrong type is real: a third node
-    // reads it without computing.
+    // What B stored over them is real: a third node reads both without
+    // computing.
     let c = node(&redis).await;
     let fc = victim(&c);
-    for (args, v) in [(va(0, "en"), "en-new")] {
+    for (args, v) in [(va(0, "fr"), "fr-new"), (va(0, "en"), "en-new")] {
         let got = fc
             .call(&args, || async { Ok::<_, ()>("computed".to_string()) })
             .await
