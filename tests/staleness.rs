@@ -484,3 +484,25 @@ async fn bus_health_reports_suspension_when_no_check_completes() {
     assert!(back);
     assert_eq!(in_ram(&x, "k").await, Some(1));
 }
+
+/// A link slower than the period: the node still builds (its first position
+/// is read under the operation timeout), answers every read from Redis, and
+/// never serves RAM, since no check can complete within the period.
+#[tokio::test]
+async fn a_node_on_a_link_slower_than_the_period_builds_and_never_serves_ram() {
+    let redis = TestRedis::start();
+    let every = Duration::from_millis(500);
+    let px = Proxy::start(redis.port());
+    px.set_delay(Duration::from_millis(300));
+    let x = builder(&px.url(), every)
+        .op_timeout(Duration::from_secs(3))
+        .build()
+        .await
+        .expect("builds on a 600 ms round trip");
+    x.set("k", &1u64, Ttl::Default).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(x.get::<u64>("k").await.unwrap(), Some(1));
+        assert_eq!(in_ram(&x, "k").await, None, "RAM is never served");
+    }
+    assert!(x.bus_health().unwrap().suspended);
+}
