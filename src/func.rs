@@ -900,16 +900,23 @@ where
         // The ticket is taken before joining: a flight whose leader took
         // its own before an invalidation of the key was applied is not
         // joined (its value may predate the invalidation).
-        let mut ticket = ram.map(LocalLayer::ticket);
+        // The fences live in this node's RAM layer whatever layers this
+        // handle uses (the bus applies invalidations there), so a flight of
+        // a Redis-only function is judged by them too.
+        let fences = node.own_ram();
+        let flight_ticket = fences.map(LocalLayer::ticket);
+        // Also what the value's store checks the fences with (and fills
+        // RAM with, when this handle uses RAM).
+        let mut ticket = flight_ticket;
         let group = self.inner.group.as_deref();
-        let stale = |t| ram.is_some_and(|l| l.fenced_since(&key.ram, group, t));
-        let leader = match self.inner.flights.join(&key.ram, ticket, stale) {
+        let stale = |t| fences.is_some_and(|l| l.fenced_since(&key.ram, group, t));
+        let leader = match self.inner.flights.join(&key.ram, flight_ticket, stale) {
             Role::Leader(l) => Some(l),
             Role::Follower(f) => match f.wait::<V>().await {
                 Some(v) => return Ok(V::clone(&v)),
                 None => {
                     // The leader failed: compute for ourselves, from now.
-                    ticket = ram.map(LocalLayer::ticket);
+                    ticket = fences.map(LocalLayer::ticket);
                     None
                 }
             },
@@ -1046,7 +1053,7 @@ where
             node.decode::<V>(shared, &redis_key, &key.ram, &bytes).await
         else {
             if ticket.is_some() {
-                *ticket = node.ram().map(LocalLayer::ticket);
+                *ticket = node.own_ram().map(LocalLayer::ticket);
             }
             return (None, generation);
         };
@@ -1155,8 +1162,10 @@ where
         let node = &self.inner.node;
         let local = node.ram();
         // An invalidation of this key arrived while computing: the value may
-        // be built on what it invalidated, so it is returned, not stored.
-        if let (Some(l), Some(t)) = (local, ticket) {
+        // be built on what it invalidated, so it is returned, not stored, in
+        // either layer. (The fences are in this node's RAM layer whatever
+        // layers this handle uses.)
+        if let (Some(l), Some(t)) = (node.own_ram(), ticket) {
             if l.fenced_since(&key.ram, self.inner.group.as_deref(), t) {
                 return value;
             }

@@ -106,7 +106,12 @@ impl Keys {
             .strip_prefix(self.ns.as_str())
             .and_then(|r| r.strip_prefix(':'))
         {
-            return !rest.starts_with("{bus}:") && !rest.starts_with("bus") && rest != "jobs";
+            // Clear generations are given new values instead: deleting one
+            // would let a computation that read none store its value.
+            return !rest.starts_with("{bus}:")
+                && !rest.starts_with("bus")
+                && rest != "jobs"
+                && !rest.starts_with("gen:");
         }
         let companion = key
             .strip_prefix('{')
@@ -180,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn clear_all_spares_the_bus_and_the_build_queue_only() {
+    fn clear_all_spares_the_bus_the_build_queue_and_the_clear_generations_only() {
         let k = Keys::new("app").unwrap();
         for gone in [
             "app:k:x",
@@ -188,7 +193,6 @@ mod tests {
             "app:ks",
             "app:ks:get:3",
             "app:args:get",
-            "app:gen:get",
             "app:refresh:last",
             "app:lock:refresh:get",
             "app:lock:sweep",
@@ -205,6 +209,8 @@ mod tests {
             "app:{bus}:epoch",
             "app:jobs",
             "{app:f:get:|ab}:job",
+            // Given a new value instead.
+            "app:gen:get",
             // Not of this namespace.
             "apple:k:x",
             "{apple:f:g:|ab}:lock",

@@ -137,6 +137,44 @@ impl KeySets {
             .await
     }
 
+    /// Gives every function of the namespace a new clear generation (a
+    /// namespace `clear_all`): those in the registry and those that have a
+    /// generation already. Returns how many.
+    pub(crate) async fn new_generations(&self, shared: &SharedLayer) -> Result<usize> {
+        let mut names: std::collections::BTreeSet<String> =
+            self.functions(shared).await?.into_iter().collect();
+        let prefix = self.keys.func_generation("");
+        let mut cursor = 0u64;
+        loop {
+            let mut conn = shared.conn();
+            let (next, keys): (u64, Vec<String>) = shared
+                .run(
+                    "clear_generation",
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(format!("{prefix}*"))
+                        .arg("COUNT")
+                        .arg(PAGE)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            names.extend(
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix(&prefix))
+                    .map(str::to_owned),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        for name in &names {
+            self.new_generation(shared, name).await?;
+        }
+        Ok(names.len())
+    }
+
     /// `funcname`'s clear generation, for a computation about to start
     /// (empty: none yet).
     ///
@@ -467,10 +505,10 @@ impl KeySets {
     /// some). Returns how many key-set entries were removed.
     ///
     /// The absence was seen before this call, so a key may have been written
-    /// again since (a caller computing it anew). Removing first and looking
-    /// again after, in one pipeline, catches that: the entries of a key that
-    /// exists again are put back, so a live value never loses its key-set
-    /// entry (which would hide it from deletion) nor its arguments.
+    /// again since (a caller computing it anew). Each key is looked at again
+    /// and forgotten only if still absent, in one script: an entry is never
+    /// taken out and put back, so a concurrent function `clear_all` walking
+    /// the key set cannot miss a live value in between.
     pub(crate) async fn forget(
         &self,
         shared: &SharedLayer,
@@ -481,43 +519,43 @@ impl KeySets {
             return Ok(0);
         }
         let args_key = crate::refresh::args_key(&self.ns, funcname);
-        let mut pipe = redis::pipe();
-        for (key, _) in gone {
-            pipe.cmd("SREM").arg(self.shard_of(funcname, key)).arg(key);
-        }
-        for (key, args) in gone {
-            if args.is_some() {
-                pipe.cmd("HDEL").arg(&args_key).arg(key).ignore();
-            }
-        }
-        for (key, _) in gone {
-            pipe.cmd("EXISTS").arg(key);
-        }
-        let mut conn = shared.conn();
-        let replies: Vec<u64> = shared
-            .run("keyset_forget", pipe.query_async(&mut conn))
-            .await?;
-        let (removed, exists) = replies.split_at(gone.len());
-        let mut restore = redis::pipe();
+        let script = redis::Script::new(FORGET_SCRIPT);
         let mut forgotten = 0;
-        for (((key, args), removed), exists) in gone.iter().zip(removed).zip(exists) {
-            if *exists == 0 {
-                forgotten += removed;
-                continue;
+        for chunk in gone.chunks(PAGE) {
+            let mut invocation = script.prepare_invoke();
+            invocation.key(&args_key);
+            for (key, args) in chunk {
+                invocation
+                    .key(self.shard_of(funcname, key))
+                    .key(key)
+                    .arg(u8::from(args.is_some()));
             }
-            self.add_to_pipeline(&mut restore, funcname, key);
-            if let Some(args) = args {
-                crate::refresh::add_args_record(&mut restore, &self.ns, funcname, key, args);
-            }
-        }
-        if exists.iter().any(|e| *e > 0) {
-            shared
-                .run("keyset_forget", restore.query_async::<()>(&mut conn))
+            let mut conn = shared.conn();
+            let n: u64 = shared
+                .run("keyset_forget", invocation.invoke_async(&mut conn))
                 .await?;
+            forgotten += n;
         }
         Ok(forgotten)
     }
 }
+
+/// `KEYS`: the recorded-arguments hash, then a (key-set shard, value key)
+/// pair per key. `ARGV`: per key, `1` when it has recorded arguments.
+/// Forgets each key that does not exist, atomically with the look.
+const FORGET_SCRIPT: &str = r#"
+local forgotten = 0
+for i = 1, (#KEYS - 1) / 2 do
+  local shard, key = KEYS[2 * i], KEYS[2 * i + 1]
+  if redis.call('EXISTS', key) == 0 then
+    forgotten = forgotten + redis.call('SREM', shard, key)
+    if ARGV[i] == '1' then
+      redis.call('HDEL', KEYS[1], key)
+    end
+  end
+end
+return forgotten
+"#;
 
 /// One `SSCAN` page (of [`PAGE`] members) of key-set shard `set`: the
 /// next cursor (0 at the end) and the members, as bytes (a member that is

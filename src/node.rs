@@ -780,7 +780,10 @@ impl CacheNode {
     /// batched `UNLINK` (never `KEYS` or `FLUSHDB`; other namespaces are not
     /// touched), then in RAM. Returns how many Redis keys were removed.
     /// The values' bookkeeping goes too (key sets, recorded arguments,
-    /// refresh state, locks, versions); the bus and the build queue stay.
+    /// refresh state, locks, versions); the bus and the build queue stay,
+    /// and every function that has values gets a new clear generation, so
+    /// that a computation begun before this call does not store its value
+    /// after it (see [`CachedFn::clear_all`](crate::func::CachedFn::clear_all)).
     ///
     /// # Errors
     /// As [`delete`](Self::delete).
@@ -790,6 +793,11 @@ impl CacheNode {
         let removed = match self.redis("clear_all")? {
             Some(shared) => {
                 let removed = async {
+                    // First, so that no computation begun before this call
+                    // stores its value after it (see `keysets`).
+                    crate::keysets::KeySets::new(keys)
+                        .new_generations(shared)
+                        .await?;
                     let mut n = 0;
                     for pattern in keys.clear_patterns() {
                         n += shared

@@ -254,7 +254,7 @@ async fn recorded_arguments_shrink_to_the_live_keys_on_prune_clear_and_clear_all
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn namespace_clear_all_leaves_only_the_bus_and_the_build_queue() {
+async fn namespace_clear_all_leaves_only_the_bus_the_build_queue_and_new_generations() {
     let redis = TestRedis::start();
     let full = |n: &CacheNode| {
         n.func::<(u32, u32), u64>("full")
@@ -354,13 +354,20 @@ async fn namespace_clear_all_leaves_only_the_bus_and_the_build_queue() {
     // What survives: the bus (its sequence, log and epoch: nodes read them
     // to tell a missed invalidation from a lost Redis state), and the build
     // queue (the stream with its consumer group, which builders read, and
-    // the markers of the jobs still in it).
-    let mut survivors = BTreeSet::from(["t:jobs".to_owned(), job_marker]);
+    // the markers of the jobs still in it); and a new clear generation for
+    // each function that had values (so that a computation begun before the
+    // clear does not store its value after it).
+    let mut survivors = BTreeSet::from([
+        "t:jobs".to_owned(),
+        job_marker,
+        "t:gen:alo".to_owned(),
+        "t:gen:full".to_owned(),
+    ]);
     survivors.extend(bus.map(String::from));
     let left: BTreeSet<String> = redis.keys("*").into_iter().collect();
     assert_eq!(
         left, survivors,
-        "clear_all leaves the bus and the queue only"
+        "clear_all leaves the bus, the queue and the new generations only"
     );
 
     // The computation whose lock was cleared does not store its value.
