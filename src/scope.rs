@@ -383,7 +383,8 @@ impl<A: KeyArgs + ?Sized, V: Clone + 'static> ThreadLocalFn<A, V> {
             return v;
         }
         let v = compute();
-        let expires = self.ttl.map(|t| Instant::now() + t);
+        // A TTL too long to be an instant (`Duration::MAX`) never expires.
+        let expires = self.ttl.and_then(|t| Instant::now().checked_add(t));
         THREAD_MEMO.with(|m| {
             let mut m = m.borrow_mut();
             if m.len() >= THREAD_LOCAL_CAPACITY {
@@ -478,6 +479,13 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(other, 12, "another thread has its own memo");
+    }
+
+    #[test]
+    fn thread_local_memo_with_an_unbounded_ttl_does_not_panic() {
+        let f = ThreadLocalFn::<(u32,), u32>::new("tl_max", Some(Duration::MAX)).unwrap();
+        assert_eq!(f.call(&(1,), || 10), 10);
+        assert_eq!(f.call(&(1,), || 11), 10, "memoized, never expiring");
     }
 
     #[tokio::test]
