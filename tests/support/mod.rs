@@ -62,8 +62,19 @@ impl TestRedis {
 
     /// Writes an RDB snapshot of the server's data now (`SAVE`), into a
     /// directory of this test's, for [`restart_from_snapshot`](Self::restart_from_snapshot).
+    /// Waits, when a fork of the server is already writing a snapshot (a
+    /// replica's full sync), until it is done.
     pub fn save_snapshot(&mut self) {
-        let _: () = redis::cmd("SAVE").query(&mut self.conn()).expect("SAVE");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match redis::cmd("SAVE").query::<()>(&mut self.conn()) {
+                Ok(()) => return,
+                Err(e) if e.to_string().contains("in progress") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("SAVE: {e}"),
+            }
+        }
     }
 
     /// Kills the server and starts a new one on the same port that loads
