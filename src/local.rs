@@ -368,9 +368,14 @@ impl LocalLayer {
     pub(crate) fn finish_own_write(&self, key: String, entry: Entry, begun: FillTicket) -> bool {
         let slot = &self.key_fences[fence_slot(&key)];
         let epoch = self.next_epoch();
-        if slot
-            .compare_exchange(begun.0, epoch, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
+        // A flush since the write began (the bus dropped everything, and may
+        // have moved past another writer's invalidation of this key without
+        // applying it) yields like an invalidation of the key.
+        let flushed = self.all_fence.load(Ordering::SeqCst) > begun.0;
+        if !flushed
+            && slot
+                .compare_exchange(begun.0, epoch, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
         {
             self.insert(key, entry, FillTicket(epoch))
         } else {
@@ -552,6 +557,11 @@ mod tests {
         let begun = l.begin_own_write("k");
         l.remove("k"); // another writer's invalidation, during our Redis write
         assert!(!l.finish_own_write("k".into(), entry(2), begun));
+        assert!(l.get("k").is_none());
+        // A flush during the write: the write yields too.
+        let begun = l.begin_own_write("k");
+        l.remove_all(FlushReason::BusGap);
+        assert!(!l.finish_own_write("k".into(), entry(9), begun));
         assert!(l.get("k").is_none());
         // A fill that read the old value while we wrote is refused.
         let begun = l.begin_own_write("k");
