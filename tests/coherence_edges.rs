@@ -255,42 +255,6 @@ async fn ram_only_values_and_memory_fns_stay_served_while_redis_is_unreachable()
     );
 }
 
-/// The README's ACL for a restricted user, as tests/security.rs spells it.
-const README_ACL: &[&str] = &[
-    "+ping",
-    "+get",
-    "+set",
-    "+mget",
-    "+exists",
-    "+del",
-    "+unlink",
-    "+scan",
-    "+incr",
-    "+pexpire",
-    "+sadd",
-    "+srem",
-    "+sscan",
-    "+scard",
-    "+smembers",
-    "+hset",
-    "+hget",
-    "+hmget",
-    "+xadd",
-    "+xrange",
-    "+xrevrange",
-    "+xlen",
-    "+xdel",
-    "+xack",
-    "+xgroup|create",
-    "+xreadgroup",
-    "+xautoclaim",
-    "+evalsha",
-    "+eval",
-    "+script|load",
-    "+publish",
-    "+subscribe",
-];
-
 /// The publish script steps around a foreign log (so that no outside client
 /// can stop announcements), but that path calls `TYPE`, which the README's
 /// ACL does not grant: under it, every write after a foreign entry fails as
@@ -298,21 +262,8 @@ const README_ACL: &[&str] = &[
 #[tokio::test]
 async fn a_foreign_log_does_not_stop_writes_under_the_readme_acl() {
     let redis = TestRedis::start();
-    let mut cmd = redis::cmd("ACL");
-    cmd.arg("SETUSER")
-        .arg("app")
-        .arg("reset")
-        .arg("on")
-        .arg(">pw")
-        .arg(format!("~{NS}:*"))
-        .arg(format!("~{{{NS}:*"))
-        .arg(format!("&{NS}:*"))
-        .arg("-@all");
-    for rule in README_ACL {
-        cmd.arg(*rule);
-    }
-    let _: () = cmd.query(&mut redis.conn()).expect("ACL SETUSER");
-    let url = format!("redis://app:pw@127.0.0.1:{}", redis.port());
+    support::create_user(&redis, NS, &[]);
+    let url = support::user_url(&redis);
     let n = node(&url, Duration::from_millis(500)).await;
     n.set("k", &1u64, Ttl::Default).await.unwrap();
     let _: () = redis

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cachenode::{AtomicWrites, BusHealth, CacheNode, Lookup, Ttl};
 use redis::Commands;
-use support::{eventually, TestRedis};
+use support::{create_user, eventually, user_url, TestRedis, ACL_COMMANDS};
 
 /// A deletion check period so long that, after the one at start-up, no
 /// periodic check runs during a test: what reaches other nodes quickly came
@@ -164,69 +164,6 @@ mod tls {
 // ---------------------------------------------------------------------------
 // ACL
 // ---------------------------------------------------------------------------
-
-/// Every command a node sends, as ACL rules (the README documents this list).
-/// `watch_keyspace(true)` needs `+psubscribe` on top, with its channels.
-const ACL_COMMANDS: &[&str] = &[
-    "+ping",
-    "+time",
-    "+get",
-    "+set",
-    "+mget",
-    "+exists",
-    "+del",
-    "+unlink",
-    "+scan",
-    "+incr",
-    "+pexpire",
-    "+sadd",
-    "+srem",
-    "+sscan",
-    "+scard",
-    "+smembers",
-    "+hset",
-    "+hget",
-    "+hmget",
-    "+hdel",
-    "+hscan",
-    "+xadd",
-    "+xrange",
-    "+xrevrange",
-    "+xlen",
-    "+xdel",
-    "+xack",
-    "+xgroup|create",
-    "+xreadgroup",
-    "+xautoclaim",
-    "+evalsha",
-    "+eval",
-    "+script|load",
-    "+publish",
-    "+subscribe",
-];
-
-/// Creates user `app` (password `pw`) restricted to namespace `ns`, with
-/// `extra` rules on top.
-fn create_user(redis: &TestRedis, ns: &str, extra: &[&str]) {
-    let mut cmd = redis::cmd("ACL");
-    cmd.arg("SETUSER")
-        .arg("app")
-        .arg("reset")
-        .arg("on")
-        .arg(">pw")
-        .arg(format!("~{ns}:*"))
-        .arg(format!("~{{{ns}:*"))
-        .arg(format!("&{ns}:*"))
-        .arg("-@all");
-    for rule in ACL_COMMANDS.iter().chain(extra) {
-        cmd.arg(*rule);
-    }
-    let _: () = cmd.query(&mut redis.conn()).expect("ACL SETUSER");
-}
-
-fn user_url(redis: &TestRedis) -> String {
-    format!("redis://app:pw@127.0.0.1:{}", redis.port())
-}
 
 /// What the ACL refused, as `reason object` pairs (e.g. `command config|get`),
 /// ignoring `CLIENT SETINFO`, which redis-rs sends on connect and whose
