@@ -195,8 +195,8 @@ fn start_redis() -> Result<(String, Child), String> {
         .stdout(Stdio::null())
         .spawn()
         .map_err(|_| {
-            "redis-server is not installed: install it (Debian/Ubuntu: `sudo apt-get install redis-server`) \
-             or point REDIS_URL at a Redis you own"
+            "redis-server is not installed: run the demo with `./scripts/demo.sh`, which installs it \
+             (Debian/Ubuntu), or install it yourself, or point REDIS_URL at a Redis you own"
                 .to_owned()
         })?;
     let url = format!("redis://127.0.0.1:{port}");
