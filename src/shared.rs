@@ -46,14 +46,17 @@ impl SharedLayer {
     /// Connects and checks the server answers.
     ///
     /// # Errors
-    /// [`Error::Connect`] naming the (redacted) URL.
+    /// [`Error::Config`] for a URL that does not parse, [`Error::Connect`]
+    /// naming the (redacted) URL when Redis cannot be reached.
     pub(crate) async fn connect(config: &SharedConfig) -> Result<Self> {
         let url = redact_url(&config.url);
         let connect_err = |source| Error::Connect {
             url: url.clone(),
             source,
         };
-        let client = Client::open(config.url.as_str()).map_err(connect_err)?;
+        // A URL the client refuses is the caller's to fix, not Redis's.
+        let client = Client::open(config.url.as_str())
+            .map_err(|e| Error::Config(format!("invalid Redis URL {url}: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.op_timeout))

@@ -446,3 +446,16 @@ async fn fill_stores_an_absent_key_without_a_bus_message_and_never_overwrites() 
     assert_eq!(a.get::<User>("user:1").await.unwrap(), Some(user(1)));
     assert_eq!(b.get::<User>("user:1").await.unwrap(), Some(user(1)));
 }
+
+#[tokio::test]
+async fn a_url_that_does_not_parse_is_a_config_error_not_a_connect_error() {
+    for url in [
+        "not a url",
+        "http://127.0.0.1:6390",
+        "redis://127.0.0.1:notaport",
+    ] {
+        let e = CacheNode::connect(url).await.unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{url}: {e:?}");
+        assert!(e.to_string().contains("Redis URL"), "{url}: {e}");
+    }
+}
