@@ -179,7 +179,7 @@ impl CacheNode {
             .arg("COUNT")
             .arg(1);
         pipe.cmd("GET").arg(keys.bus_epoch());
-        pipe.cmd("SCARD").arg(KeySets::new(keys).registry());
+        pipe.cmd("SCARD").arg(keys.keyset_registry());
         let mut conn = shared.conn();
         let (bus_seq, log_len, first, epoch, functions): (
             Option<u64>,
@@ -202,8 +202,8 @@ impl CacheNode {
             ..NamespaceStats::default()
         };
         let pattern = keys.namespace_pattern();
-        let plain = format!("{}:k:", keys.namespace());
-        let func = format!("{}:f:", keys.namespace());
+        let plain = keys.plain_prefix();
+        let func = keys.func_values_prefix();
         let mut cursor = 0u64;
         loop {
             let (next, batch): (u64, Vec<Vec<u8>>) = shared

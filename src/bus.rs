@@ -295,7 +295,7 @@ impl Bus {
 
     /// Now, in Unix µs, and later than every body this node signed before.
     fn next_sent_at(&self) -> u64 {
-        let now = crate::node::unix_micros();
+        let now = crate::clock::unix_micros();
         let previous = self
             .last_sent_us
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {

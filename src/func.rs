@@ -39,12 +39,14 @@ use tokio::sync::watch;
 
 pub use crate::atomic::AtomicWrites;
 use crate::atomic::GenerationCheck;
+use crate::backoff::Backoff;
 use crate::bus::Invalidation;
+use crate::clock::unix_millis;
 use crate::codec::{self, Codec};
 use crate::keysets::{Generation, KeySets, Progress, Walk};
 use crate::local::{Entry, FillTicket, Group, LocalLayer};
 use crate::metrics::Layer;
-use crate::node::{unix_millis, CacheNode, Layers};
+use crate::node::{CacheNode, Layers};
 use crate::singleflight::{Flights, Role};
 use crate::{Error, Result, Ttl};
 use key::{ArgsMode, KeyArgs};
@@ -382,7 +384,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         Ok(CachedFn {
             inner: Arc::new(FnInner {
                 redis_prefix: keys.func_prefix(&self.name),
-                ram_prefix: format!("\0f{}:", self.name),
+                ram_prefix: crate::keys::func_ram_prefix(&self.name),
                 keysets: KeySets::new(keys),
                 metrics: crate::metrics::FnMetrics::new(&self.name),
                 name: self.name,
@@ -734,7 +736,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
                 .arg(self.inner.keysets.shard_of(&self.inner.name, &redis_key))
                 .arg(&redis_key);
             pipe.cmd("HDEL")
-                .arg(crate::refresh::args_key(node.namespace(), &self.inner.name))
+                .arg(node.inner().config.keys.func_args(&self.inner.name))
                 .arg(&redis_key);
             crate::atomic::add_forget_version(&mut pipe, &redis_key);
             let replies = node
@@ -1010,7 +1012,7 @@ where
             ttl_ms: self.ttl().map_or(0, crate::shared::ttl_millis),
             timeout_ms: crate::shared::ttl_millis(timeout),
         };
-        crate::jobs::enqueue(shared, node.namespace(), &job).await?;
+        crate::jobs::enqueue(shared, &node.inner().config.keys, &job).await?;
         Ok(Lookup::BeingBuilt)
     }
 
@@ -1092,7 +1094,7 @@ where
         // `None`: a wait timeout too long to add to now (`Duration::MAX`)
         // waits without bound.
         let deadline = tokio::time::Instant::now().checked_add(o.wait_timeout);
-        let mut pause = Duration::from_millis(5);
+        let mut pause = Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
         loop {
             match crate::atomic::try_lock(shared, &redis_key, o.lock_ttl).await {
                 Ok(Some(lock)) => {
@@ -1126,8 +1128,7 @@ where
                 );
                 return Ok(Arc::new(compute().await?));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
+            tokio::time::sleep(pause.next()).await;
             if let (Some(v), _) = self.read_redis(key, &mut ticket).await {
                 return Ok(v);
             }
@@ -1262,13 +1263,9 @@ where
             ),
         }
         if let Some(args) = &key.args_record {
-            crate::refresh::add_args_record(
-                &mut pipe,
-                node.namespace(),
-                &self.inner.name,
-                &redis_key,
-                args,
-            );
+            self.inner
+                .keysets
+                .add_args_record(&mut pipe, &self.inner.name, &redis_key, args);
         }
         let mut conn = shared.conn();
         let (written,): (redis::Value,) = shared.run("set", pipe.query_async(&mut conn)).await?;

@@ -50,6 +50,7 @@
 
 pub mod admin;
 pub mod atomic;
+mod backoff;
 pub mod bus;
 mod clock;
 pub mod codec;

@@ -41,7 +41,6 @@
 //! served outside the lease: nothing in Redis stands behind them.
 
 use std::any::Any;
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,21 +58,6 @@ pub(crate) const ENTRY_OVERHEAD_BYTES: u32 = 96;
 /// Number of hashed slots in the per-key fence table. A collision only makes
 /// a racing fill skip its RAM insert, which costs a later Redis read.
 const KEY_FENCE_SLOTS: usize = 4096;
-
-/// The RAM key of a plain (user) key.
-///
-/// Plain keys are stored as they are, so a RAM hit allocates nothing; keys of
-/// cached functions start with a NUL byte followed by `f`. The rare plain key
-/// that itself starts with NUL is escaped with a `\0k` prefix, so the two
-/// spaces never collide.
-#[inline]
-pub(crate) fn plain_ram_key(key: &str) -> Cow<'_, str> {
-    if key.starts_with('\0') {
-        Cow::Owned(format!("\0k{key}"))
-    } else {
-        Cow::Borrowed(key)
-    }
-}
 
 /// Per-function state: the fence that drops all of a function's entries.
 #[derive(Debug)]
@@ -498,13 +482,6 @@ mod tests {
 
     fn entry(v: u32) -> Entry {
         Entry::new(Arc::new(v), None, 4, None)
-    }
-
-    #[test]
-    fn plain_keys_never_collide_with_function_keys() {
-        assert_eq!(plain_ram_key("user:1"), "user:1");
-        assert_eq!(plain_ram_key("\0fx"), "\0k\0fx");
-        assert!(!plain_ram_key("\0fx").starts_with("\0f"));
     }
 
     #[test]

@@ -8,15 +8,17 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::bus::{Bus, BusHealth, Invalidation};
+use crate::clock::unix_millis;
 use crate::codec::{self, Bincode, Codec};
 use crate::config::{CacheNodeBuilder, Config};
-use crate::local::{plain_ram_key, Entry, FlushReason, LocalLayer};
+use crate::keys::plain_ram_key;
+use crate::local::{Entry, FlushReason, LocalLayer};
 use crate::metrics::{self, Layer};
 use crate::shared::SharedLayer;
 use crate::{Error, Result, Ttl};
@@ -172,7 +174,6 @@ impl CacheNode {
                 shared.clone(),
                 jobs.clone(),
                 crate::keysets::KeySets::new(&config.keys),
-                config.keys.namespace().to_owned(),
                 stop.subscribe(),
             )));
         }
@@ -1051,18 +1052,6 @@ impl Inner {
     pub(crate) fn codec_len<T: Serialize + ?Sized>(&self, value: &T) -> Option<usize> {
         self.codec.encoded_len(value)
     }
-}
-
-pub(crate) fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-pub(crate) fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn millis(d: Duration) -> u64 {

@@ -30,9 +30,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::bus::Invalidation;
+use crate::clock::unix_millis;
 use crate::jobs::JobFn;
 use crate::keysets::KeySets;
-use crate::node::{unix_millis, CacheNode, Inner};
+use crate::node::{CacheNode, Inner};
 use crate::shared::ttl_millis;
 use crate::{Error, Result};
 
@@ -96,11 +97,6 @@ impl Registry {
     }
 }
 
-/// The hash of function `func`'s recorded arguments, by Redis key.
-pub(crate) fn args_key(ns: &str, func: &str) -> String {
-    format!("{ns}:args:{func}")
-}
-
 /// Recorded calls read per `HSCAN` step of a refresh pass.
 const REFRESH_PAGE: usize = 100;
 
@@ -128,7 +124,7 @@ pub(crate) async fn rebuild(
     // commands, and the key-set commands are ignored ones (no reply).
     let mut record = redis::pipe();
     keysets.add_to_pipeline(&mut record, &r.func, redis_key);
-    add_args_record(&mut record, node.namespace(), &r.func, redis_key, &args);
+    keysets.add_args_record(&mut record, &r.func, redis_key, &args);
     let mut conn = shared.conn();
     shared
         .run("rebuild", record.query_async::<()>(&mut conn))
@@ -194,21 +190,6 @@ async fn write_value(
         local.remove(&format!("{}{k}", r.ram_prefix));
     }
     Ok(matches!(replies.first(), Some(redis::Value::Int(1))))
-}
-
-/// Records the arguments of a call so that refresh can rebuild it.
-pub(crate) fn add_args_record(
-    pipe: &mut redis::Pipeline,
-    ns: &str,
-    func: &str,
-    redis_key: &str,
-    args: &[u8],
-) {
-    pipe.cmd("HSET")
-        .arg(args_key(ns, func))
-        .arg(redis_key)
-        .arg(args)
-        .ignore();
 }
 
 /// What [`CacheNode::warm_up`] did.
@@ -304,8 +285,8 @@ async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Re
         .redis("refresh")?
         .ok_or(Error::NoSharedLayer { op: "refresh" })?
         .clone();
-    let ns = node.namespace().to_owned();
-    let last_key = format!("{ns}:refresh:last");
+    let keys = &node.inner().config.keys;
+    let last_key = keys.refresh_last();
     let mut conn = shared.conn();
     let last: Option<u64> = shared
         .run(
@@ -320,23 +301,14 @@ async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Re
     if last.is_some_and(|l| now.saturating_sub(l) < ttl_millis(period)) {
         return Ok(());
     }
-    let took: Option<String> = shared
-        .run(
-            "refresh",
-            redis::cmd("SET")
-                .arg(format!("{ns}:lock:refresh:{}", r.func))
-                .arg(uuid::Uuid::new_v4().to_string())
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_millis(period))
-                .query_async(&mut conn),
-        )
+    let took = shared
+        .take_lock("refresh", &keys.refresh_lock(&r.func), period)
         .await?;
     if took.is_none() {
         return Ok(());
     }
     let keysets = KeySets::new(&node.inner().config.keys);
-    let args_key = args_key(&ns, &r.func);
+    let args_key = keys.func_args(&r.func);
     let (mut rebuilt, mut forgotten) = (0u64, 0u64);
     // The recorded calls, not the key set: every value refresh can rebuild
     // has its arguments there, and so every record is looked at (those

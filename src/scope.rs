@@ -231,8 +231,8 @@ impl<A: KeyArgs + ?Sized, V: Clone + Send + Sync + 'static> MemoryFn<A, V> {
         let encoded = key::encode_args(args)?;
         let prefix = owner.map(|o| format!("o{o}")).unwrap_or_default();
         Ok(format!(
-            "\0f{}:{}",
-            self.name,
+            "{}{}",
+            crate::keys::func_ram_prefix(&self.name),
             key::suffix(&prefix, None, ArgsMode::Hashed, &encoded, &self.ignore)
         ))
     }

@@ -14,8 +14,9 @@ use tokio::time::Instant;
 use super::message::{self, Body, BusAuth, Invalidation, Malformed};
 use super::replay::ReplayGuard;
 use super::{BusConfig, BusKeys, BusState};
+use crate::backoff::Backoff;
+use crate::clock::{unix_micros, unix_millis};
 use crate::local::{CheckStart, FlushReason, LocalLayer};
-use crate::node::unix_millis;
 use crate::shared::SharedLayer;
 use crate::Result;
 
@@ -152,7 +153,7 @@ impl Listener {
         namespace: &str,
     ) -> Result<Self> {
         let keyspace = config.watch_keyspace.then(|| KeyspaceNames {
-            channel_prefix: format!("__keyspace@{}__:", shared.db()),
+            channel_prefix: crate::keys::keyspace_channel_prefix(shared.db()),
             namespace_prefix: format!("{namespace}:"),
         });
         let auth = config.auth(namespace);
@@ -165,7 +166,7 @@ impl Listener {
             config,
             auth,
             warned_signed: false,
-            replay: ReplayGuard::new(crate::node::unix_micros()),
+            replay: ReplayGuard::new(unix_micros()),
             epoch: None,
             last_applied: 0,
             last_entry: None,
@@ -199,7 +200,7 @@ impl Listener {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sub: Option<PubSubStream> = None;
         let mut connecting: Option<Connecting> = None;
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut reconnect_at = Instant::now();
         loop {
             tokio::select! {
@@ -212,7 +213,7 @@ impl Listener {
                         sub = None;
                         self.state.subscribed.store(false, Ordering::Release);
                         tracing::warn!("bus subscription lost; reconnecting");
-                        reconnect_at = Instant::now() + jitter(backoff);
+                        reconnect_at = Instant::now() + jitter(backoff.current());
                     }
                 },
                 _ = tokio::time::sleep_until(reconnect_at),
@@ -230,7 +231,7 @@ impl Listener {
                     match result {
                         Ok(stream) => {
                             sub = Some(stream);
-                            backoff = BACKOFF_MIN;
+                            backoff.reset();
                             self.state.subscribed.store(true, Ordering::Release);
                             tracing::info!(url = self.shared.url(), "bus subscribed");
                             // Whatever was published while we were away; and
@@ -240,8 +241,8 @@ impl Listener {
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "bus cannot subscribe yet");
-                            backoff = (backoff * 2).min(BACKOFF_MAX);
-                            reconnect_at = Instant::now() + jitter(backoff);
+                            backoff.grow();
+                            reconnect_at = Instant::now() + jitter(backoff.current());
                         }
                     }
                 },
@@ -502,7 +503,7 @@ impl Listener {
                             self.warn_if_signed(b);
                         }
                         if self.auth.is_some() {
-                            let now = crate::node::unix_micros();
+                            let now = unix_micros();
                             self.replay.record(decoded.origin, decoded.sent_at_us, now);
                         }
                         self.apply(&decoded, source)
@@ -525,7 +526,7 @@ impl Listener {
 
     /// Passes a verified channel message through the replay guard.
     fn admit(&mut self, body: &Body) -> std::result::Result<(), Malformed> {
-        let now = crate::node::unix_micros();
+        let now = unix_micros();
         match self.replay.admit(body.origin, body.sent_at_us, now) {
             Ok(()) => Ok(()),
             Err(why) => {
@@ -568,7 +569,7 @@ impl Listener {
         }
         self.state.applied.fetch_add(1, Ordering::Relaxed);
         crate::metrics::invalidation_applied(source.label());
-        let delay_us = crate::node::unix_micros().saturating_sub(body.sent_at_us);
+        let delay_us = unix_micros().saturating_sub(body.sent_at_us);
         crate::metrics::propagation_delay(Duration::from_micros(delay_us));
     }
 
