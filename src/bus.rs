@@ -326,20 +326,29 @@ impl Bus {
         }
     }
 
+    /// The publication of `body`: `EVALSHA` of [`PUBLISH_SCRIPT`] with its
+    /// `KEYS` and `ARGV`, the one place that lays them out (a pipeline sends
+    /// it; [`publish_one`](Self::publish_one) sends it alone, loading the
+    /// script first when the server lost it).
+    fn publish_cmd(&self, body: &[u8]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(3)
+            .arg(&self.keys.seq)
+            .arg(&self.keys.log)
+            .arg(&self.keys.epoch)
+            .arg(&self.keys.channel)
+            .arg(body)
+            .arg(self.log_len)
+            .arg(uuid::Uuid::new_v4().to_string());
+        cmd
+    }
+
     /// Appends the publication of `bodies` to `pipe` (`EVALSHA`; see
     /// [`finish`](Self::finish) for a server that lost its script cache).
     pub(crate) fn add_to_pipeline(&self, pipe: &mut redis::Pipeline, bodies: &[Vec<u8>]) {
         for body in bodies {
-            pipe.cmd("EVALSHA")
-                .arg(self.script.get_hash())
-                .arg(3)
-                .arg(&self.keys.seq)
-                .arg(&self.keys.log)
-                .arg(&self.keys.epoch)
-                .arg(&self.keys.channel)
-                .arg(body)
-                .arg(self.log_len)
-                .arg(uuid::Uuid::new_v4().to_string());
+            pipe.add_command(self.publish_cmd(body));
         }
     }
 
@@ -375,21 +384,24 @@ impl Bus {
         Ok(())
     }
 
+    /// Publishes one body on its own; when the server has lost the script
+    /// (`NOSCRIPT`, after a restart), loads it and sends the same command
+    /// again.
     async fn publish_one(&self, body: &[u8]) -> Result<()> {
         let mut conn = self.shared.conn();
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(&self.keys.seq)
-            .key(&self.keys.log)
-            .key(&self.keys.epoch)
-            .arg(&self.keys.channel)
-            .arg(body)
-            .arg(self.log_len)
-            .arg(uuid::Uuid::new_v4().to_string());
-        let _: u64 = self
-            .shared
-            .run("publish", invocation.invoke_async(&mut conn))
-            .await?;
+        let cmd = self.publish_cmd(body);
+        let publish = async {
+            match cmd.query_async::<u64>(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.script.prepare_invoke().load_async(&mut conn).await?;
+                    cmd.query_async::<u64>(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        let _: u64 = self.shared.run("publish", publish).await?;
         Ok(())
     }
 

@@ -44,7 +44,7 @@ use crate::bus::Invalidation;
 use crate::clock::unix_millis;
 use crate::codec::{self, Codec};
 use crate::keysets::{Generation, KeySets, Progress, Walk};
-use crate::local::{Entry, FillTicket, Group, LocalLayer};
+use crate::local::{Expiry, Fence, Fill, FillTicket, Group, LocalLayer};
 use crate::metrics::Layer;
 use crate::node::{CacheNode, Layers};
 use crate::singleflight::{Flights, Role};
@@ -1062,10 +1062,14 @@ where
         node.inner().metrics.hit(Layer::Redis);
         let value = Arc::new(value);
         if let (Some(local), Some(ticket)) = (node.ram(), *ticket) {
-            if let Some(ttl) = node.ram_ttl_from_expiry(expires_at_ms) {
-                let entry = Entry::new(value.clone(), ttl, bytes.len(), self.inner.group.clone());
-                local.insert(key.ram.clone(), entry, ticket);
-            }
+            let fill = Fill {
+                expiry: Expiry::At(expires_at_ms),
+                cap: node.inner().config.ram_max_ttl,
+                bytes: bytes.len(),
+                group: self.inner.group.clone(),
+                ram_only: false,
+            };
+            local.fill(key.ram.clone(), value.clone(), fill, Fence::Ticket(ticket));
         }
         (Some(value), generation)
     }
@@ -1198,15 +1202,14 @@ where
             _ => {}
         }
         if let (Some(l), Some(t)) = (local, ticket) {
-            let size = size
-                .or_else(|| node.inner().codec_len(&*value))
-                .unwrap_or(std::mem::size_of::<V>());
-            let ram_ttl = capped(ttl, node.inner().config.ram_max_ttl);
-            let mut entry = Entry::new(value.clone(), ram_ttl, size, self.inner.group.clone());
-            if ram_only {
-                entry = entry.ram_only();
-            }
-            if l.insert(key.ram.clone(), entry, t) {
+            let fill = Fill {
+                expiry: Expiry::After(ttl),
+                cap: node.inner().config.ram_max_ttl,
+                bytes: node.inner().ram_weight(size, &*value),
+                group: self.inner.group.clone(),
+                ram_only,
+            };
+            if l.fill(key.ram.clone(), value.clone(), fill, Fence::Ticket(t)) {
                 node.inner().metrics.write(Layer::Ram);
             }
         }
@@ -1330,13 +1333,6 @@ enum Write<'a> {
     /// Only if no value from a later computation (start time on the Redis
     /// server, µs) is stored (at least once).
     IfNewer(u64),
-}
-
-fn capped(ttl: Option<Duration>, cap: Option<Duration>) -> Option<Duration> {
-    match (ttl, cap) {
-        (Some(t), Some(c)) => Some(t.min(c)),
-        (t, c) => t.or(c),
-    }
 }
 
 /// Deletes every value of `funcname` from Redis through its key set, then

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
-use crate::clock::Ticks;
+use crate::clock::{unix_millis, Ticks};
 
 /// Bytes charged to every entry on top of its key and value, for the entry
 /// itself and moka's bookkeeping. Measured in `benches/` (see BENCHMARKS.md).
@@ -158,6 +158,63 @@ pub(crate) struct CheckStart(u64);
 /// Taken before a fill starts; see the module docs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FillTicket(u64);
+
+/// When a value put into RAM expires.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Expiry {
+    /// After this long (`None`: never), as the value's TTL says.
+    After(Option<Duration>),
+    /// At this instant, Unix ms, as the value's envelope in Redis says (0:
+    /// never); a value already past it is not put in RAM.
+    At(u64),
+}
+
+/// How a fill is fenced (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fence {
+    /// A read or a computation that took this ticket before it started.
+    Ticket(FillTicket),
+    /// This node's own write, begun with [`LocalLayer::begin_own_write`].
+    OwnWrite(FillTicket),
+}
+
+/// A value on its way into RAM: what every fill site hands
+/// [`LocalLayer::fill`].
+pub(crate) struct Fill {
+    /// When it expires.
+    pub(crate) expiry: Expiry,
+    /// The longest it stays in RAM whatever its expiry (the node's
+    /// `ram_max_ttl`; `None`: no cap).
+    pub(crate) cap: Option<Duration>,
+    /// About how many bytes it weighs (its encoded size when known).
+    pub(crate) bytes: usize,
+    /// The function it belongs to, if any.
+    pub(crate) group: Option<Arc<Group>>,
+    /// Kept in this process's RAM alone (see [`Entry::ram_only`]).
+    pub(crate) ram_only: bool,
+}
+
+impl Fill {
+    /// How long the value may stay in RAM: its expiry, capped; `None` when
+    /// it has already expired.
+    fn ttl(&self) -> Option<Option<Duration>> {
+        let ttl = match self.expiry {
+            Expiry::After(ttl) => ttl,
+            Expiry::At(0) => None,
+            Expiry::At(at) => {
+                let now = unix_millis();
+                if at <= now {
+                    return None;
+                }
+                Some(Duration::from_millis(at - now))
+            }
+        };
+        Some(match (ttl, self.cap) {
+            (Some(t), Some(cap)) => Some(t.min(cap)),
+            (t, cap) => t.or(cap),
+        })
+    }
+}
 
 struct PerEntryExpiry;
 
@@ -319,6 +376,32 @@ impl LocalLayer {
             return false;
         }
         true
+    }
+
+    /// Puts `value` under `key`: the one routine by which every value enters
+    /// RAM (a Redis hit, a write, a fill, a computed value, a memory
+    /// function). Caps its expiry, weighs it, and inserts it fenced: with a
+    /// ticket, unless an invalidation covering it came after the ticket; as
+    /// this node's own write, see [`finish_own_write`](Self::finish_own_write).
+    /// Returns whether the entry was kept (never when already expired).
+    pub(crate) fn fill(
+        &self,
+        key: String,
+        value: Arc<dyn Any + Send + Sync>,
+        fill: Fill,
+        fence: Fence,
+    ) -> bool {
+        let Some(ttl) = fill.ttl() else {
+            return false;
+        };
+        let mut entry = Entry::new(value, ttl, fill.bytes, fill.group);
+        if fill.ram_only {
+            entry = entry.ram_only();
+        }
+        match fence {
+            Fence::Ticket(ticket) => self.insert(key, entry, ticket),
+            Fence::OwnWrite(begun) => self.finish_own_write(key, entry, begun),
+        }
     }
 
     /// Whether an invalidation covering `key` (of `group`, or everything)

@@ -18,7 +18,7 @@ use crate::clock::unix_millis;
 use crate::codec::{self, Bincode, Codec};
 use crate::config::{CacheNodeBuilder, Config};
 use crate::keys::plain_ram_key;
-use crate::local::{Entry, FlushReason, LocalLayer};
+use crate::local::{Expiry, Fence, Fill, FlushReason, LocalLayer};
 use crate::metrics::{self, Layer};
 use crate::shared::SharedLayer;
 use crate::{Error, Result, Ttl};
@@ -406,10 +406,15 @@ impl CacheNode {
             (hook.0)(key.to_owned()).await;
         }
         if let (Some(local), Some(ticket)) = (ram, ticket) {
-            if let Some(ttl) = self.ram_ttl_from_expiry(expires_at_ms) {
-                let entry = Entry::new(value.clone(), ttl, bytes.len(), None);
-                local.insert(plain_ram_key(key).into_owned(), entry, ticket);
-            }
+            let fill = Fill {
+                expiry: Expiry::At(expires_at_ms),
+                cap: self.inner.config.ram_max_ttl,
+                bytes: bytes.len(),
+                group: None,
+                ram_only: false,
+            };
+            let key = plain_ram_key(key).into_owned();
+            local.fill(key, value.clone(), fill, Fence::Ticket(ticket));
         }
         Ok(Some(value))
     }
@@ -476,21 +481,6 @@ impl CacheNode {
         None
     }
 
-    /// How long a value read from Redis may stay in RAM: until its Redis
-    /// expiry, capped by `ram_max_ttl`. `None` when it has already expired.
-    pub(crate) fn ram_ttl_from_expiry(&self, expires_at_ms: u64) -> Option<Option<Duration>> {
-        let cap = self.inner.config.ram_max_ttl;
-        if expires_at_ms == 0 {
-            return Some(cap);
-        }
-        let now = unix_millis();
-        if expires_at_ms <= now {
-            return None;
-        }
-        let left = Duration::from_millis(expires_at_ms - now);
-        Some(Some(cap.map_or(left, |c| c.min(left))))
-    }
-
     /// The values under `keys`, in the same order (`None` where missing).
     /// RAM answers what it can; the rest comes from one `MGET`.
     ///
@@ -543,10 +533,15 @@ impl CacheNode {
             };
             self.inner.metrics.hit(Layer::Redis);
             if let (Some(local), Some(ticket)) = (ram, ticket) {
-                if let Some(ttl) = self.ram_ttl_from_expiry(expires_at_ms) {
-                    let entry = Entry::new(Arc::new(value.clone()), ttl, bytes.len(), None);
-                    local.insert(plain_ram_key(keys[i]).into_owned(), entry, ticket);
-                }
+                let fill = Fill {
+                    expiry: Expiry::At(expires_at_ms),
+                    cap: self.inner.config.ram_max_ttl,
+                    bytes: bytes.len(),
+                    group: None,
+                    ram_only: false,
+                };
+                let key = plain_ram_key(keys[i]).into_owned();
+                local.fill(key, Arc::new(value.clone()), fill, Fence::Ticket(ticket));
             }
             out[i] = Some(value);
         }
@@ -616,19 +611,15 @@ impl CacheNode {
             return Ok(());
         }
         if let Some(local) = self.ram() {
-            let size = encoded_len
-                .or_else(|| self.inner.codec.encoded_len(&*value))
-                .unwrap_or(std::mem::size_of::<T>());
-            let ttl = match (ttl, self.inner.config.ram_max_ttl) {
-                (Some(t), Some(cap)) => Some(t.min(cap)),
-                (t, cap) => t.or(cap),
+            let fill = Fill {
+                expiry: Expiry::After(ttl),
+                cap: self.inner.config.ram_max_ttl,
+                bytes: self.inner.ram_weight(encoded_len, &*value),
+                group: None,
+                ram_only: encoded_len.is_none(),
             };
             let begun = begun.unwrap_or_else(|| local.begin_own_write(&ram_key));
-            let mut entry = Entry::new(value, ttl, size, None);
-            if encoded_len.is_none() {
-                entry = entry.ram_only();
-            }
-            if local.finish_own_write(ram_key.into_owned(), entry, begun) {
+            if local.fill(ram_key.into_owned(), value, fill, Fence::OwnWrite(begun)) {
                 self.inner.metrics.write(Layer::Ram);
             }
         }
@@ -689,18 +680,15 @@ impl CacheNode {
             encoded_len = Some(bytes.len());
         }
         if let (Some(local), Some(ticket)) = (self.ram(), ticket) {
-            let size = encoded_len
-                .or_else(|| self.inner.codec.encoded_len(value))
-                .unwrap_or(std::mem::size_of::<T>());
-            let ttl = match (ttl, self.inner.config.ram_max_ttl) {
-                (Some(t), Some(cap)) => Some(t.min(cap)),
-                (t, cap) => t.or(cap),
+            let fill = Fill {
+                expiry: Expiry::After(ttl),
+                cap: self.inner.config.ram_max_ttl,
+                bytes: self.inner.ram_weight(encoded_len, value),
+                group: None,
+                ram_only: encoded_len.is_none(),
             };
-            let mut entry = Entry::new(Arc::new(value.clone()), ttl, size, None);
-            if encoded_len.is_none() {
-                entry = entry.ram_only();
-            }
-            if local.insert(ram_key.into_owned(), entry, ticket) {
+            let value = Arc::new(value.clone());
+            if local.fill(ram_key.into_owned(), value, fill, Fence::Ticket(ticket)) {
                 self.inner.metrics.write(Layer::Ram);
             }
         }
@@ -1048,9 +1036,16 @@ impl CacheNode {
 }
 
 impl Inner {
-    /// The encoded size of `value`, to weigh RAM entries never encoded.
-    pub(crate) fn codec_len<T: Serialize + ?Sized>(&self, value: &T) -> Option<usize> {
-        self.codec.encoded_len(value)
+    /// What a value put in RAM weighs: its encoded size, measured with the
+    /// codec when it was not encoded (a RAM-only value), else its size.
+    pub(crate) fn ram_weight<T: Serialize + ?Sized>(
+        &self,
+        encoded_len: Option<usize>,
+        value: &T,
+    ) -> usize {
+        encoded_len
+            .or_else(|| self.codec.encoded_len(value))
+            .unwrap_or(std::mem::size_of_val(value))
     }
 }
 

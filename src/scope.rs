@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::func::key::{self, ArgsMode, KeyArgs};
-use crate::local::{Entry, LocalLayer};
+use crate::local::{Expiry, Fence, Fill, LocalLayer};
 use crate::node::CacheNode;
 use crate::Result;
 
@@ -287,10 +287,14 @@ impl<A: KeyArgs + ?Sized, V: Clone + Send + Sync + 'static> MemoryFn<A, V> {
         }
         let ticket = local.ticket();
         let v = compute().await?;
-        let group = local.group(&self.name);
-        let entry =
-            Entry::new(Arc::new(v.clone()), self.ttl, (self.weigh)(&v), Some(group)).ram_only();
-        if local.insert(k.clone(), entry, ticket) {
+        let fill = Fill {
+            expiry: Expiry::After(self.ttl),
+            cap: None,
+            bytes: (self.weigh)(&v),
+            group: Some(local.group(&self.name)),
+            ram_only: true,
+        };
+        if local.fill(k.clone(), Arc::new(v.clone()), fill, Fence::Ticket(ticket)) {
             if let Some(o) = owner {
                 o.keys.lock().unwrap_or_else(|p| p.into_inner()).push(k);
             }
