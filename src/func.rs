@@ -106,7 +106,7 @@ type WarmupDecode<A> = Arc<dyn Fn(&[u8]) -> Option<Box<A>> + Send + Sync>;
 /// A function registered to build values from encoded arguments.
 struct RebuildSpec<A: ?Sized> {
     encode: EncodeArgs<A>,
-    build: crate::jobs::JobFn,
+    build: crate::registry::JobFn,
 }
 
 /// Configures a cached function; made by [`CacheNode::func`].
@@ -415,7 +415,7 @@ where
     {
         let build = Arc::new(build);
         let limit = self.node.inner().config.max_value_bytes;
-        let job: crate::jobs::JobFn = Arc::new(move |args: Vec<u8>, ttl_ms: u64| {
+        let job: crate::registry::JobFn = Arc::new(move |args: Vec<u8>, ttl_ms: u64| {
             let build = build.clone();
             Box::pin(async move {
                 let args: A = crate::codec::Bincode
@@ -667,7 +667,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
         if o.refresh_every.is_none() && warmup_calls.is_empty() {
             return Ok(());
         }
-        let rebuild = crate::refresh::Rebuild {
+        let rebuild = crate::registry::Rebuild {
             func: inner.name.clone(),
             build: spec.build.clone(),
             ttl: self.ttl(),
@@ -686,7 +686,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
                 let key = self.key(&args)?;
                 calls.push((self.redis_key(&key), bytes));
             }
-            registry.add_warmup(crate::refresh::Warmup {
+            registry.add_warmup(crate::registry::Warmup {
                 rebuild,
                 calls,
                 timeout: o.warmup_timeout,

@@ -27,17 +27,16 @@
 //!   its group is gone (the namespace was cleared, Redis came back empty)
 //!   it creates them again (`XGROUP CREATE ... MKSTREAM`) and reads at once.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 use crate::codec::{Bincode, Codec};
 use crate::keys::{job_marker_key, Keys};
 use crate::keysets::KeySets;
+use crate::registry::JobRegistry;
 use crate::shared::SharedLayer;
 use crate::{Error, Result};
 
@@ -52,35 +51,6 @@ type Entry = (String, Vec<Vec<u8>>);
 
 /// The consumer group of builders.
 const GROUP: &str = "builders";
-
-/// Builds a value from encoded arguments; returns the sealed value for a
-/// TTL in ms (0: never), or why it failed.
-pub(crate) type JobFn = Arc<
-    dyn Fn(Vec<u8>, u64) -> BoxFuture<'static, std::result::Result<Vec<u8>, String>> + Send + Sync,
->;
-
-/// The build functions a node knows, by name.
-#[derive(Default)]
-pub(crate) struct Registry {
-    fns: Mutex<HashMap<String, JobFn>>,
-}
-
-impl Registry {
-    pub(crate) fn register(&self, name: &str, f: JobFn) {
-        self.fns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), f);
-    }
-
-    fn get(&self, name: &str) -> Option<JobFn> {
-        self.fns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
-    }
-}
 
 /// One build job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,7 +221,7 @@ fn read_timeout(shared: &SharedLayer) -> Duration {
 /// namespace was cleared, Redis restarted empty) is created again.
 pub(crate) async fn builder_task(
     shared: SharedLayer,
-    registry: Arc<Registry>,
+    registry: Arc<JobRegistry>,
     keysets: KeySets,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -467,7 +437,7 @@ async fn drop_job(shared: &SharedLayer, stream: &str, id: &str, job: &Job) {
 
 async fn build_one(
     shared: &SharedLayer,
-    registry: &Registry,
+    registry: &JobRegistry,
     keysets: &KeySets,
     stream: &str,
     id: &str,

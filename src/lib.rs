@@ -64,6 +64,7 @@ mod local;
 pub mod metrics;
 pub mod node;
 pub mod refresh;
+mod registry;
 pub mod scope;
 mod shared;
 mod singleflight;

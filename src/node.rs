@@ -97,9 +97,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: metrics::NodeMetrics,
     pub(crate) bus: Option<Bus>,
     /// Build functions of async-compute cached functions, by name.
-    pub(crate) jobs: Arc<crate::jobs::Registry>,
+    pub(crate) jobs: Arc<crate::registry::JobRegistry>,
     /// Functions to refresh and warm up.
-    pub(crate) refresh: crate::refresh::Registry,
+    pub(crate) refresh: crate::registry::RefreshRegistry,
     /// Stops the node's own tasks (the key-set sweep) when sent or dropped.
     stop: tokio::sync::watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -168,7 +168,7 @@ impl CacheNode {
                 stopped,
             )));
         }
-        let jobs = Arc::new(crate::jobs::Registry::default());
+        let jobs = Arc::new(crate::registry::JobRegistry::default());
         if let (Some(shared), true) = (&shared, config.builder) {
             tasks.push(tokio::spawn(crate::jobs::builder_task(
                 shared.clone(),
@@ -194,7 +194,7 @@ impl CacheNode {
                 metrics: metrics::NodeMetrics::new(),
                 bus,
                 jobs,
-                refresh: crate::refresh::Registry::default(),
+                refresh: crate::registry::RefreshRegistry::default(),
                 stop,
                 tasks: std::sync::Mutex::new(tasks),
                 shut_down: AtomicBool::new(false),

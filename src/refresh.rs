@@ -23,16 +23,15 @@
 //!   warm-up, each function bounded by its timeout; it never hangs past
 //!   the timeouts and reports what did not finish.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use crate::bus::Invalidation;
 use crate::clock::unix_millis;
-use crate::jobs::JobFn;
 use crate::keysets::KeySets;
+use crate::registry::Rebuild;
 use crate::node::{CacheNode, Inner};
 use crate::shared::ttl_millis;
 use crate::{Error, Result};
@@ -46,56 +45,6 @@ pub const DEFAULT_MIN_REFRESH_PERIOD: Duration = Duration::from_secs(300);
 /// Default bound on one function's warm-up (the seed's
 /// `DEFAULT_WARMUP_STARTUP_TIMEOUT`).
 pub const DEFAULT_WARMUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A function's build function and how its values are written.
-#[derive(Clone)]
-pub(crate) struct Rebuild {
-    pub(crate) func: String,
-    pub(crate) build: JobFn,
-    pub(crate) ttl: Option<Duration>,
-    /// The RAM key prefix `\0f{func}:` and the Redis one `{ns}:f:{func}:`.
-    pub(crate) ram_prefix: String,
-    pub(crate) redis_prefix: String,
-}
-
-/// What a node refreshes and warms up.
-#[derive(Default)]
-pub(crate) struct Registry {
-    refresh: Mutex<HashMap<String, (Duration, Rebuild)>>,
-    warmups: Mutex<Vec<Warmup>>,
-}
-
-/// One function's warm-up: its calls' encoded arguments and keys.
-pub(crate) struct Warmup {
-    pub(crate) rebuild: Rebuild,
-    pub(crate) calls: Vec<(String, Vec<u8>)>,
-    pub(crate) timeout: Duration,
-}
-
-impl Registry {
-    pub(crate) fn add_refresh(&self, period: Duration, rebuild: Rebuild) {
-        self.refresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rebuild.func.clone(), (period, rebuild));
-    }
-
-    pub(crate) fn add_warmup(&self, warmup: Warmup) {
-        self.warmups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(warmup);
-    }
-
-    fn due(&self) -> Vec<(Duration, Rebuild)> {
-        self.refresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-}
 
 /// Recorded calls read per `HSCAN` step of a refresh pass.
 const REFRESH_PAGE: usize = 100;
@@ -210,14 +159,7 @@ impl CacheNode {
     /// warm-up timeout. Never takes longer than the largest timeout; what
     /// did not finish is logged and reported.
     pub async fn warm_up(&self) -> WarmupReport {
-        let warmups = std::mem::take(
-            &mut *self
-                .inner()
-                .refresh
-                .warmups
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let warmups = self.inner().refresh.take_warmups();
         let runs = warmups.into_iter().map(|w| {
             let node = self.clone();
             async move {
