@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Lists the library's module dependencies and checks that they have no cycle.
 #
-# A module is a file directly under src/ (`src/func.rs`) together with the
-# files of its folder (`src/func/*.rs`): a room and its parts. An edge X -> Y
-# is any `crate::Y…` path in X's code (comments left out), including names
-# used through the crate root's re-exports (`crate::CacheNode` is `node`),
-# which lib.rs's `pub use` lines resolve.
+# A module is a file of src/ (`func.rs` is `func`, `func/key.rs` is
+# `func/key`). An edge X -> Y is a `crate::…` path in X's code (comments
+# left out) that names Y, the deepest module file the path reaches
+# (`crate::func::key::Args` is `func/key`), including names used through the
+# crate root's re-exports (`crate::CacheNode` is `node`), which lib.rs's
+# `pub use` lines resolve. `super::` paths between a file and its parent are
+# the inside of one module and are not listed.
 #
 # Prints the edges, then the modules in a topological order (each uses only
 # modules listed before it), and exits 1 naming the cycle when there is one.
@@ -18,24 +20,37 @@ edges=$(perl -e '
   use strict; use warnings;
   sub code { my ($f) = @_; open my $h, "<", $f or die "$f: $!"; local $/; my $s = <$h>;
              $s =~ s{//[^\n]*}{}g; return $s; }
+  # The deepest module file a path (a::b::c) reaches, or undef.
+  sub module_of { my @seg = split /::/, $_[0]; my $found;
+    for my $i (1 .. @seg) { my $m = join "/", @seg[0 .. $i - 1]; last unless -f "$m.rs"; $found = $m; }
+    return $found; }
   # Root re-exports: name -> module.
   my %root; my $lib = code("lib.rs");
-  while ($lib =~ /pub use ([a-z_]+)((?:::[a-z_]+)*)::(\{[^;]*\}|[A-Za-z_0-9]+)\s*;/g) {
-    my ($m, $names) = ($1, $3);
+  while ($lib =~ /pub use (?:crate::)?([a-z_]+(?:::[a-z_]+)*)::(\{[^;]*\}|[A-Za-z_0-9]+)\s*;/g) {
+    my ($path, $names) = ($1, $2);
+    my $m = module_of($path) or next;
     $root{$_} = $m for ($names =~ /([A-Za-z_][A-Za-z_0-9]*)(?:\s+as\s+[A-Za-z_0-9]+)?/g);
   }
   my %edges;
   for my $f (sort split /\n/, `find . -name "*.rs" -not -path "./bin/*"`) {
-    $f =~ s{^\./}{}; (my $room = $f) =~ s{[/.].*}{};
-    next if $room eq "lib";
+    $f =~ s{^\./}{}; (my $me = $f) =~ s{\.rs$}{};
+    next if $me eq "lib";
     my $s = code($f);
-    my @names;
-    push @names, $1 while $s =~ /crate::([A-Za-z_][A-Za-z_0-9]*)/g;
-    while ($s =~ /crate::\{([^;]*?)\}\s*;/g) { push @names, ($1 =~ /(?:^|[\s,{])([A-Za-z_][A-Za-z_0-9]*)/g); }
-    for my $n (@names) {
-      my $dep = -f "$n.rs" ? $n : $root{$n};
-      next unless defined $dep && $dep ne $room;
-      $edges{"$room $dep"} = 1;
+    my @deps;
+    while ($s =~ /crate::((?:[a-z_][a-z_0-9]*::)*)([A-Za-z_][A-Za-z_0-9]*)/g) {
+      my ($path, $last) = ($1, $2);
+      $path =~ s/::$//;
+      my $m = module_of($path eq "" ? $last : "${path}::$last") // ($path eq "" ? $root{$last} : module_of($path));
+      push @deps, $m if defined $m;
+    }
+    while ($s =~ /crate::\{([^;]*?)\}\s*;/g) {
+      for my $n ($1 =~ /(?:^|[\s,{])([A-Za-z_][A-Za-z_0-9]*(?:::[A-Za-z_][A-Za-z_0-9]*)*)/g) {
+        my $m = module_of($n) // $root{$n} // module_of(join "::", (split /::/, $n)[0 .. 0]);
+        push @deps, $m if defined $m;
+      }
+    }
+    for my $dep (@deps) {
+      $edges{"$me $dep"} = 1 unless $dep eq $me || index("$me/", "$dep/") == 0;
     }
   }
   print "$_\n" for sort keys %edges;
@@ -44,7 +59,7 @@ edges=$(perl -e '
 echo "# edges (module -> module it uses)"
 echo "$edges" | sed -e 's/ / -> /'
 echo
-rooms=$(ls ./*.rs | sed -e 's:^\./::' -e 's/\.rs$//' | grep -vx lib)
+rooms=$(find . -name '*.rs' -not -path './bin/*' | sed -e 's:^\./::' -e 's/\.rs$//' | grep -vx lib | sort)
 err=$(mktemp)
 order=$( { echo "$edges"; for r in $rooms; do echo "$r $r"; done; } | tsort 2>"$err") || true
 if [ -s "$err" ]; then

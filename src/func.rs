@@ -25,7 +25,10 @@
 //! returned and never cached. When Redis fails, the call still answers by
 //! computing: cache errors are logged and counted, never returned.
 
+pub(crate) mod atomic;
+pub(crate) mod jobs;
 pub mod key;
+pub(crate) mod refresh;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -37,16 +40,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
 
-pub use crate::atomic::AtomicWrites;
-use crate::atomic::GenerationCheck;
 use crate::backoff::Backoff;
 use crate::bus::Invalidation;
 use crate::clock::unix_millis;
 use crate::codec::{self, Codec};
+use crate::core::{Core, Layers};
+pub use crate::func::atomic::AtomicWrites;
+use crate::func::atomic::GenerationCheck;
 use crate::keysets::{Generation, KeySets, Progress, Walk};
 use crate::local::{Expiry, Fence, Fill, FillTicket, Group, LocalLayer};
 use crate::metrics::Layer;
-use crate::node::{CacheNode, Layers};
 use crate::singleflight::{Flights, Role};
 use crate::{Error, Result, Ttl};
 use key::{ArgsMode, KeyArgs};
@@ -109,23 +112,22 @@ struct RebuildSpec<A: ?Sized> {
     build: crate::registry::JobFn,
 }
 
-/// Configures a cached function; made by [`CacheNode::func`].
+/// Configures a cached function; made by [`CacheNode::func`](crate::CacheNode::func).
 #[must_use = "a builder does nothing until .build()"]
 pub struct FuncBuilder<A: ?Sized, V> {
-    node: CacheNode,
+    node: Core,
     name: String,
     full_args: bool,
     with_func_args: bool,
     opts: Options<A, V>,
 }
 
-impl CacheNode {
-    /// Starts a cached function named `name` (unique per namespace: it names
-    /// the function's keys and key set), whose calls take arguments `A` and
-    /// return `V`.
-    pub fn func<A: KeyArgs + ?Sized, V>(&self, name: &str) -> FuncBuilder<A, V> {
+impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
+    /// A cached function named `name` on `node`, every option at its
+    /// default; see [`CacheNode::func`](crate::CacheNode::func).
+    pub(crate) fn new(node: Core, name: &str) -> Self {
         FuncBuilder {
-            node: self.clone(),
+            node,
             name: name.to_owned(),
             full_args: false,
             with_func_args: true,
@@ -141,14 +143,14 @@ impl CacheNode {
                 with_request_path: false,
                 with_query_string: false,
                 atomic: None,
-                lock_ttl: crate::atomic::DEFAULT_LOCK_TTL,
-                wait_timeout: crate::atomic::DEFAULT_WAIT_TIMEOUT,
+                lock_ttl: crate::func::atomic::DEFAULT_LOCK_TTL,
+                wait_timeout: crate::func::atomic::DEFAULT_WAIT_TIMEOUT,
                 async_compute: None,
                 rebuild: None,
                 refresh_every: None,
                 warmup: Vec::new(),
                 warmup_decode: None,
-                warmup_timeout: crate::refresh::DEFAULT_WARMUP_TIMEOUT,
+                warmup_timeout: crate::func::refresh::DEFAULT_WARMUP_TIMEOUT,
                 clock_skew_ms: 0,
             },
         }
@@ -285,7 +287,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
     }
 
     /// TTL of the [`AtomicWrites::AtMostOnce`] lock (default
-    /// [`DEFAULT_LOCK_TTL`](crate::atomic::DEFAULT_LOCK_TTL)); the holder
+    /// [`DEFAULT_LOCK_TTL`](crate::func::atomic::DEFAULT_LOCK_TTL)); the holder
     /// extends it every third of it, so this is how long a dead holder
     /// delays the others.
     pub fn atomic_lock_ttl(mut self, ttl: Duration) -> Self {
@@ -295,7 +297,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
 
     /// How long a caller waits for another instance's
     /// [`AtomicWrites::AtMostOnce`] computation (default
-    /// [`DEFAULT_WAIT_TIMEOUT`](crate::atomic::DEFAULT_WAIT_TIMEOUT)); past
+    /// [`DEFAULT_WAIT_TIMEOUT`](crate::func::atomic::DEFAULT_WAIT_TIMEOUT)); past
     /// it, the caller computes for itself and does not store the value.
     pub fn atomic_wait_timeout(mut self, timeout: Duration) -> Self {
         self.opts.wait_timeout = timeout;
@@ -345,7 +347,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
             )));
         }
         if let Some(period) = self.opts.refresh_every {
-            let min = self.node.inner().config.min_refresh_period;
+            let min = self.node.config().min_refresh_period;
             if period < min {
                 return Err(Error::Config(format!(
                     "{:?}: async_refresh_every({period:?}) is below the node's minimum refresh period {min:?}",
@@ -379,8 +381,8 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
             (true, false) => ArgsMode::Hashed,
         };
         let node = self.node.with_layers(self.opts.layers);
-        let group = node.inner().local.as_ref().map(|l| l.group(&self.name));
-        let keys = &node.inner().config.keys;
+        let group = node.local().as_ref().map(|l| l.group(&self.name));
+        let keys = &node.config().keys;
         Ok(CachedFn {
             inner: Arc::new(FnInner {
                 redis_prefix: keys.func_prefix(&self.name),
@@ -414,7 +416,7 @@ where
         E: std::fmt::Display,
     {
         let build = Arc::new(build);
-        let limit = self.node.inner().config.max_value_bytes;
+        let limit = self.node.config().max_value_bytes;
         let job: crate::registry::JobFn = Arc::new(move |args: Vec<u8>, ttl_ms: u64| {
             let build = build.clone();
             Box::pin(async move {
@@ -431,7 +433,7 @@ where
                     .map_err(|e| e.to_string())
             })
         });
-        self.node.inner().jobs.register(&self.name, job.clone());
+        self.node.jobs().register(&self.name, job.clone());
         self.opts.rebuild = Some(RebuildSpec {
             encode: Arc::new(|a: &A| {
                 let mut out = Vec::new();
@@ -458,7 +460,7 @@ where
     {
         self.opts
             .async_compute
-            .get_or_insert(crate::jobs::DEFAULT_JOB_TIMEOUT);
+            .get_or_insert(crate::func::jobs::DEFAULT_JOB_TIMEOUT);
         self.computed_by(build)
     }
 
@@ -477,7 +479,7 @@ where
     }
 
     /// Computes the values of these calls when
-    /// [`CacheNode::warm_up`] runs (the seed's `warmup_on_startup`). Needs
+    /// [`CacheNode::warm_up`](crate::CacheNode::warm_up) runs (the seed's `warmup_on_startup`). Needs
     /// [`computed_by`](Self::computed_by) and no request path or query
     /// string in keys.
     pub fn warmup_on_startup(mut self, calls: impl IntoIterator<Item = A>) -> Self {
@@ -497,7 +499,7 @@ where
     }
 
     /// Bounds this function's warm-up (default
-    /// [`DEFAULT_WARMUP_TIMEOUT`](crate::refresh::DEFAULT_WARMUP_TIMEOUT)).
+    /// [`DEFAULT_WARMUP_TIMEOUT`](crate::func::refresh::DEFAULT_WARMUP_TIMEOUT)).
     pub fn warmup_timeout(mut self, timeout: Duration) -> Self {
         self.opts.warmup_timeout = timeout;
         self
@@ -505,7 +507,7 @@ where
 
     /// How long a build job may run before another builder takes it over
     /// (the seed's `async_compute_job_timeout`; default
-    /// [`DEFAULT_JOB_TIMEOUT`](crate::jobs::DEFAULT_JOB_TIMEOUT)).
+    /// [`DEFAULT_JOB_TIMEOUT`](crate::func::jobs::DEFAULT_JOB_TIMEOUT)).
     pub fn async_compute_job_timeout(mut self, timeout: Duration) -> Self {
         self.opts.async_compute = Some(timeout);
         self
@@ -546,7 +548,7 @@ impl<A: ?Sized, V> std::fmt::Debug for CachedFn<A, V> {
 
 struct FnInner<A: ?Sized, V> {
     name: String,
-    node: CacheNode,
+    node: Core,
     opts: Options<A, V>,
     group: Option<Arc<Group>>,
     redis_prefix: String,
@@ -674,7 +676,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
             ram_prefix: inner.ram_prefix.clone(),
             redis_prefix: inner.redis_prefix.clone(),
         };
-        let registry = &inner.node.inner().refresh;
+        let registry = &inner.node.refresh();
         if let Some(period) = o.refresh_every {
             registry.add_refresh(period, rebuild.clone());
         }
@@ -705,7 +707,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     }
 
     fn ttl(&self) -> Option<Duration> {
-        let default = self.inner.node.inner().config.default_ttl;
+        let default = self.inner.node.config().default_ttl;
         self.inner
             .opts
             .expire_in
@@ -736,9 +738,9 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
                 .arg(self.inner.keysets.shard_of(&self.inner.name, &redis_key))
                 .arg(&redis_key);
             pipe.cmd("HDEL")
-                .arg(node.inner().config.keys.func_args(&self.inner.name))
+                .arg(node.config().keys.func_args(&self.inner.name))
                 .arg(&redis_key);
-            crate::atomic::add_forget_version(&mut pipe, &redis_key);
+            crate::keysets::add_forget_version(&mut pipe, &redis_key);
             let replies = node
                 .write_and_announce(shared, "clear", pipe, || {
                     Invalidation::Keys(vec![key.ram.clone()])
@@ -892,12 +894,12 @@ where
             crate::metrics::operation(Layer::Ram, started.elapsed());
         }
         if let Some(v) = found {
-            node.inner().metrics.hit(Layer::Ram);
+            node.metrics().hit(Layer::Ram);
             self.inner.metrics.hit(Layer::Ram);
             return Ok(V::clone(&v));
         }
         if ram.is_some() {
-            node.inner().metrics.miss(Layer::Ram);
+            node.metrics().miss(Layer::Ram);
         }
         // The ticket is taken before joining: a flight whose leader took
         // its own before an invalidation of the key was applied is not
@@ -948,7 +950,7 @@ where
                 // Ordered by the Redis server's clock, not this host's.
                 let started = match node.redis("call") {
                     Ok(Some(shared)) => {
-                        crate::atomic::start_version(shared, &self.redis_key(&key)).await
+                        crate::func::atomic::start_version(shared, &self.redis_key(&key)).await
                     }
                     _ => 0,
                 };
@@ -988,7 +990,7 @@ where
         let key = self.key(args)?;
         let ram = node.ram();
         if let Some(v) = ram.and_then(|l| l.get_typed::<V>(&key.ram)) {
-            node.inner().metrics.hit(Layer::Ram);
+            node.metrics().hit(Layer::Ram);
             return Ok(Lookup::Ready(V::clone(&v)));
         }
         let shared = node
@@ -1004,7 +1006,7 @@ where
         crate::codec::Bincode
             .encode_into(args, &mut encoded)
             .map_err(Error::Encode)?;
-        let job = crate::jobs::Job {
+        let job = crate::func::jobs::Job {
             func: self.inner.name.clone(),
             record_args: self.inner.opts.refresh_every.is_some(),
             args: encoded,
@@ -1012,7 +1014,7 @@ where
             ttl_ms: self.ttl().map_or(0, crate::shared::ttl_millis),
             timeout_ms: crate::shared::ttl_millis(timeout),
         };
-        crate::jobs::enqueue(shared, &node.inner().config.keys, &job).await?;
+        crate::func::jobs::enqueue(shared, &node.config().keys, &job).await?;
         Ok(Lookup::BeingBuilt)
     }
 
@@ -1043,7 +1045,7 @@ where
         let bytes = match read {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
-                node.inner().metrics.miss(Layer::Redis);
+                node.metrics().miss(Layer::Redis);
                 return (None, generation);
             }
             Err(e) => {
@@ -1059,12 +1061,12 @@ where
             }
             return (None, generation);
         };
-        node.inner().metrics.hit(Layer::Redis);
+        node.metrics().hit(Layer::Redis);
         let value = Arc::new(value);
         if let (Some(local), Some(ticket)) = (node.ram(), *ticket) {
             let fill = Fill {
                 expiry: Expiry::At(expires_at_ms),
-                cap: node.inner().config.ram_max_ttl,
+                cap: node.config().ram_max_ttl,
                 bytes: bytes.len(),
                 group: self.inner.group.clone(),
                 ram_only: false,
@@ -1100,7 +1102,7 @@ where
         let deadline = tokio::time::Instant::now().checked_add(o.wait_timeout);
         let mut pause = Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
         loop {
-            match crate::atomic::try_lock(shared, &redis_key, o.lock_ttl).await {
+            match crate::func::atomic::try_lock(shared, &redis_key, o.lock_ttl).await {
                 Ok(Some(lock)) => {
                     // The value may have landed between our miss and the lock.
                     let (found, generation) = self.read_redis(key, &mut ticket).await;
@@ -1204,13 +1206,13 @@ where
         if let (Some(l), Some(t)) = (local, ticket) {
             let fill = Fill {
                 expiry: Expiry::After(ttl),
-                cap: node.inner().config.ram_max_ttl,
-                bytes: node.inner().ram_weight(size, &*value),
+                cap: node.config().ram_max_ttl,
+                bytes: node.ram_weight(size, &*value),
                 group: self.inner.group.clone(),
                 ram_only,
             };
             if l.fill(key.ram.clone(), value.clone(), fill, Fence::Ticket(t)) {
-                node.inner().metrics.write(Layer::Ram);
+                node.metrics().write(Layer::Ram);
             }
         }
         value
@@ -1234,10 +1236,10 @@ where
                 .saturating_add(crate::shared::ttl_millis(t))
         });
         let bytes = codec::seal(
-            &node.inner().codec,
+            node.codec(),
             value,
             expires_at_ms,
-            node.inner().config.max_value_bytes,
+            node.config().max_value_bytes,
         )?;
         let redis_key = self.redis_key(key);
         let generation_key = self.inner.keysets.generation(&self.inner.name);
@@ -1252,11 +1254,11 @@ where
             .keysets
             .add_to_pipeline(&mut pipe, &self.inner.name, &redis_key);
         match write {
-            Write::Plain => crate::atomic::add_write_if_generation(
+            Write::Plain => crate::func::atomic::add_write_if_generation(
                 &mut pipe, &redis_key, &bytes, ttl, check, false,
             ),
             Write::Held(lock) => lock.add_write(&mut pipe, &redis_key, &bytes, ttl, Some(check)),
-            Write::IfNewer(version) => crate::atomic::add_write_if_newer(
+            Write::IfNewer(version) => crate::func::atomic::add_write_if_newer(
                 &mut pipe,
                 &redis_key,
                 &bytes,
@@ -1272,7 +1274,7 @@ where
         }
         let mut conn = shared.conn();
         let (written,): (redis::Value,) = shared.run("set", pipe.query_async(&mut conn)).await?;
-        if matches!(written, redis::Value::Int(crate::atomic::CLEARED)) {
+        if matches!(written, redis::Value::Int(crate::func::atomic::CLEARED)) {
             tracing::debug!(func = %self.inner.name, "function cleared while computing; value not stored");
             return Ok(None);
         }
@@ -1281,7 +1283,7 @@ where
             return Ok(None);
         }
         if matches!(write, Write::IfNewer(_))
-            && matches!(written, redis::Value::Int(crate::atomic::REPLACED))
+            && matches!(written, redis::Value::Int(crate::func::atomic::REPLACED))
         {
             // Instances computing at once store in turn: one that stored an
             // older value keeps it in RAM unless told that a newer one
@@ -1295,7 +1297,7 @@ where
                 tracing::warn!(func = %self.inner.name, error = %e, "cannot announce a newer value");
             }
         }
-        node.inner().metrics.write(Layer::Redis);
+        node.metrics().write(Layer::Redis);
         Ok(Some(bytes.len()))
     }
 }
@@ -1329,7 +1331,7 @@ enum Write<'a> {
     /// Unconditionally.
     Plain,
     /// Only while this lock is held (at most once).
-    Held(&'a crate::atomic::LockGuard),
+    Held(&'a crate::func::atomic::LockGuard),
     /// Only if no value from a later computation (start time on the Redis
     /// server, µs) is stored (at least once).
     IfNewer(u64),
@@ -1345,14 +1347,14 @@ enum Write<'a> {
 /// wrote before), then the fence (which drops from every RAM what was read
 /// or computed before it); see [`keysets`](crate::keysets).
 async fn clear_function(
-    node: &CacheNode,
+    node: &Core,
     funcname: &str,
     mut progress: impl FnMut(Progress),
 ) -> Result<u64> {
     key::check_funcname(funcname)?;
     let mut walk = Walk::new(funcname, Vec::new());
     if let Some(shared) = node.redis("clear_all")? {
-        let keysets = KeySets::new(&node.inner().config.keys);
+        let keysets = KeySets::new(&node.config().keys);
         keysets.new_generation(shared, funcname).await?;
         while !walk.walked() {
             keysets.delete_step(shared, &mut walk).await?;
@@ -1374,13 +1376,13 @@ async fn clear_function(
 /// A partial deletion in progress; see [`CachedFn::clear_some`].
 #[derive(Debug)]
 pub struct ClearSome {
-    node: CacheNode,
+    node: Core,
     walk: Walk,
 }
 
 impl ClearSome {
     /// A partial deletion of `node`'s values that `walk` matches.
-    pub(crate) fn new(node: CacheNode, walk: Walk) -> Self {
+    pub(crate) fn new(node: Core, walk: Walk) -> Self {
         ClearSome { node, walk }
     }
 
@@ -1404,7 +1406,7 @@ impl ClearSome {
         };
         announce_pending(&self.node, &mut self.walk).await?;
         if !self.walk.walked() {
-            let keysets = KeySets::new(&self.node.inner().config.keys);
+            let keysets = KeySets::new(&self.node.config().keys);
             keysets.delete_step(shared, &mut self.walk).await?;
             announce_pending(&self.node, &mut self.walk).await?;
         }
@@ -1433,7 +1435,7 @@ impl ClearSome {
 
 /// Drops the values `walk` deleted so far from the RAM of every instance;
 /// they stay pending until that succeeds.
-async fn announce_pending(node: &CacheNode, walk: &mut Walk) -> Result<()> {
+async fn announce_pending(node: &Core, walk: &mut Walk) -> Result<()> {
     let pending = &mut walk.pending;
     if pending.is_empty() {
         return Ok(());
@@ -1448,7 +1450,7 @@ async fn announce_pending(node: &CacheNode, walk: &mut Walk) -> Result<()> {
 }
 
 /// A deletion of several functions' values running in the background; see
-/// [`CacheNode::clear_funcs_in_background`].
+/// [`CacheNode::clear_funcs_in_background`](crate::CacheNode::clear_funcs_in_background).
 #[derive(Debug)]
 pub struct BackgroundClear {
     progress: watch::Receiver<Progress>,
@@ -1470,98 +1472,80 @@ impl BackgroundClear {
     }
 }
 
-impl CacheNode {
-    /// Deletes every value of each function in `funcnames` through their key
-    /// sets, then drops them from the RAM of every instance (the seed's
-    /// `delete_shared_then_local_cache_patterns`). `progress` is called with
-    /// the function's name after each batch. Returns the total deleted.
-    ///
-    /// # Errors
-    /// When Redis fails or a name is invalid.
-    pub async fn clear_funcs(
-        &self,
-        funcnames: &[&str],
-        mut progress: impl FnMut(&str, Progress),
-    ) -> Result<u64> {
-        self.check_open()?;
-        let mut total = 0;
-        for name in funcnames {
-            total += clear_function(self, name, |p| progress(name, p)).await?;
-        }
-        Ok(total)
-    }
-
-    /// [`clear_funcs`](Self::clear_funcs) as a background task (the seed's
-    /// `delete_shared_then_local_cache_funcnames_async`); the handle tells
-    /// the progress and waits for the end.
-    pub fn clear_funcs_in_background(&self, funcnames: Vec<String>) -> BackgroundClear {
-        let (tx, rx) = watch::channel(Progress::default());
-        let node = self.clone();
-        let task = tokio::spawn(async move {
-            let mut done = Progress::default();
-            for name in &funcnames {
-                let before = done;
-                let mut last = Progress::default();
-                clear_function(&node, name, |p| {
-                    last = p;
-                    let _ = tx.send(Progress {
-                        deleted: before.deleted + p.deleted,
-                        foreign: before.foreign + p.foreign,
-                        finished: false,
-                    });
-                })
-                .await?;
-                done.deleted += last.deleted;
-                done.foreign += last.foreign;
-            }
-            let _ = tx.send(Progress {
-                finished: true,
-                ..done
-            });
-            Ok(done.deleted)
-        });
-        BackgroundClear { progress: rx, task }
-    }
-
-    /// Names of the functions that have key sets in this namespace, with the
-    /// number of keys each records.
-    ///
-    /// # Errors
-    /// When Redis fails; [`Error::NoSharedLayer`] on a node without Redis.
-    pub async fn key_sets(&self) -> Result<Vec<(String, u64)>> {
-        let shared = self
-            .redis("key_sets")?
-            .ok_or(Error::NoSharedLayer { op: "key_sets" })?;
-        let keysets = KeySets::new(&self.inner().config.keys);
-        let mut out = Vec::new();
-        for name in keysets.functions(shared).await? {
-            let size = keysets.size(shared, &name).await?;
-            out.push((name, size));
-        }
-        Ok(out)
-    }
-
-    /// Removes from every function's key set the keys that expired in
-    /// Redis. Returns how many members were removed.
-    ///
-    /// # Errors
-    /// When Redis fails; [`Error::NoSharedLayer`] on a node without Redis.
-    pub async fn prune_key_sets(&self) -> Result<u64> {
-        let shared = self.redis("prune_key_sets")?.ok_or(Error::NoSharedLayer {
-            op: "prune_key_sets",
-        })?;
-        let keysets = KeySets::new(&self.inner().config.keys);
-        let mut pruned = 0;
-        for name in keysets.functions(shared).await? {
-            pruned += keysets.prune(shared, &name).await?;
-        }
-        Ok(pruned)
-    }
-}
-
 #[allow(dead_code)]
 fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<CachedFn<(u64,), String>>();
     is::<CachedFn<dyn KeyArgs + Send + Sync, String>>();
+}
+
+/// See [`CacheNode::clear_funcs`](crate::CacheNode::clear_funcs).
+pub(crate) async fn clear_funcs(
+    core: &Core,
+    funcnames: &[&str],
+    mut progress: impl FnMut(&str, Progress),
+) -> Result<u64> {
+    core.check_open()?;
+    let mut total = 0;
+    for name in funcnames {
+        total += clear_function(core, name, |p| progress(name, p)).await?;
+    }
+    Ok(total)
+}
+
+/// See [`CacheNode::clear_funcs_in_background`](crate::CacheNode::clear_funcs_in_background)(crate::CacheNode::clear_funcs_in_background).
+pub(crate) fn clear_funcs_in_background(core: &Core, funcnames: Vec<String>) -> BackgroundClear {
+    let (tx, rx) = watch::channel(Progress::default());
+    let node = core.clone();
+    let task = tokio::spawn(async move {
+        let mut done = Progress::default();
+        for name in &funcnames {
+            let before = done;
+            let mut last = Progress::default();
+            clear_function(&node, name, |p| {
+                last = p;
+                let _ = tx.send(Progress {
+                    deleted: before.deleted + p.deleted,
+                    foreign: before.foreign + p.foreign,
+                    finished: false,
+                });
+            })
+            .await?;
+            done.deleted += last.deleted;
+            done.foreign += last.foreign;
+        }
+        let _ = tx.send(Progress {
+            finished: true,
+            ..done
+        });
+        Ok(done.deleted)
+    });
+    BackgroundClear { progress: rx, task }
+}
+
+/// See [`CacheNode::key_sets`](crate::CacheNode::key_sets).
+pub(crate) async fn key_sets(core: &Core) -> Result<Vec<(String, u64)>> {
+    let shared = core
+        .redis("key_sets")?
+        .ok_or(Error::NoSharedLayer { op: "key_sets" })?;
+    let keysets = KeySets::new(&core.config().keys);
+    let mut out = Vec::new();
+    for name in keysets.functions(shared).await? {
+        let size = keysets.size(shared, &name).await?;
+        out.push((name, size));
+    }
+    Ok(out)
+}
+
+/// See [`CacheNode::prune_key_sets`](crate::CacheNode::prune_key_sets).
+pub(crate) async fn prune_key_sets(core: &Core) -> Result<u64> {
+    let shared = core.redis("prune_key_sets")?.ok_or(Error::NoSharedLayer {
+        op: "prune_key_sets",
+    })?;
+    let keysets = KeySets::new(&core.config().keys);
+    let mut pruned = 0;
+    for name in keysets.functions(shared).await? {
+        pruned += keysets.prune(shared, &name).await?;
+    }
+    Ok(pruned)
 }

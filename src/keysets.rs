@@ -65,7 +65,7 @@
 use redis::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::keys::{func_ram_prefix, Keys};
+use crate::keys::{func_ram_prefix, version_key, Keys};
 use crate::shared::SharedLayer;
 use crate::{Error, Result};
 
@@ -377,7 +377,7 @@ impl KeySets {
             let mut pipe = redis::pipe();
             for key in &keys {
                 pipe.cmd("UNLINK").arg(key);
-                crate::atomic::add_forget_version(&mut pipe, key);
+                add_forget_version(&mut pipe, key);
             }
             if !keys.is_empty() {
                 pipe.cmd("SREM").arg(&set).arg(&keys).ignore();
@@ -575,6 +575,13 @@ for i = 1, (#KEYS - 1) / 2 do
 end
 return forgotten
 "#;
+
+/// Appends to `pipe` the deletion of `value_key`'s at-least-once version
+/// (ignored reply; see [`atomic`](crate::func::atomic)), for every deletion
+/// of the value itself.
+pub(crate) fn add_forget_version(pipe: &mut redis::Pipeline, value_key: &str) {
+    pipe.cmd("UNLINK").arg(version_key(value_key)).ignore();
+}
 
 /// One `SSCAN` page (of [`PAGE`] members) of key-set shard `set`: the
 /// next cursor (0 at the end) and the members, as bytes (a member that is

@@ -49,39 +49,42 @@
 #![deny(missing_docs)]
 
 pub mod admin;
-pub mod atomic;
 mod backoff;
 pub mod bus;
 mod clock;
 pub mod codec;
 pub mod config;
+mod core;
 mod error;
 pub mod func;
-pub mod jobs;
 mod keys;
 pub mod keysets;
 mod local;
+mod memory_fn;
 pub mod metrics;
 pub mod node;
-pub mod refresh;
 mod registry;
 pub mod scope;
 mod shared;
 mod singleflight;
+mod thread_local;
 mod ttl;
 
+pub use crate::core::{Layers, NodeStats};
 pub use admin::{BusTail, NamespaceStats};
-pub use atomic::AtomicWrites;
 pub use bus::{BusHealth, Invalidation};
 pub use codec::{Bincode, Codec};
-pub use config::CacheNodeBuilder;
 pub use error::{Error, Result};
+pub use func::atomic::AtomicWrites;
 pub use func::key::{Args, ArgsWriter, KeyArgs};
+pub use func::refresh::WarmupReport;
 pub use func::{BackgroundClear, CachedFn, ClearSome, Computed, FuncBuilder, Lookup};
 pub use keysets::Progress;
-pub use node::{global_node, CacheNode, Layers, NodeStats};
-pub use refresh::WarmupReport;
-pub use scope::{MemoryFn, OwnerToken, RequestCached, RequestContext, ThreadLocalFn};
+pub use memory_fn::{MemoryFn, OwnerToken};
+pub use node::CacheNodeBuilder;
+pub use node::{global_node, CacheNode};
+pub use scope::{RequestCached, RequestContext};
+pub use thread_local::ThreadLocalFn;
 pub use ttl::Ttl;
 
 #[cfg(feature = "macros")]

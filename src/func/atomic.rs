@@ -323,12 +323,6 @@ pub(crate) async fn start_version(shared: &SharedLayer, value_key: &str) -> u64 
     }
 }
 
-/// Appends to `pipe` the deletion of `value_key`'s version (ignored reply),
-/// for every deletion of the value itself.
-pub(crate) fn add_forget_version(pipe: &mut redis::Pipeline, value_key: &str) {
-    pipe.cmd("UNLINK").arg(version_key(value_key)).ignore();
-}
-
 /// Appends to `pipe` the write of `bytes` to `value_key` unless a value from
 /// a computation started after `version` (from [`start_version`]) is
 /// already stored (or `check`, if any, fails). Its reply is [`REPLACED`]

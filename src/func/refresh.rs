@@ -19,20 +19,19 @@
 //!   an existing value (`SET … XX`, so one that goes while it is being
 //!   built is not brought back), and forgets its recorded arguments and
 //!   key-set entry (see [`KeySets::forget`]).
-//! * **Warm-up.** [`CacheNode::warm_up`] computes the values marked for
+//! * **Warm-up.** [`CacheNode::warm_up`](crate::CacheNode::warm_up) computes the values marked for
 //!   warm-up, each function bounded by its timeout; it never hangs past
 //!   the timeouts and reports what did not finish.
 
-use std::sync::Weak;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use crate::bus::Invalidation;
 use crate::clock::unix_millis;
+use crate::core::{Core, WeakCore};
 use crate::keysets::KeySets;
 use crate::registry::Rebuild;
-use crate::node::{CacheNode, Inner};
 use crate::shared::ttl_millis;
 use crate::{Error, Result};
 
@@ -52,7 +51,7 @@ const REFRESH_PAGE: usize = 100;
 /// Builds the value of one call and writes it everywhere (warm-up: a
 /// value is wanted whether or not one is stored).
 pub(crate) async fn rebuild(
-    node: &CacheNode,
+    node: &Core,
     r: &Rebuild,
     redis_key: &str,
     args: Vec<u8>,
@@ -62,7 +61,7 @@ pub(crate) async fn rebuild(
         .ok_or(Error::NoSharedLayer { op: "rebuild" })?;
     // Read before building: the value is written only if no clear_all of
     // the function begins meanwhile (see `keysets`).
-    let keysets = KeySets::new(&node.inner().config.keys);
+    let keysets = KeySets::new(&node.config().keys);
     let seen = keysets.read_generation(shared, &r.func).await?;
     let sealed = (r.build)(args.clone(), r.ttl.map_or(0, ttl_millis))
         .await
@@ -85,18 +84,13 @@ pub(crate) async fn rebuild(
 /// Rebuilds the value of one call for a refresh pass: writes it only over
 /// a stored value. Returns whether it was written (`false`: the value had
 /// gone by then, and stays gone).
-async fn refresh_value(
-    node: &CacheNode,
-    r: &Rebuild,
-    redis_key: &str,
-    args: Vec<u8>,
-) -> Result<bool> {
+async fn refresh_value(node: &Core, r: &Rebuild, redis_key: &str, args: Vec<u8>) -> Result<bool> {
     let shared = node
         .redis("refresh")?
         .ok_or(Error::NoSharedLayer { op: "refresh" })?;
     // Read before building: the value is written only if no clear_all of
     // the function begins meanwhile (see `keysets`).
-    let seen = KeySets::new(&node.inner().config.keys)
+    let seen = KeySets::new(&node.config().keys)
         .read_generation(shared, &r.func)
         .await?;
     let sealed = (r.build)(args, r.ttl.map_or(0, ttl_millis))
@@ -109,7 +103,7 @@ async fn refresh_value(
 /// only while the function's clear generation is still `seen`) with the
 /// invalidation of its RAM copies. Returns whether it was written.
 async fn write_value(
-    node: &CacheNode,
+    node: &Core,
     shared: &crate::shared::SharedLayer,
     r: &Rebuild,
     redis_key: &str,
@@ -118,12 +112,14 @@ async fn write_value(
     only_over: bool,
 ) -> Result<bool> {
     let mut pipe = redis::pipe();
-    let generation_key = KeySets::new(&node.inner().config.keys).generation(&r.func);
-    let check = crate::atomic::GenerationCheck {
+    let generation_key = KeySets::new(&node.config().keys).generation(&r.func);
+    let check = crate::func::atomic::GenerationCheck {
         key: &generation_key,
         seen,
     };
-    crate::atomic::add_write_if_generation(&mut pipe, redis_key, sealed, r.ttl, check, only_over);
+    crate::func::atomic::add_write_if_generation(
+        &mut pipe, redis_key, sealed, r.ttl, check, only_over,
+    );
     let ram_key = redis_key
         .strip_prefix(&r.redis_prefix)
         .map(|suffix| format!("{}{suffix}", r.ram_prefix));
@@ -141,7 +137,7 @@ async fn write_value(
     Ok(matches!(replies.first(), Some(redis::Value::Int(1))))
 }
 
-/// What [`CacheNode::warm_up`] did.
+/// What [`CacheNode::warm_up`](crate::CacheNode::warm_up) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WarmupReport {
@@ -152,51 +148,10 @@ pub struct WarmupReport {
     pub unfinished: Vec<(String, String)>,
 }
 
-impl CacheNode {
-    /// Computes the values marked for warm-up
-    /// ([`FuncBuilder::warmup_on_startup`](crate::FuncBuilder::warmup_on_startup))
-    /// on handles built so far, all functions at once, each bounded by its
-    /// warm-up timeout. Never takes longer than the largest timeout; what
-    /// did not finish is logged and reported.
-    pub async fn warm_up(&self) -> WarmupReport {
-        let warmups = self.inner().refresh.take_warmups();
-        let runs = warmups.into_iter().map(|w| {
-            let node = self.clone();
-            async move {
-                let func = w.rebuild.func.clone();
-                let work = async {
-                    let mut n = 0;
-                    for (key, args) in w.calls {
-                        rebuild(&node, &w.rebuild, &key, args).await?;
-                        n += 1;
-                    }
-                    Ok::<_, Error>(n)
-                };
-                match tokio::time::timeout(w.timeout, work).await {
-                    Ok(Ok(n)) => Ok(n),
-                    Ok(Err(e)) => Err((func, e.to_string())),
-                    Err(_) => Err((func, format!("did not finish within {:?}", w.timeout))),
-                }
-            }
-        });
-        let mut report = WarmupReport::default();
-        for result in futures::future::join_all(runs).await {
-            match result {
-                Ok(n) => report.warmed += n,
-                Err((func, why)) => {
-                    tracing::warn!(func = %func, reason = %why, "warm-up unfinished");
-                    report.unfinished.push((func, why));
-                }
-            }
-        }
-        report
-    }
-}
-
 /// The refresh task of a builder node. Holds the node weakly: it ends when
 /// the node is dropped or shut down.
 pub(crate) fn refresh_task(
-    node: Weak<Inner>,
+    node: WeakCore,
     granularity: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> BoxFuture<'static, ()> {
@@ -208,10 +163,10 @@ pub(crate) fn refresh_task(
                 _ = stop.changed() => return,
                 _ = tick.tick() => {}
             }
-            let Some(node) = CacheNode::from_weak(&node) else {
+            let Some(node) = node.upgrade() else {
                 return;
             };
-            for (period, r) in node.inner().refresh.due() {
+            for (period, r) in node.refresh().due() {
                 if let Err(e) = refresh_function(&node, period, &r).await {
                     tracing::warn!(func = %r.func, error = %e, "refresh failed");
                 }
@@ -222,12 +177,12 @@ pub(crate) fn refresh_task(
 
 /// Refreshes every value of one function if it is due and this instance
 /// takes its lock.
-async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Result<()> {
+async fn refresh_function(node: &Core, period: Duration, r: &Rebuild) -> Result<()> {
     let shared = node
         .redis("refresh")?
         .ok_or(Error::NoSharedLayer { op: "refresh" })?
         .clone();
-    let keys = &node.inner().config.keys;
+    let keys = &node.config().keys;
     let last_key = keys.refresh_last();
     let mut conn = shared.conn();
     let last: Option<u64> = shared
@@ -249,7 +204,7 @@ async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Re
     if took.is_none() {
         return Ok(());
     }
-    let keysets = KeySets::new(&node.inner().config.keys);
+    let keysets = KeySets::new(&node.config().keys);
     let args_key = keys.func_args(&r.func);
     let (mut rebuilt, mut forgotten) = (0u64, 0u64);
     // The recorded calls, not the key set: every value refresh can rebuild
@@ -335,4 +290,39 @@ async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Re
         .await?;
     tracing::debug!(func = %r.func, rebuilt, forgotten, "refresh done");
     Ok(())
+}
+
+/// See [`CacheNode::warm_up`](crate::CacheNode::warm_up)(crate::CacheNode::warm_up).
+pub(crate) async fn warm_up(core: &Core) -> WarmupReport {
+    let warmups = core.refresh().take_warmups();
+    let runs = warmups.into_iter().map(|w| {
+        let node = core.clone();
+        async move {
+            let func = w.rebuild.func.clone();
+            let work = async {
+                let mut n = 0;
+                for (key, args) in w.calls {
+                    rebuild(&node, &w.rebuild, &key, args).await?;
+                    n += 1;
+                }
+                Ok::<_, Error>(n)
+            };
+            match tokio::time::timeout(w.timeout, work).await {
+                Ok(Ok(n)) => Ok(n),
+                Ok(Err(e)) => Err((func, e.to_string())),
+                Err(_) => Err((func, format!("did not finish within {:?}", w.timeout))),
+            }
+        }
+    });
+    let mut report = WarmupReport::default();
+    for result in futures::future::join_all(runs).await {
+        match result {
+            Ok(n) => report.warmed += n,
+            Err((func, why)) => {
+                tracing::warn!(func = %func, reason = %why, "warm-up unfinished");
+                report.unfinished.push((func, why));
+            }
+        }
+    }
+    report
 }

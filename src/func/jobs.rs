@@ -8,7 +8,7 @@
 //!   on the key has expired (within the job timeout).
 //! * A job is enqueued once per key at a time (a `{K}:job` marker set with
 //!   `NX` for the job timeout, and only while the value is missing) and
-//!   built under the key's lock (see [`atomic`](crate::atomic)), so it is
+//!   built under the key's lock (see [`atomic`](crate::func::atomic)), so it is
 //!   never built twice at once: a builder that cannot take the lock leaves
 //!   the job pending. A builder that takes the lock and finds the value
 //!   already stored drops the job, so a duplicate is not built again.
@@ -463,7 +463,7 @@ async fn build_one(
         return;
     };
     let timeout = Duration::from_millis(job.timeout_ms.max(1));
-    let lock = match crate::atomic::try_lock(shared, &job.redis_key, timeout).await {
+    let lock = match crate::func::atomic::try_lock(shared, &job.redis_key, timeout).await {
         Ok(Some(lock)) => lock,
         // Being built elsewhere (or Redis is failing): leave it pending.
         _ => return,
@@ -508,7 +508,7 @@ async fn build_one(
         Ok(Ok(sealed)) => {
             let ttl = (job.ttl_ms > 0).then(|| Duration::from_millis(job.ttl_ms));
             let generation_key = keysets.generation(&job.func);
-            let check = crate::atomic::GenerationCheck {
+            let check = crate::func::atomic::GenerationCheck {
                 key: &generation_key,
                 seen: &seen,
             };
