@@ -39,10 +39,9 @@ mod builder;
 mod call;
 mod clear;
 pub(crate) mod jobs;
-pub mod key;
+pub(crate) mod key;
 pub(crate) mod refresh;
 
-pub use crate::func::atomic::AtomicWrites;
 pub use builder::{Computed, FuncBuilder};
 pub use call::Lookup;
 pub(crate) use clear::{clear_funcs, clear_funcs_in_background, key_sets, prune_key_sets};

@@ -94,7 +94,7 @@ impl<A: KeyArgs + ?Sized, V: Clone + Send + Sync + 'static> RequestCached<A, V> 
     /// A request-scoped memo for function `name`.
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid name.
+    /// [`Error::Config`](crate::Error::Config) for an invalid name.
     pub fn new(name: &str) -> Result<Self> {
         key::check_funcname(name)?;
         Ok(RequestCached {

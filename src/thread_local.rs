@@ -36,7 +36,7 @@ impl<A: KeyArgs + ?Sized, V: Clone + 'static> ThreadLocalFn<A, V> {
     /// for the thread's life, bounded by [`THREAD_LOCAL_CAPACITY`] entries).
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid name.
+    /// [`Error::Config`](crate::Error::Config) for an invalid name.
     pub fn new(name: &str, ttl: Option<Duration>) -> Result<Self> {
         key::check_funcname(name)?;
         Ok(ThreadLocalFn {

@@ -47,7 +47,7 @@ pub(super) async fn subscribe(
     state: &BusState,
 ) -> Result<()> {
     let timeout = shared.op_timeout();
-    check_keyspace_config(&shared, &state).await;
+    check_keyspace_config(shared, state).await;
     let mut watching = true;
     for kind in ["k", "f"] {
         let pattern = format!("{}{}{kind}:*", names.channel_prefix, names.namespace_prefix);

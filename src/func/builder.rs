@@ -110,14 +110,14 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
                 with_request_path: false,
                 with_query_string: false,
                 atomic: None,
-                lock_ttl: crate::func::atomic::DEFAULT_LOCK_TTL,
-                wait_timeout: crate::func::atomic::DEFAULT_WAIT_TIMEOUT,
+                lock_ttl: crate::DEFAULT_LOCK_TTL,
+                wait_timeout: crate::DEFAULT_WAIT_TIMEOUT,
                 async_compute: None,
                 rebuild: None,
                 refresh_every: None,
                 warmup: Vec::new(),
                 warmup_decode: None,
-                warmup_timeout: crate::func::refresh::DEFAULT_WARMUP_TIMEOUT,
+                warmup_timeout: crate::DEFAULT_WARMUP_TIMEOUT,
                 clock_skew_ms: 0,
             },
         }
@@ -233,7 +233,8 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
     }
 
     /// Puts the current request's path in the key (see
-    /// [`scope`](crate::scope)); outside a request it counts as empty.
+    /// [`with_request`](crate::with_request)); outside a request it counts
+    /// as empty.
     pub fn cache_key_with_request_path(mut self, on: bool) -> Self {
         self.opts.with_request_path = on;
         self
@@ -254,7 +255,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
     }
 
     /// TTL of the [`AtomicWrites::AtMostOnce`] lock (default
-    /// [`DEFAULT_LOCK_TTL`](crate::func::atomic::DEFAULT_LOCK_TTL)); the holder
+    /// [`DEFAULT_LOCK_TTL`](crate::DEFAULT_LOCK_TTL)); the holder
     /// extends it every third of it, so this is how long a dead holder
     /// delays the others.
     pub fn atomic_lock_ttl(mut self, ttl: Duration) -> Self {
@@ -264,7 +265,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
 
     /// How long a caller waits for another instance's
     /// [`AtomicWrites::AtMostOnce`] computation (default
-    /// [`DEFAULT_WAIT_TIMEOUT`](crate::func::atomic::DEFAULT_WAIT_TIMEOUT)); past
+    /// [`DEFAULT_WAIT_TIMEOUT`](crate::DEFAULT_WAIT_TIMEOUT)); past
     /// it, the caller computes for itself and does not store the value.
     pub fn atomic_wait_timeout(mut self, timeout: Duration) -> Self {
         self.opts.wait_timeout = timeout;
@@ -414,7 +415,7 @@ where
 
     /// Builds values in the background (the seed's `async_compute`): a
     /// lookup of a cold key with [`CachedFn::get_or_build`] enqueues a build
-    /// job and answers [`Lookup::BeingBuilt`] at once; a node with the
+    /// job and answers [`Lookup::BeingBuilt`](crate::Lookup::BeingBuilt) at once; a node with the
     /// [builder role](crate::CacheNodeBuilder::builder_role) runs `build`
     /// with the call's arguments and stores the value. `build` is registered
     /// on this node under the function's name: every builder node must build
@@ -427,7 +428,7 @@ where
     {
         self.opts
             .async_compute
-            .get_or_insert(crate::func::jobs::DEFAULT_JOB_TIMEOUT);
+            .get_or_insert(crate::DEFAULT_JOB_TIMEOUT);
         self.computed_by(build)
     }
 
@@ -466,7 +467,7 @@ where
     }
 
     /// Bounds this function's warm-up (default
-    /// [`DEFAULT_WARMUP_TIMEOUT`](crate::func::refresh::DEFAULT_WARMUP_TIMEOUT)).
+    /// [`DEFAULT_WARMUP_TIMEOUT`](crate::DEFAULT_WARMUP_TIMEOUT)).
     pub fn warmup_timeout(mut self, timeout: Duration) -> Self {
         self.opts.warmup_timeout = timeout;
         self
@@ -474,7 +475,7 @@ where
 
     /// How long a build job may run before another builder takes it over
     /// (the seed's `async_compute_job_timeout`; default
-    /// [`DEFAULT_JOB_TIMEOUT`](crate::func::jobs::DEFAULT_JOB_TIMEOUT)).
+    /// [`DEFAULT_JOB_TIMEOUT`](crate::DEFAULT_JOB_TIMEOUT)).
     pub fn async_compute_job_timeout(mut self, timeout: Duration) -> Self {
         self.opts.async_compute = Some(timeout);
         self

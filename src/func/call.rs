@@ -183,7 +183,7 @@ where
     ///
     /// # Errors
     /// [`Error::Config`] when the function was not built with
-    /// [`FuncBuilder::async_compute`]; [`Error::NoSharedLayer`] without
+    /// [`FuncBuilder::async_compute`](crate::FuncBuilder::async_compute); [`Error::NoSharedLayer`] without
     /// Redis; Redis errors when the job cannot be queued.
     pub async fn get_or_build(&self, args: &A) -> Result<Lookup<V>>
     where

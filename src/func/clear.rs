@@ -82,7 +82,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
 
     /// Starts deleting the values whose arguments match `filter` (named
     /// arguments; the seed's `clear_cached_func_some`). Needs
-    /// [`cache_key_with_full_args`](FuncBuilder::cache_key_with_full_args).
+    /// [`cache_key_with_full_args`](crate::FuncBuilder::cache_key_with_full_args).
     /// Each [`ClearSome::step`] deletes one batch and says how far it got;
     /// every matching value the key set records leaves the RAM of every
     /// instance, and [`Progress::deleted`] counts those Redis still held.

@@ -71,13 +71,13 @@ impl Default for CacheNodeBuilder {
             disabled: false,
             deletion_check_frequency: DEFAULT_DELETION_CHECK_FREQUENCY,
             bus: true,
-            bus_log_len: crate::bus::DEFAULT_LOG_LEN,
+            bus_log_len: crate::DEFAULT_LOG_LEN,
             watch_keyspace: false,
             bus_secret: None,
-            sweep_every: Some(crate::keysets::DEFAULT_SWEEP_EVERY),
+            sweep_every: Some(crate::DEFAULT_SWEEP_EVERY),
             builder: false,
-            refresh_granularity: crate::func::refresh::DEFAULT_REFRESH_GRANULARITY,
-            min_refresh_period: crate::func::refresh::DEFAULT_MIN_REFRESH_PERIOD,
+            refresh_granularity: crate::DEFAULT_REFRESH_GRANULARITY,
+            min_refresh_period: crate::DEFAULT_MIN_REFRESH_PERIOD,
             serve_metrics: None,
             before_fill: None,
         }
@@ -171,7 +171,7 @@ impl CacheNodeBuilder {
     /// trip); default [`DEFAULT_DELETION_CHECK_FREQUENCY`]. The bus checks
     /// that it missed no invalidation twice per period, and RAM is served
     /// only until one period after the start of the last check that
-    /// succeeded (the lease: see the [bus](crate::bus) docs).
+    /// succeeded (the lease: see [`BusHealth::suspended`](crate::BusHealth::suspended)).
     ///
     /// A check must complete within the period, so the period allows Redis
     /// round trips up to about half of it for RAM to be served all the
@@ -192,7 +192,7 @@ impl CacheNodeBuilder {
     }
 
     /// How many messages the bus log keeps (default
-    /// [`DEFAULT_LOG_LEN`](crate::bus::DEFAULT_LOG_LEN)). A node that misses
+    /// [`DEFAULT_LOG_LEN`](crate::DEFAULT_LOG_LEN)). A node that misses
     /// more than this while disconnected drops its whole RAM layer.
     pub fn bus_log_len(mut self, len: usize) -> Self {
         self.bus_log_len = len;
@@ -204,7 +204,7 @@ impl CacheNodeBuilder {
     /// `CACHENODE_BUS_SECRET`). Each message then carries an HMAC-SHA256 over
     /// the namespace and its body, and messages that are unsigned or badly
     /// signed are dropped and counted in
-    /// [`BusHealth::unauthenticated`](crate::bus::BusHealth::unauthenticated),
+    /// [`BusHealth::unauthenticated`](crate::BusHealth::unauthenticated),
     /// without flushing RAM: a client allowed to publish on the bus channel
     /// or append to its log cannot make nodes drop entries by forging
     /// messages. Replays of genuine signed messages are not detected.
@@ -224,7 +224,7 @@ impl CacheNodeBuilder {
     /// outside cachenode (redis-cli, TTL), through keyspace notifications.
     /// Off by default. The server must send them
     /// (`notify-keyspace-events` with `K`, `g` and `x`); when it does not,
-    /// [`BusHealth::keyspace_problem`](crate::bus::BusHealth::keyspace_problem)
+    /// [`BusHealth::keyspace_problem`](crate::BusHealth::keyspace_problem)
     /// says so and a warning is logged.
     pub fn watch_keyspace(mut self, on: bool) -> Self {
         self.watch_keyspace = on;
@@ -233,7 +233,7 @@ impl CacheNodeBuilder {
 
     /// How often one instance prunes every function's key set of keys that
     /// expired in Redis (default
-    /// [`DEFAULT_SWEEP_EVERY`](crate::keysets::DEFAULT_SWEEP_EVERY)); `None`
+    /// [`DEFAULT_SWEEP_EVERY`](crate::DEFAULT_SWEEP_EVERY)); `None`
     /// turns the sweep off on this node.
     pub fn key_set_sweep_every(mut self, every: Option<Duration>) -> Self {
         self.sweep_every = every;
@@ -251,14 +251,14 @@ impl CacheNodeBuilder {
 
     /// How often a builder node looks for functions due for refresh (the
     /// seed's `REFRESH_EVERY_GRANULARITY`; default
-    /// [`DEFAULT_REFRESH_GRANULARITY`](crate::func::refresh::DEFAULT_REFRESH_GRANULARITY)).
+    /// [`DEFAULT_REFRESH_GRANULARITY`](crate::DEFAULT_REFRESH_GRANULARITY)).
     pub fn refresh_granularity(mut self, every: Duration) -> Self {
         self.refresh_granularity = every;
         self
     }
 
     /// The smallest `async_refresh_every` accepted (default
-    /// [`DEFAULT_MIN_REFRESH_PERIOD`](crate::func::refresh::DEFAULT_MIN_REFRESH_PERIOD),
+    /// [`DEFAULT_MIN_REFRESH_PERIOD`](crate::DEFAULT_MIN_REFRESH_PERIOD),
     /// the seed's 5 minutes); lower it for tests.
     pub fn min_refresh_period(mut self, period: Duration) -> Self {
         self.min_refresh_period = period;

@@ -27,8 +27,8 @@ impl CacheNode {
     ///
     /// A RAM entry of another type than `T` is a RAM miss, answered from
     /// Redis. A Redis value written as another type than `T` (its envelope
-    /// records the type, see [`codec`]) is a miss, counted in
-    /// [`NodeStats::decode_failures`] and logged, never a misread; the value
+    /// records the type, see the [crate docs](crate)) is a miss, counted in
+    /// [`NodeStats::decode_failures`](crate::NodeStats::decode_failures) and logged, never a misread; the value
     /// is kept, since the mistake is the reader's and readers of the right
     /// type still read it. A Redis value that does not decode for any other
     /// reason (corrupt or foreign bytes, another envelope version or codec,
