@@ -9,8 +9,10 @@
 # `pub use` lines resolve. `super::` paths between a file and its parent are
 # the inside of one module and are not listed.
 #
-# Prints the edges, then the modules in a topological order (each uses only
-# modules listed before it), and exits 1 naming the cycle when there is one.
+# Prints the edges, then the rooms (a file under src/ with the files of its
+# folder: `func` is func.rs and func/*.rs) in layers, each room using only
+# rooms of lower layers, and exits 1 naming the rooms on a cycle when there
+# is one. The files of one room may use each other; rooms may not.
 # Usage: scripts/module-deps.sh [src-dir]
 set -euo pipefail
 src="${1:-$(dirname "$0")/../src}"
@@ -59,16 +61,28 @@ edges=$(perl -e '
 echo "# edges (module -> module it uses)"
 echo "$edges" | sed -e 's/ / -> /'
 echo
-rooms=$(find . -name '*.rs' -not -path './bin/*' | sed -e 's:^\./::' -e 's/\.rs$//' | grep -vx lib | sort)
-err=$(mktemp)
-order=$( { echo "$edges"; for r in $rooms; do echo "$r $r"; done; } | tsort 2>"$err") || true
-if [ -s "$err" ]; then
-  cat "$err" >&2
-  rm -f "$err"
-  echo "cycle found" >&2
-  exit 1
-fi
-rm -f "$err"
-echo "# topological order (leaves first)"
-echo "$order" | tac | tr '\n' ' '
-echo
+modules=$(find . -name '*.rs' -not -path './bin/*' | sed -e 's:^\./::' -e 's/\.rs$//' | grep -vx lib | sort)
+# Layers: a module's layer is one more than the highest layer of what it
+# uses (leaves are layer 0); modules left without a layer are on a cycle.
+{ echo "$modules" | sed -e 's/^/module /'; echo "$edges" | sed -e 's/^/edge /'; } | perl -e '
+  use strict; use warnings;
+  my (%deps, @mods);
+  my %seen;
+  while (<STDIN>) { chomp; my ($k, $a, $b) = split / /;
+    next unless defined $a && $a ne "";
+    s{/.*}{} for ($a, defined $b ? $b : ());
+    if ($k eq "module") { push @mods, $a unless $seen{$a}++; $deps{$a} //= []; }
+    elsif (defined $b && $a ne $b) { push @{$deps{$a}}, $b; } }
+  my %layer; my $changed = 1;
+  while ($changed) { $changed = 0;
+    for my $m (@mods) { next if exists $layer{$m};
+      my @d = grep { exists $deps{$_} } @{$deps{$m}};
+      next if grep { !exists $layer{$_} } @d;
+      my $l = 0; for (@d) { $l = $layer{$_} + 1 if $layer{$_} + 1 > $l; }
+      $layer{$m} = $l; $changed = 1; } }
+  my @left = grep { !exists $layer{$_} } @mods;
+  if (@left) { print STDERR "cycle among: @left\n"; exit 1; }
+  print "# rooms by layer (each room uses only rooms of lower layers)\n";
+  my $max = 0; for (values %layer) { $max = $_ if $_ > $max; }
+  for my $l (0 .. $max) { print "$l: ", join(" ", sort grep { $layer{$_} == $l } @mods), "\n"; }
+'

@@ -3,6 +3,11 @@
 //! F with some argument values) walks F's own keys and never scans the
 //! keyspace.
 //!
+//! One concern, a function's key set and what keeps it true (recording,
+//! the deletion walk, pruning, forgetting, the sweep, the clear generation),
+//! in one file although it passes 600 lines: the rules below hold only
+//! together, in the order they are written.
+//!
 //! * Sets are sharded: key `K` of function `F` goes to
 //!   `{ns}:ks:{F}:{xxh3(K) % SHARDS}`, so a hot function never builds one
 //!   giant set. The names of functions that have key sets are kept in the

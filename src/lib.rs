@@ -127,6 +127,7 @@ mod memory_fn;
 pub mod metrics;
 mod node;
 mod registry;
+mod request_cached;
 mod scope;
 mod shared;
 mod singleflight;
@@ -158,7 +159,8 @@ pub use keys::MAX_NAMESPACE_LEN;
 pub use keysets::{Progress, DEFAULT_SWEEP_EVERY, SHARDS};
 pub use memory_fn::{MemoryFn, OwnerToken};
 pub use node::{global_node, CacheNode, CacheNodeBuilder};
-pub use scope::{current, with_request, RequestCached, RequestContext, REQUEST_CACHE_MAX_AGE};
+pub use request_cached::{RequestCached, REQUEST_CACHE_MAX_AGE};
+pub use scope::{current, with_request, RequestContext};
 #[cfg(feature = "tower")]
 pub use scope::{RequestScope, RequestScopeLayer};
 pub use thread_local::{ThreadLocalFn, THREAD_LOCAL_CAPACITY};

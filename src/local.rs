@@ -5,6 +5,12 @@
 //! bounded in bytes (each entry is weighed when inserted) and every entry has
 //! its own expiry.
 //!
+//! One concern, the RAM layer, in one file although it passes 600 lines
+//! (a third of them its unit tests): the entries, the fences that keep an
+//! old value out, the lease and the one fill routine ([`LocalLayer::fill`])
+//! are one invariant, and split apart each would be read only with the
+//! others open.
+//!
 //! # Invalidation epochs and fenced fills
 //!
 //! Every invalidation applied to this layer (of a key, of a function's keys,

@@ -5,35 +5,31 @@
 //!   [`RequestScopeLayer`] for axum and other tower services) makes the
 //!   request's path and query string available to keys
 //!   ([`cache_key_with_request_path`](crate::FuncBuilder::cache_key_with_request_path))
-//!   and holds the memo of [`RequestCached`] functions, dropped with the
-//!   request.
+//!   and holds the memo of [`RequestCached`](crate::RequestCached)
+//!   functions (in `request_cached`), dropped with the request.
 //!
-//! Narrower caches live beside it: [`MemoryFn`](crate::MemoryFn) (RAM-only
-//! functions, in `memory_fn`) and [`ThreadLocalFn`](crate::ThreadLocalFn)
-//! (per-thread memos, in `thread_local`).
+//! A leaf among the features: function caching reads the request from
+//! here, and nothing here knows functions. Narrower caches live beside it:
+//! [`MemoryFn`](crate::MemoryFn) (RAM-only functions, in `memory_fn`) and
+//! [`ThreadLocalFn`](crate::ThreadLocalFn) (per-thread memos, in
+//! `thread_local`).
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::func::key::{self, ArgsMode, KeyArgs};
-use crate::Result;
-
-/// The longest a request memo serves values (the seed's 30 s).
-pub const REQUEST_CACHE_MAX_AGE: Duration = Duration::from_secs(30);
-
-type Shared = Arc<dyn Any + Send + Sync>;
+pub(crate) type Shared = Arc<dyn Any + Send + Sync>;
 
 /// The request a task is serving.
 #[derive(Debug)]
 pub struct RequestContext {
     path: String,
     query: String,
-    started: Instant,
-    memo: Mutex<HashMap<String, Shared>>,
+    pub(crate) started: Instant,
+    /// The memo of [`RequestCached`](crate::RequestCached) functions.
+    pub(crate) memo: Mutex<HashMap<String, Shared>>,
 }
 
 impl RequestContext {
@@ -63,7 +59,7 @@ tokio::task_local! {
 }
 
 /// Runs `fut` as the handling of `request`: cached functions called inside
-/// see its path and query string, and [`RequestCached`] memoizes into it.
+/// see its path and query string, and [`RequestCached`](crate::RequestCached) memoizes into it.
 pub async fn with_request<F: Future>(request: RequestContext, fut: F) -> F::Output {
     REQUEST.scope(Arc::new(request), fut).await
 }
@@ -71,74 +67,6 @@ pub async fn with_request<F: Future>(request: RequestContext, fut: F) -> F::Outp
 /// The request the current task is serving, if any.
 pub fn current() -> Option<Arc<RequestContext>> {
     REQUEST.try_with(Arc::clone).ok()
-}
-
-/// A function memoized per request (the seed's `request_cached`): RAM only,
-/// `None` values included, for at most [`REQUEST_CACHE_MAX_AGE`], and only
-/// inside a request scope; outside one, every call computes.
-pub struct RequestCached<A: ?Sized, V> {
-    name: Arc<str>,
-    _types: PhantomData<fn(&A) -> V>,
-}
-
-impl<A: ?Sized, V> Clone for RequestCached<A, V> {
-    fn clone(&self) -> Self {
-        RequestCached {
-            name: self.name.clone(),
-            _types: PhantomData,
-        }
-    }
-}
-
-impl<A: KeyArgs + ?Sized, V: Clone + Send + Sync + 'static> RequestCached<A, V> {
-    /// A request-scoped memo for function `name`.
-    ///
-    /// # Errors
-    /// [`Error::Config`](crate::Error::Config) for an invalid name.
-    pub fn new(name: &str) -> Result<Self> {
-        key::check_funcname(name)?;
-        Ok(RequestCached {
-            name: Arc::from(name),
-            _types: PhantomData,
-        })
-    }
-
-    /// The memoized value of the call, or `compute`'s.
-    ///
-    /// # Errors
-    /// Only `compute`'s own errors (never memoized).
-    pub async fn call<F, Fut, E>(&self, args: &A, compute: F) -> Result<V, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>>,
-    {
-        let Some(ctx) = current().filter(|c| c.started.elapsed() < REQUEST_CACHE_MAX_AGE) else {
-            return compute().await;
-        };
-        let Ok(encoded) = key::encode_args(args) else {
-            return compute().await;
-        };
-        let k = format!(
-            "{}:{}",
-            self.name,
-            key::suffix("", None, ArgsMode::Hashed, &encoded, &[])
-        );
-        let hit = ctx
-            .memo
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&k)
-            .and_then(|v| v.clone().downcast::<V>().ok());
-        if let Some(v) = hit {
-            return Ok(V::clone(&v));
-        }
-        let v = compute().await?;
-        ctx.memo
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(k, Arc::new(v.clone()));
-        Ok(v)
-    }
 }
 
 #[cfg(feature = "tower")]
@@ -194,32 +122,6 @@ mod tower_support {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    #[tokio::test]
-    async fn request_memo_lives_for_the_request_only() {
-        let f = RequestCached::<(u32,), Option<u32>>::new("rc").unwrap();
-        let runs = AtomicU64::new(0);
-        let compute = || async {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ()>(None)
-        };
-        with_request(RequestContext::new("/a", ""), async {
-            assert_eq!(f.call(&(1,), compute).await, Ok(None));
-            assert_eq!(f.call(&(1,), compute).await, Ok(None), "None is memoized");
-            assert_eq!(current().unwrap().path(), "/a");
-        })
-        .await;
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        with_request(RequestContext::new("/a", ""), f.call(&(1,), compute))
-            .await
-            .unwrap();
-        assert_eq!(runs.load(Ordering::SeqCst), 2, "a new request starts empty");
-        f.call(&(1,), compute).await.unwrap();
-        f.call(&(1,), compute).await.unwrap();
-        assert_eq!(runs.load(Ordering::SeqCst), 4, "outside a request: no memo");
-        assert!(current().is_none());
-    }
 
     #[cfg(feature = "tower")]
     #[tokio::test]
