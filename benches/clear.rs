@@ -34,7 +34,7 @@ async fn load(conn: &mut redis::aio::MultiplexedConnection, func: &str, count: u
         let mut pipe = redis::pipe();
         for i in start..(start + PIPE).min(count) {
             let key = format!("{NS}:f:{func}:|{i:032x}");
-            let shard = xxh3_64(key.as_bytes()) % cachenode::keysets::SHARDS;
+            let shard = xxh3_64(key.as_bytes()) % cachenode::SHARDS;
             pipe.cmd("SET").arg(&key).arg(&value).ignore();
             pipe.cmd("SADD")
                 .arg(format!("{NS}:ks:{func}:{shard}"))

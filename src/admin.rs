@@ -23,9 +23,11 @@ use futures::StreamExt;
 
 use crate::bus::message::{decode_channel_payload_with, BusAuth};
 use crate::bus::{BusMessage, MalformedMessage};
+use crate::core::Core;
 use crate::func::key::{self, Args};
+use crate::func::ClearSome;
 use crate::keysets::{KeySets, Walk};
-use crate::{CacheNode, ClearSome, Error, Result};
+use crate::{Error, Result};
 
 /// Keys asked for per `SCAN` step when counting the namespace's keys.
 const SCAN_COUNT: usize = 1000;
@@ -36,7 +38,7 @@ pub fn redact_url(url: &str) -> String {
     crate::error::redact_url(url)
 }
 
-/// What a namespace holds in Redis; see [`CacheNode::namespace_stats`].
+/// What a namespace holds in Redis; see [`CacheNode::namespace_stats`](crate::CacheNode::namespace_stats).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NamespaceStats {
@@ -62,7 +64,7 @@ pub struct NamespaceStats {
 }
 
 /// A subscription to the invalidation bus's channel; see
-/// [`CacheNode::tail_bus`].
+/// [`CacheNode::tail_bus`](crate::CacheNode::tail_bus).
 pub struct BusTail {
     channel: String,
     auth: Option<BusAuth>,
@@ -98,169 +100,130 @@ impl BusTail {
     }
 }
 
-impl CacheNode {
-    /// Starts deleting the values of cached function `funcname` whose
-    /// arguments match `filter`, knowing only the function's name: what
-    /// [`CachedFn::clear_some`](crate::CachedFn::clear_some) does from a
-    /// handle. Each value is removed from Redis, the key set and the RAM of
-    /// every instance.
-    ///
-    /// Only functions built with
-    /// [`cache_key_with_full_args`](crate::FuncBuilder::cache_key_with_full_args)
-    /// have per-argument keys; for any other function, for an argument name
-    /// the function does not have or ignores, or a value that does not
-    /// encode as the function's argument does (values are compared by their
-    /// bincode encoding: give the argument's type; unsigned integers of the
-    /// same value encode alike, signed and unsigned ones do not), nothing
-    /// matches and nothing is deleted.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for an invalid function name or an empty `filter`
-    /// (use [`clear_funcs`](Self::clear_funcs) to delete every value);
-    /// [`Error::Shutdown`] after [`shutdown`](Self::shutdown).
-    pub fn clear_func_some(&self, funcname: &str, filter: &Args) -> Result<ClearSome> {
-        self.check_open()?;
-        key::check_funcname(funcname)?;
-        let encoded = key::encode_args(filter)?;
-        if encoded.parts().is_empty() {
-            return Err(Error::Config(format!(
-                "clear_func_some on {funcname:?} needs at least one argument; \
-                 clear_funcs deletes every value"
-            )));
-        }
-        let parts = encoded
-            .parts()
-            .iter()
-            .map(|(name, bytes)| key::arg_part(name, bytes))
-            .collect();
-        Ok(ClearSome::new(self.clone(), Walk::new(funcname, parts)))
+/// See [`CacheNode::clear_func_some`](crate::CacheNode::clear_func_some).
+pub(crate) fn clear_func_some(core: &Core, funcname: &str, filter: &Args) -> Result<ClearSome> {
+    core.check_open()?;
+    key::check_funcname(funcname)?;
+    let encoded = key::encode_args(filter)?;
+    if encoded.parts().is_empty() {
+        return Err(Error::Config(format!(
+            "clear_func_some on {funcname:?} needs at least one argument; \
+             clear_funcs deletes every value"
+        )));
     }
+    let parts = encoded
+        .parts()
+        .iter()
+        .map(|(name, bytes)| key::arg_part(name, bytes))
+        .collect();
+    Ok(ClearSome::new(core.clone(), Walk::new(funcname, parts)))
+}
 
-    /// How many keys function `funcname`'s key set records (expired ones
-    /// included until pruned); 0 for a function without one.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for an invalid name; [`Error::Redis`] /
-    /// [`Error::Timeout`] when Redis fails; [`Error::NoSharedLayer`] on a
-    /// node without Redis.
-    pub async fn func_key_set_size(&self, funcname: &str) -> Result<u64> {
-        key::check_funcname(funcname)?;
-        let shared = self
-            .redis("func_key_set_size")?
-            .ok_or(Error::NoSharedLayer {
-                op: "func_key_set_size",
-            })?;
-        KeySets::new(&self.inner().config.keys)
-            .size(shared, funcname)
-            .await
-    }
-
-    /// Counters of this namespace in Redis: the bus's position and log, and
-    /// the keys of the namespace (counted with `SCAN … COUNT 1000`, never
-    /// `KEYS`; one pass over the whole keyspace, so it takes a while on a
-    /// large database).
-    ///
-    /// # Errors
-    /// [`Error::Redis`] / [`Error::Timeout`] when Redis fails;
-    /// [`Error::NoSharedLayer`] on a node without Redis.
-    pub async fn namespace_stats(&self) -> Result<NamespaceStats> {
-        self.check_open()?;
-        let shared = self.redis("namespace_stats")?.ok_or(Error::NoSharedLayer {
-            op: "namespace_stats",
+/// See [`CacheNode::func_key_set_size`](crate::CacheNode::func_key_set_size).
+pub(crate) async fn func_key_set_size(core: &Core, funcname: &str) -> Result<u64> {
+    key::check_funcname(funcname)?;
+    let shared = core
+        .redis("func_key_set_size")?
+        .ok_or(Error::NoSharedLayer {
+            op: "func_key_set_size",
         })?;
-        let keys = &self.inner().config.keys;
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(keys.bus_seq());
-        pipe.cmd("XLEN").arg(keys.bus_log());
-        pipe.cmd("XRANGE")
-            .arg(keys.bus_log())
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
-        pipe.cmd("GET").arg(keys.bus_epoch());
-        pipe.cmd("SCARD").arg(KeySets::new(keys).registry());
-        let mut conn = shared.conn();
-        let (bus_seq, log_len, first, epoch, functions): (
-            Option<u64>,
-            u64,
-            redis::streams::StreamRangeReply,
-            Option<String>,
-            u64,
-        ) = shared
-            .run("namespace_stats", pipe.query_async(&mut conn))
-            .await?;
-        let mut stats = NamespaceStats {
-            bus_seq: bus_seq.unwrap_or(0),
-            log_len,
-            log_first_seq: first
-                .ids
-                .first()
-                .and_then(|e| crate::bus::message::seq_of_entry_id(&e.id)),
-            epoch,
-            functions,
-            ..NamespaceStats::default()
-        };
-        let pattern = keys.namespace_pattern();
-        let plain = format!("{}:k:", keys.namespace());
-        let func = format!("{}:f:", keys.namespace());
-        let mut cursor = 0u64;
-        loop {
-            let (next, batch): (u64, Vec<Vec<u8>>) = shared
-                .run(
-                    "namespace_scan",
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            for k in &batch {
-                stats.keys += 1;
-                if k.starts_with(plain.as_bytes()) {
-                    stats.plain_values += 1;
-                } else if k.starts_with(func.as_bytes()) {
-                    stats.func_values += 1;
-                }
-            }
-            if next == 0 {
-                return Ok(stats);
-            }
-            cursor = next;
-        }
-    }
+    KeySets::new(&core.config().keys)
+        .size(shared, funcname)
+        .await
+}
 
-    /// Subscribes to this namespace's bus channel, to watch invalidations
-    /// as they are published (`cachenode tail`). Messages published before
-    /// this returns are not seen.
-    ///
-    /// # Errors
-    /// [`Error::Redis`] / [`Error::Timeout`] when the subscription fails;
-    /// [`Error::NoSharedLayer`] on a node without Redis.
-    pub async fn tail_bus(&self) -> Result<BusTail> {
-        self.check_open()?;
-        let shared = self
-            .redis("tail_bus")?
-            .ok_or(Error::NoSharedLayer { op: "tail_bus" })?;
-        let config = &self.inner().config;
-        let channel = config.keys.bus_channel();
-        let auth = config
-            .bus
-            .as_ref()
-            .and_then(|b| b.auth(config.keys.namespace()));
-        let subscribe = async {
-            let mut pubsub = shared.client().get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = shared.run("subscribe", subscribe).await?;
-        Ok(BusTail {
-            channel,
-            auth,
-            stream: pubsub.into_on_message(),
-        })
+/// See [`CacheNode::namespace_stats`](crate::CacheNode::namespace_stats)(crate::CacheNode::namespace_stats).
+pub(crate) async fn namespace_stats(core: &Core) -> Result<NamespaceStats> {
+    core.check_open()?;
+    let shared = core.redis("namespace_stats")?.ok_or(Error::NoSharedLayer {
+        op: "namespace_stats",
+    })?;
+    let keys = &core.config().keys;
+    let mut pipe = redis::pipe();
+    pipe.cmd("GET").arg(keys.bus_seq());
+    pipe.cmd("XLEN").arg(keys.bus_log());
+    pipe.cmd("XRANGE")
+        .arg(keys.bus_log())
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1);
+    pipe.cmd("GET").arg(keys.bus_epoch());
+    pipe.cmd("SCARD").arg(keys.keyset_registry());
+    let mut conn = shared.conn();
+    let (bus_seq, log_len, first, epoch, functions): (
+        Option<u64>,
+        u64,
+        redis::streams::StreamRangeReply,
+        Option<String>,
+        u64,
+    ) = shared
+        .run("namespace_stats", pipe.query_async(&mut conn))
+        .await?;
+    let mut stats = NamespaceStats {
+        bus_seq: bus_seq.unwrap_or(0),
+        log_len,
+        log_first_seq: first
+            .ids
+            .first()
+            .and_then(|e| crate::bus::message::seq_of_entry_id(&e.id)),
+        epoch,
+        functions,
+        ..NamespaceStats::default()
+    };
+    let pattern = keys.namespace_pattern();
+    let plain = keys.plain_prefix();
+    let func = keys.func_values_prefix();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = shared
+            .run(
+                "namespace_scan",
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        for k in &batch {
+            stats.keys += 1;
+            if k.starts_with(plain.as_bytes()) {
+                stats.plain_values += 1;
+            } else if k.starts_with(func.as_bytes()) {
+                stats.func_values += 1;
+            }
+        }
+        if next == 0 {
+            return Ok(stats);
+        }
+        cursor = next;
     }
+}
+
+/// See [`CacheNode::tail_bus`](crate::CacheNode::tail_bus)(crate::CacheNode::tail_bus).
+pub(crate) async fn tail_bus(core: &Core) -> Result<BusTail> {
+    core.check_open()?;
+    let shared = core
+        .redis("tail_bus")?
+        .ok_or(Error::NoSharedLayer { op: "tail_bus" })?;
+    let config = &core.config();
+    let channel = config.keys.bus_channel();
+    let auth = config
+        .bus
+        .as_ref()
+        .and_then(|b| b.auth(config.keys.namespace()));
+    let subscribe = async {
+        let mut pubsub = shared.client().get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        Ok::<_, redis::RedisError>(pubsub)
+    };
+    let pubsub = shared.run("subscribe", subscribe).await?;
+    Ok(BusTail {
+        channel,
+        auth,
+        stream: pubsub.into_on_message(),
+    })
 }

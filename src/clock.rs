@@ -1,4 +1,9 @@
-//! Clocks: a monotonic tick counter for the RAM lease, read on every RAM hit.
+//! Clocks: a monotonic tick counter for the RAM lease, read on every RAM hit,
+//! and the wall clock in Unix time for what travels between processes
+//! (value expiries, bus publish times).
+//!
+//! A leaf: every room that reads the time takes it from here, so none of
+//! them depends on the node for it.
 //!
 //! The lease (see [`local`](crate::local)) is read by every RAM hit and must
 //! not depend on the tokio scheduler: a reader that never yields, or a
@@ -8,7 +13,7 @@
 //! reads in a few nanoseconds without any task having to run.
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A monotonic clock counting in raw ticks.
 #[derive(Clone, Debug)]
@@ -54,6 +59,20 @@ impl Ticks {
     pub(crate) fn between(&self, start: u64, end: u64) -> Duration {
         Duration::from_nanos(self.clock.delta_as_nanos(start, end))
     }
+}
+
+/// The wall clock, Unix microseconds (0 before 1970).
+pub(crate) fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The wall clock, Unix milliseconds (0 before 1970).
+pub(crate) fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
-//! Names of everything cachenode keeps in Redis, in one place.
+//! Names of everything cachenode keeps in Redis, in one place, and the RAM
+//! keys the bus carries.
 //!
-//! All names live under the node's namespace (DESIGN §3):
+//! A leaf: rooms that name a Redis key (the node, functions, key sets, the
+//! bus, jobs, refresh, locks) take the name from here, so the layout below
+//! is written once and a reader finds every key of a namespace in this
+//! file. All names live under the node's namespace (DESIGN §3):
 //!
 //! | what | name |
 //! |---|---|
@@ -22,6 +26,12 @@
 //! Cluster (DESIGN §8). A companion's name starts with `{{ns}:`, not with
 //! `{ns}:`: a namespace-wide walk needs both patterns
 //! ([`Keys::clear_patterns`]).
+//!
+//! RAM keys, which bus messages carry so that applying one needs no
+//! namespace: a plain key as the application wrote it ([`plain_ram_key`]),
+//! a function's value as `\0f{funcname}:{args}` ([`func_ram_prefix`]).
+
+use std::borrow::Cow;
 
 use crate::{Error, Result};
 
@@ -72,6 +82,52 @@ impl Keys {
     /// The prefix of function `name`'s value keys: `{ns}:f:{name}:`.
     pub(crate) fn func_prefix(&self, name: &str) -> String {
         format!("{}:f:{name}:", self.ns)
+    }
+
+    /// The prefix of every plain value key: `{ns}:k:`.
+    pub(crate) fn plain_prefix(&self) -> &str {
+        &self.plain_prefix
+    }
+
+    /// The prefix of every function value key: `{ns}:f:`.
+    pub(crate) fn func_values_prefix(&self) -> String {
+        format!("{}:f:", self.ns)
+    }
+
+    /// The registry of the functions that have key sets: `{ns}:ks`.
+    pub(crate) fn keyset_registry(&self) -> String {
+        format!("{}:ks", self.ns)
+    }
+
+    /// Shard `shard` of function `funcname`'s key set.
+    pub(crate) fn keyset_shard(&self, funcname: &str, shard: u64) -> String {
+        format!("{}:ks:{funcname}:{shard}", self.ns)
+    }
+
+    /// The hash of function `funcname`'s recorded arguments (by value key),
+    /// kept so that refresh can rebuild a value.
+    pub(crate) fn func_args(&self, funcname: &str) -> String {
+        format!("{}:args:{funcname}", self.ns)
+    }
+
+    /// When each refreshed function last ran (a hash by function name).
+    pub(crate) fn refresh_last(&self) -> String {
+        format!("{}:refresh:last", self.ns)
+    }
+
+    /// The lock one instance takes to refresh `funcname` for a period.
+    pub(crate) fn refresh_lock(&self, funcname: &str) -> String {
+        format!("{}:lock:refresh:{funcname}", self.ns)
+    }
+
+    /// The lock one instance takes to sweep the key sets for a period.
+    pub(crate) fn sweep_lock(&self) -> String {
+        format!("{}:lock:sweep", self.ns)
+    }
+
+    /// The build queue of async-compute functions (a stream).
+    pub(crate) fn jobs(&self) -> String {
+        format!("{}:jobs", self.ns)
     }
 
     /// A glob matching every key of the namespace that starts with `{ns}:`
@@ -147,11 +203,53 @@ impl Keys {
     }
 }
 
+/// The at-most-once lock of value key `value_key`: `{K}:lock`, tagged with
+/// the value's key (value keys contain no braces) so it hashes like it.
+pub(crate) fn lock_key(value_key: &str) -> String {
+    format!("{{{value_key}}}:lock")
+}
+
+/// The version (computation start) of value key `value_key`, for
+/// at-least-once writes: `{K}:ver`.
+pub(crate) fn version_key(value_key: &str) -> String {
+    format!("{{{value_key}}}:ver")
+}
+
+/// The marker of a pending build job of value key `value_key`: `{K}:job`.
+pub(crate) fn job_marker_key(value_key: &str) -> String {
+    format!("{{{value_key}}}:job")
+}
+
+/// The prefix of the keyspace-notification channels of database `db`.
+pub(crate) fn keyspace_channel_prefix(db: i64) -> String {
+    format!("__keyspace@{db}__:")
+}
+
+/// The RAM key of a plain (user) key.
+///
+/// Plain keys are stored as they are, so a RAM hit allocates nothing; keys of
+/// cached functions start with a NUL byte followed by `f`. The rare plain key
+/// that itself starts with NUL is escaped with a `\0k` prefix, so the two
+/// spaces never collide.
+#[inline]
+pub(crate) fn plain_ram_key(key: &str) -> Cow<'_, str> {
+    if key.starts_with('\0') {
+        Cow::Owned(format!("\0k{key}"))
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+/// The prefix of function `funcname`'s RAM keys: `\0f{funcname}:`.
+pub(crate) fn func_ram_prefix(funcname: &str) -> String {
+    format!("\0f{funcname}:")
+}
+
 /// The RAM key of a Redis key, given the part after `{ns}:`; `None` for
 /// keys that hold no value (key sets, bus, locks).
 pub(crate) fn ram_key_of(rest: &str) -> Option<String> {
     if let Some(plain) = rest.strip_prefix("k:") {
-        Some(crate::local::plain_ram_key(plain).into_owned())
+        Some(plain_ram_key(plain).into_owned())
     } else {
         rest.strip_prefix("f:").map(|f| format!("\0f{f}"))
     }
@@ -220,6 +318,37 @@ mod tests {
         ] {
             assert!(!k.is_clearable(kept), "{kept}");
         }
+    }
+
+    #[test]
+    fn bookkeeping_names_follow_the_layout() {
+        let k = Keys::new("app").unwrap();
+        assert_eq!(k.keyset_registry(), "app:ks");
+        assert_eq!(k.keyset_shard("f", 3), "app:ks:f:3");
+        assert_eq!(k.func_args("get"), "app:args:get");
+        assert_eq!(k.refresh_last(), "app:refresh:last");
+        assert_eq!(k.refresh_lock("get"), "app:lock:refresh:get");
+        assert_eq!(k.sweep_lock(), "app:lock:sweep");
+        assert_eq!(k.jobs(), "app:jobs");
+        assert_eq!(k.func_prefix("get"), "app:f:get:");
+        assert_eq!(k.func_values_prefix(), "app:f:");
+        assert_eq!(k.plain_prefix(), "app:k:");
+        assert_eq!(keyspace_channel_prefix(2), "__keyspace@2__:");
+        assert_eq!(func_ram_prefix("get"), "\0fget:");
+    }
+
+    #[test]
+    fn lock_and_version_keys_hash_like_the_value_key() {
+        assert_eq!(lock_key("ns:f:g:|ab"), "{ns:f:g:|ab}:lock");
+        assert_eq!(version_key("ns:f:g:|ab"), "{ns:f:g:|ab}:ver");
+        assert_eq!(job_marker_key("k"), "{k}:job");
+    }
+
+    #[test]
+    fn plain_keys_never_collide_with_function_keys() {
+        assert_eq!(plain_ram_key("user:1"), "user:1");
+        assert_eq!(plain_ram_key("\0fx"), "\0k\0fx");
+        assert!(!plain_ram_key("\0fx").starts_with("\0f"));
     }
 
     #[test]

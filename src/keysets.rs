@@ -3,6 +3,11 @@
 //! F with some argument values) walks F's own keys and never scans the
 //! keyspace.
 //!
+//! One concern, a function's key set and what keeps it true (recording,
+//! the deletion walk, pruning, forgetting, the sweep, the clear generation),
+//! in one file although it passes 600 lines: the rules below hold only
+//! together, in the order they are written.
+//!
 //! * Sets are sharded: key `K` of function `F` goes to
 //!   `{ns}:ks:{F}:{xxh3(K) % SHARDS}`, so a hot function never builds one
 //!   giant set. The names of functions that have key sets are kept in the
@@ -65,7 +70,7 @@
 use redis::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::keys::Keys;
+use crate::keys::{func_ram_prefix, version_key, Keys};
 use crate::shared::SharedLayer;
 use crate::{Error, Result};
 
@@ -105,16 +110,17 @@ pub(crate) enum Generation {
 /// Key-set names and operations of one namespace.
 #[derive(Debug, Clone)]
 pub(crate) struct KeySets {
-    ns: String,
     keys: Keys,
 }
 
 impl KeySets {
     pub(crate) fn new(keys: &Keys) -> Self {
-        KeySets {
-            ns: keys.namespace().to_owned(),
-            keys: keys.clone(),
-        }
+        KeySets { keys: keys.clone() }
+    }
+
+    /// The namespace's key names.
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// The clear generation key of `funcname`.
@@ -249,12 +255,12 @@ impl KeySets {
 
     /// The registry of function names.
     pub(crate) fn registry(&self) -> String {
-        format!("{}:ks", self.ns)
+        self.keys.keyset_registry()
     }
 
     /// Shard `shard` of function `funcname`'s key set.
     pub(crate) fn shard(&self, funcname: &str, shard: u64) -> String {
-        format!("{}:ks:{funcname}:{shard}", self.ns)
+        self.keys.keyset_shard(funcname, shard)
     }
 
     /// The shard that records `redis_key`.
@@ -281,6 +287,23 @@ impl KeySets {
             .arg(redis_key)
             .ignore();
         pipe.cmd("SADD").arg(self.registry()).arg(funcname).ignore();
+    }
+
+    /// Appends the recording of a call's arguments to `pipe`, so that refresh
+    /// can rebuild its value (the record goes with the key's key-set entry:
+    /// see the module docs).
+    pub(crate) fn add_args_record(
+        &self,
+        pipe: &mut redis::Pipeline,
+        funcname: &str,
+        redis_key: &str,
+        args: &[u8],
+    ) {
+        pipe.cmd("HSET")
+            .arg(self.keys.func_args(funcname))
+            .arg(redis_key)
+            .arg(args)
+            .ignore();
     }
 
     /// Names of the functions that have key sets.
@@ -337,7 +360,8 @@ impl KeySets {
         let (next, members): (u64, Vec<Vec<u8>>) = shared
             .run("keyset_scan", scan.query_async(&mut conn))
             .await?;
-        let prefix = format!("{}:f:{}:", self.ns, walk.funcname);
+        let prefix = self.keys.func_prefix(&walk.funcname);
+        let ram_prefix = func_ram_prefix(&walk.funcname);
         let mut keys = Vec::new();
         let mut foreign = Vec::new();
         for member in members {
@@ -345,7 +369,7 @@ impl KeySets {
                 Ok(key) => match key.strip_prefix(&prefix) {
                     Some(suffix) => {
                         if walk.parts.iter().all(|p| suffix.contains(p.as_str())) {
-                            walk.pending.push(format!("\0f{}:{suffix}", walk.funcname));
+                            walk.pending.push(format!("{ram_prefix}{suffix}"));
                             keys.push(key);
                         }
                     }
@@ -358,12 +382,12 @@ impl KeySets {
             let mut pipe = redis::pipe();
             for key in &keys {
                 pipe.cmd("UNLINK").arg(key);
-                crate::atomic::add_forget_version(&mut pipe, key);
+                add_forget_version(&mut pipe, key);
             }
             if !keys.is_empty() {
                 pipe.cmd("SREM").arg(&set).arg(&keys).ignore();
                 pipe.cmd("HDEL")
-                    .arg(crate::refresh::args_key(&self.ns, &walk.funcname))
+                    .arg(self.keys.func_args(&walk.funcname))
                     .arg(&keys)
                     .ignore();
             }
@@ -479,7 +503,7 @@ impl KeySets {
                             .run(
                                 "keyset_prune",
                                 redis::cmd("HMGET")
-                                    .arg(crate::refresh::args_key(&self.ns, funcname))
+                                    .arg(self.keys.func_args(funcname))
                                     .arg(&gone)
                                     .query_async(&mut conn),
                             )
@@ -518,7 +542,7 @@ impl KeySets {
         if gone.is_empty() {
             return Ok(0);
         }
-        let args_key = crate::refresh::args_key(&self.ns, funcname);
+        let args_key = self.keys.func_args(funcname);
         let script = redis::Script::new(FORGET_SCRIPT);
         let mut forgotten = 0;
         for chunk in gone.chunks(PAGE) {
@@ -556,6 +580,13 @@ for i = 1, (#KEYS - 1) / 2 do
 end
 return forgotten
 "#;
+
+/// Appends to `pipe` the deletion of `value_key`'s at-least-once version
+/// (ignored reply; see [`atomic`](crate::func::atomic)), for every deletion
+/// of the value itself.
+pub(crate) fn add_forget_version(pipe: &mut redis::Pipeline, value_key: &str) {
+    pipe.cmd("UNLINK").arg(version_key(value_key)).ignore();
+}
 
 /// One `SSCAN` page (of [`PAGE`] members) of key-set shard `set`: the
 /// next cursor (0 at the end) and the members, as bytes (a member that is
@@ -635,7 +666,7 @@ pub(crate) async fn sweep_task(
     every: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let lock = format!("{}:lock:sweep", keysets.ns);
+    let lock = keysets.keys.sweep_lock();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate: skip it
@@ -644,20 +675,9 @@ pub(crate) async fn sweep_task(
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        let mut conn = shared.conn();
         // Held for most of the period, so one instance sweeps per period.
-        let ttl_ms = crate::shared::ttl_millis(every.mul_f64(0.9));
-        let took: Result<Option<String>> = shared
-            .run(
-                "sweep_lock",
-                redis::cmd("SET")
-                    .arg(&lock)
-                    .arg(uuid::Uuid::new_v4().to_string())
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut conn),
-            )
+        let took = shared
+            .take_lock("sweep_lock", &lock, every.mul_f64(0.9))
             .await;
         if !matches!(took, Ok(Some(_))) {
             continue;

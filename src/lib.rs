@@ -1,85 +1,169 @@
 //! # cachenode
 //!
 //! A two-layer cache for every process of a service: a fast **RAM layer** in
-//! the process (moka, bounded in bytes, holding decoded values) in front of a
-//! **shared layer** in Redis that all instances see.
+//! the process in front of a **Redis layer** that all instances share, kept
+//! coherent across instances by an **invalidation bus**, with **function
+//! caching** on top (the Python seed's `@cached`, as handles and attribute
+//! macros).
 //!
-//! * Reads try RAM, then Redis; a Redis hit fills RAM for no longer than the
-//!   value's remaining Redis TTL.
-//! * Writes go to Redis and then RAM; deletes to both.
-//! * Values are any serde type, stored in Redis in a small versioned envelope
-//!   that records their type ([`codec`]); a value read as another type is a
-//!   counted miss, never a misread, and a value that does not decode is a
-//!   miss, removed and counted, never a panic.
-//! * Every Redis call has a timeout; a node reconnects by itself when Redis
-//!   comes back.
+//! ## Components
+//! * **The node**, [`CacheNode`]: the handle a service holds (cheap to
+//!   clone, `Send + Sync`), built with [`CacheNode::connect`] or
+//!   [`CacheNode::builder`] ([`CacheNodeBuilder`]: every setting, its
+//!   `DEFAULT_*` constant, the seed's environment variables). Its plain-key
+//!   API reads RAM, then Redis, and fills RAM from a Redis hit; writes and
+//!   deletes go to Redis first, then RAM. It owns its background tasks: the
+//!   last handle's drop, or [`CacheNode::shutdown`], stops them.
+//! * **The RAM layer**: a moka cache of decoded values, bounded in bytes,
+//!   with fenced fills, so that a read racing an invalidation never puts the
+//!   old value back ([`Layers`] chooses the layers of a handle's calls).
+//! * **The Redis layer**: one server for all instances; every command runs
+//!   under a timeout, the connection comes back by itself. Values are any
+//!   serde type, stored in a small versioned envelope that records their
+//!   type ([`Codec`], [`Bincode`]): a value read as another type is a counted
+//!   miss, never a misread; one that does not decode is a miss, removed and
+//!   counted, never a panic.
+//! * **The bus**: every write or delete announces itself (a counter, a
+//!   capped log and pub/sub, in one atomic step); each node's listener
+//!   applies the announcements to its RAM, catches up from the log after a
+//!   gap, and serves RAM only under a lease its checks renew. Once an
+//!   invalidation returns `Ok`, no node serves the old value from RAM later
+//!   than [`deletion_check_frequency`](CacheNodeBuilder::deletion_check_frequency)
+//!   plus one round trip ([`BusHealth`] reports its state; optional HMAC
+//!   signatures with [`bus_secret`](CacheNodeBuilder::bus_secret)).
+//! * **Function caching**, [`CachedFn`] from [`CacheNode::func`]
+//!   ([`FuncBuilder`]: every option of the seed's `cached`), or the
+//!   [`cached`] / [`cached_for`] macros on a process-wide node
+//!   ([`CacheNode::install_global`]): a call's key is a stable hash of its
+//!   arguments ([`KeyArgs`], [`Args`]); a miss computes once per process,
+//!   optionally once across instances ([`AtomicWrites`]), in the background
+//!   ([`Lookup`]), refreshed periodically or warmed up at start
+//!   ([`WarmupReport`]).
+//! * **Key sets**: every key a function writes is recorded in its sharded
+//!   key set in Redis, so clearing a function walks its own keys, never the
+//!   keyspace ([`CachedFn::clear_all`], [`ClearSome`] by argument,
+//!   [`BackgroundClear`], [`Progress`]); a sweep prunes expired members.
+//! * **Narrower caches**: the **request scope** ([`with_request`], or the
+//!   tower `RequestScopeLayer`) puts a request's path and query string in
+//!   keys and holds [`RequestCached`] memos; [`MemoryFn`] caches in this
+//!   process's RAM alone (no serde needed), [`OwnerToken`] ties entries to
+//!   an owner value, [`ThreadLocalFn`] memoizes per thread.
+//! * **Metrics** ([`metrics`]): every metric name, recorded through the
+//!   `metrics` facade (Prometheus conventions, no cache key in a label);
+//!   [`serve_metrics`](CacheNodeBuilder::serve_metrics) exports them.
+//! * **The CLI**, the `cachenode` binary (feature `cli`): invalidate keys or
+//!   functions, list and prune key sets, tail the bus, show a namespace's
+//!   counters, over the public API only ([`CacheNode::tail_bus`],
+//!   [`CacheNode::namespace_stats`], [`redact_url`]).
 //!
+//! ARCHITECTURE.md in the repository draws the modules and follows a cached
+//! call and an invalidation through them.
+//!
+//! ## Example
 //! ```no_run
-//! # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct User { name: String }
-//! # async fn f() -> cachenode::Result<()> {
 //! use std::time::Duration;
 //! use cachenode::{CacheNode, Ttl};
+//! use serde::{Deserialize, Serialize};
 //!
-//! let node = CacheNode::connect("redis://127.0.0.1:6379").await?;
-//! let user = User { name: "ada".into() };
-//! node.set("user:1", &user, Ttl::After(Duration::from_secs(1800))).await?;
-//! let u: Option<User> = node.get("user:1").await?;
-//! node.has("user:1").await?;
-//! node.delete("user:1").await?;
-//! let both: Vec<Option<User>> = node.get_many(&["a", "b"]).await?;
-//! node.delete_many(&["a", "b"]).await?;
-//! node.clear_all().await?; // this namespace only
+//! #[derive(Clone, Debug, Serialize, Deserialize)]
+//! struct User {
+//!     name: String,
+//! }
 //!
-//! // One layer per call: the seed's local_ram_cache_only / shared_redis_cache_only.
-//! node.ram_only().set("session", &user, Duration::from_secs(60)).await?;
+//! async fn load_user(id: u64) -> Result<User, std::io::Error> {
+//!     Ok(User { name: format!("user {id}") }) // the source of truth
+//! }
 //!
-//! // No Redis at all, for a program that runs without a server:
-//! let ram = CacheNode::builder().ram_only().build().await?;
-//! # Ok(()) }
+//! #[tokio::main]
+//! async fn main() -> cachenode::Result<()> {
+//!     // RAM in front of the Redis every instance shares.
+//!     let node = CacheNode::builder()
+//!         .redis_url("redis://127.0.0.1:6379")
+//!         .namespace("myapp")
+//!         .build()
+//!         .await?;
+//!
+//!     // Plain keys: Redis first, then RAM; deletes reach every instance.
+//!     let ada = User { name: "ada".into() };
+//!     node.set("user:1", &ada, Ttl::After(Duration::from_secs(1800))).await?;
+//!     let cached: Option<User> = node.get("user:1").await?;
+//!     assert!(cached.is_some());
+//!     node.delete("user:1").await?;
+//!
+//!     // A cached function: RAM, then Redis, then one computation.
+//!     let get_user = node
+//!         .func::<(u64,), User>("get_user")
+//!         .expire_in(Duration::from_secs(600))
+//!         .build()?;
+//!     let user = get_user.call(&(7,), || load_user(7)).await;
+//!     println!("{user:?}");
+//!     get_user.clear(&(7,)).await?; // this call's value, on every instance
+//!     get_user.clear_all().await?; // every value of the function
+//!
+//!     // One layer per handle, and no Redis at all for a program without one.
+//!     node.ram_only().set("session", &ada, Duration::from_secs(60)).await?;
+//!     let _ram = CacheNode::builder().ram_only().build().await?;
+//!
+//!     println!("bus: {:?}", node.bus_health());
+//!     node.shutdown().await;
+//!     Ok(())
+//! }
 //! ```
-//!
-//! ## Modules
-//! * [`node`]: the [`CacheNode`] handle and its public API.
-//! * `local`: the RAM layer, with fenced fills so a read racing an
-//!   invalidation never re-inserts the old value.
-//! * `shared`: the Redis layer (connection, timeouts, batched commands).
-//! * [`codec`]: the value envelope and the [`Codec`] trait.
-//! * [`metrics`]: every metric name.
-//! * [`config`]: the builder and the environment variables.
 #![deny(missing_docs)]
 
-pub mod admin;
-pub mod atomic;
-pub mod bus;
+mod admin;
+mod backoff;
+mod bus;
 mod clock;
-pub mod codec;
-pub mod config;
+mod codec;
+mod config;
+mod core;
 mod error;
-pub mod func;
-pub mod jobs;
+mod func;
 mod keys;
-pub mod keysets;
+mod keysets;
 mod local;
+mod memory_fn;
 pub mod metrics;
-pub mod node;
-pub mod refresh;
-pub mod scope;
+mod node;
+mod registry;
+mod request_cached;
+mod scope;
 mod shared;
 mod singleflight;
+mod thread_local;
 mod ttl;
 
-pub use admin::{BusTail, NamespaceStats};
-pub use atomic::AtomicWrites;
-pub use bus::{BusHealth, Invalidation};
+pub use crate::core::{Layers, NodeStats};
+pub use admin::{redact_url, BusTail, NamespaceStats};
+pub use bus::{
+    decode_channel_payload, BusHealth, BusMessage, Invalidation, MalformedMessage, RamKey,
+    DEFAULT_LOG_LEN,
+};
 pub use codec::{Bincode, Codec};
-pub use config::CacheNodeBuilder;
+#[doc(hidden)]
+pub use config::FillHook;
+pub use config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELETION_CHECK_FREQUENCY, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_NAMESPACE, DEFAULT_OP_TIMEOUT, DEFAULT_RAM_CAPACITY_BYTES, DEFAULT_TTL,
+};
 pub use error::{Error, Result};
+pub use func::atomic::{AtomicWrites, DEFAULT_LOCK_TTL, DEFAULT_WAIT_TIMEOUT};
+pub use func::jobs::DEFAULT_JOB_TIMEOUT;
 pub use func::key::{Args, ArgsWriter, KeyArgs};
+pub use func::refresh::{
+    WarmupReport, DEFAULT_MIN_REFRESH_PERIOD, DEFAULT_REFRESH_GRANULARITY, DEFAULT_WARMUP_TIMEOUT,
+};
 pub use func::{BackgroundClear, CachedFn, ClearSome, Computed, FuncBuilder, Lookup};
-pub use keysets::Progress;
-pub use node::{global_node, CacheNode, Layers, NodeStats};
-pub use refresh::WarmupReport;
-pub use scope::{MemoryFn, OwnerToken, RequestCached, RequestContext, ThreadLocalFn};
+pub use keys::MAX_NAMESPACE_LEN;
+pub use keysets::{Progress, DEFAULT_SWEEP_EVERY, SHARDS};
+pub use memory_fn::{MemoryFn, OwnerToken};
+pub use node::{global_node, CacheNode, CacheNodeBuilder};
+pub use request_cached::{RequestCached, REQUEST_CACHE_MAX_AGE};
+pub use scope::{current, with_request, RequestContext};
+#[cfg(feature = "tower")]
+pub use scope::{RequestScope, RequestScopeLayer};
+pub use thread_local::{ThreadLocalFn, THREAD_LOCAL_CAPACITY};
 pub use ttl::Ttl;
 
 #[cfg(feature = "macros")]

@@ -5,6 +5,12 @@
 //! bounded in bytes (each entry is weighed when inserted) and every entry has
 //! its own expiry.
 //!
+//! One concern, the RAM layer, in one file although it passes 600 lines
+//! (a third of them its unit tests): the entries, the fences that keep an
+//! old value out, the lease and the one fill routine ([`LocalLayer::fill`])
+//! are one invariant, and split apart each would be read only with the
+//! others open.
+//!
 //! # Invalidation epochs and fenced fills
 //!
 //! Every invalidation applied to this layer (of a key, of a function's keys,
@@ -41,7 +47,6 @@
 //! served outside the lease: nothing in Redis stands behind them.
 
 use std::any::Any;
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
-use crate::clock::Ticks;
+use crate::clock::{unix_millis, Ticks};
 
 /// Bytes charged to every entry on top of its key and value, for the entry
 /// itself and moka's bookkeeping. Measured in `benches/` (see BENCHMARKS.md).
@@ -59,21 +64,6 @@ pub(crate) const ENTRY_OVERHEAD_BYTES: u32 = 96;
 /// Number of hashed slots in the per-key fence table. A collision only makes
 /// a racing fill skip its RAM insert, which costs a later Redis read.
 const KEY_FENCE_SLOTS: usize = 4096;
-
-/// The RAM key of a plain (user) key.
-///
-/// Plain keys are stored as they are, so a RAM hit allocates nothing; keys of
-/// cached functions start with a NUL byte followed by `f`. The rare plain key
-/// that itself starts with NUL is escaped with a `\0k` prefix, so the two
-/// spaces never collide.
-#[inline]
-pub(crate) fn plain_ram_key(key: &str) -> Cow<'_, str> {
-    if key.starts_with('\0') {
-        Cow::Owned(format!("\0k{key}"))
-    } else {
-        Cow::Borrowed(key)
-    }
-}
 
 /// Per-function state: the fence that drops all of a function's entries.
 #[derive(Debug)]
@@ -174,6 +164,63 @@ pub(crate) struct CheckStart(u64);
 /// Taken before a fill starts; see the module docs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FillTicket(u64);
+
+/// When a value put into RAM expires.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Expiry {
+    /// After this long (`None`: never), as the value's TTL says.
+    After(Option<Duration>),
+    /// At this instant, Unix ms, as the value's envelope in Redis says (0:
+    /// never); a value already past it is not put in RAM.
+    At(u64),
+}
+
+/// How a fill is fenced (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fence {
+    /// A read or a computation that took this ticket before it started.
+    Ticket(FillTicket),
+    /// This node's own write, begun with [`LocalLayer::begin_own_write`].
+    OwnWrite(FillTicket),
+}
+
+/// A value on its way into RAM: what every fill site hands
+/// [`LocalLayer::fill`].
+pub(crate) struct Fill {
+    /// When it expires.
+    pub(crate) expiry: Expiry,
+    /// The longest it stays in RAM whatever its expiry (the node's
+    /// `ram_max_ttl`; `None`: no cap).
+    pub(crate) cap: Option<Duration>,
+    /// About how many bytes it weighs (its encoded size when known).
+    pub(crate) bytes: usize,
+    /// The function it belongs to, if any.
+    pub(crate) group: Option<Arc<Group>>,
+    /// Kept in this process's RAM alone (see [`Entry::ram_only`]).
+    pub(crate) ram_only: bool,
+}
+
+impl Fill {
+    /// How long the value may stay in RAM: its expiry, capped; `None` when
+    /// it has already expired.
+    fn ttl(&self) -> Option<Option<Duration>> {
+        let ttl = match self.expiry {
+            Expiry::After(ttl) => ttl,
+            Expiry::At(0) => None,
+            Expiry::At(at) => {
+                let now = unix_millis();
+                if at <= now {
+                    return None;
+                }
+                Some(Duration::from_millis(at - now))
+            }
+        };
+        Some(match (ttl, self.cap) {
+            (Some(t), Some(cap)) => Some(t.min(cap)),
+            (t, cap) => t.or(cap),
+        })
+    }
+}
 
 struct PerEntryExpiry;
 
@@ -337,6 +384,32 @@ impl LocalLayer {
         true
     }
 
+    /// Puts `value` under `key`: the one routine by which every value enters
+    /// RAM (a Redis hit, a write, a fill, a computed value, a memory
+    /// function). Caps its expiry, weighs it, and inserts it fenced: with a
+    /// ticket, unless an invalidation covering it came after the ticket; as
+    /// this node's own write, see [`finish_own_write`](Self::finish_own_write).
+    /// Returns whether the entry was kept (never when already expired).
+    pub(crate) fn fill(
+        &self,
+        key: String,
+        value: Arc<dyn Any + Send + Sync>,
+        fill: Fill,
+        fence: Fence,
+    ) -> bool {
+        let Some(ttl) = fill.ttl() else {
+            return false;
+        };
+        let mut entry = Entry::new(value, ttl, fill.bytes, fill.group);
+        if fill.ram_only {
+            entry = entry.ram_only();
+        }
+        match fence {
+            Fence::Ticket(ticket) => self.insert(key, entry, ticket),
+            Fence::OwnWrite(begun) => self.finish_own_write(key, entry, begun),
+        }
+    }
+
     /// Whether an invalidation covering `key` (of `group`, or everything)
     /// was applied after `ticket` was taken: a value computed since then may
     /// predate it and should not be stored.
@@ -498,13 +571,6 @@ mod tests {
 
     fn entry(v: u32) -> Entry {
         Entry::new(Arc::new(v), None, 4, None)
-    }
-
-    #[test]
-    fn plain_keys_never_collide_with_function_keys() {
-        assert_eq!(plain_ram_key("user:1"), "user:1");
-        assert_eq!(plain_ram_key("\0fx"), "\0k\0fx");
-        assert!(!plain_ram_key("\0fx").starts_with("\0f"));
     }
 
     #[test]

@@ -148,6 +148,33 @@ impl SharedLayer {
         result
     }
 
+    /// `SET key <fresh token> NX PX ttl`: takes a lock that expires by
+    /// itself, the one lock primitive of the crate (a value's at-most-once
+    /// lock, a function's refresh lock, the key-set sweep lock). Returns the
+    /// token when this call took the lock, `None` when someone holds it.
+    pub(crate) async fn take_lock(
+        &self,
+        op: &'static str,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut conn = self.conn();
+        let took: Option<String> = self
+            .run(
+                op,
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_millis(ttl))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(took.map(|_| token))
+    }
+
     /// `GET key`.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let mut conn = self.conn();

@@ -724,7 +724,7 @@ async fn bus_log_entries_decode_with_the_public_decoder() {
     let body: Vec<u8> = entry.get("m").unwrap();
     let mut payload = b"1:".to_vec();
     payload.extend(body);
-    let m = cachenode::bus::decode_channel_payload(&payload).unwrap();
+    let m = cachenode::decode_channel_payload(&payload).unwrap();
     assert_eq!(m.seq, 1);
     assert_eq!(
         m.invalidation,

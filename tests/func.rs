@@ -18,10 +18,9 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cachenode::scope::{with_request, RequestContext};
 use cachenode::{
-    Args, AtomicWrites, CacheNode, CachedFn, Computed, Error, KeyArgs, Lookup, Progress,
-    RequestCached, ThreadLocalFn,
+    with_request, Args, AtomicWrites, CacheNode, CachedFn, Computed, Error, KeyArgs, Lookup,
+    Progress, RequestCached, RequestContext, ThreadLocalFn,
 };
 use redis::Commands;
 use serde::de::DeserializeOwned;

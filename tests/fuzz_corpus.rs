@@ -24,7 +24,7 @@ fn corpus_decodes_without_panicking() {
 fn corpus_seeds_are_valid_messages() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bus_message");
     let keys = std::fs::read(dir.join("keys")).unwrap();
-    let msg = cachenode::bus::decode_channel_payload(&keys).expect("seed decodes");
+    let msg = cachenode::decode_channel_payload(&keys).expect("seed decodes");
     assert_eq!(msg.seq, 1);
 }
 

@@ -60,7 +60,7 @@ fn args_record(redis: &TestRedis, func: &str) -> BTreeSet<String> {
 /// Every member of `func`'s key set (all shards).
 fn key_set(redis: &TestRedis, func: &str) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
-    for shard in 0..cachenode::keysets::SHARDS {
+    for shard in 0..cachenode::SHARDS {
         let members: Vec<String> = redis
             .conn()
             .smembers(format!("t:ks:{func}:{shard}"))
@@ -237,7 +237,7 @@ async fn recorded_arguments_shrink_to_the_live_keys_on_prune_clear_and_clear_all
             .await
             .unwrap();
     }
-    let filter = cachenode::func::key::Args::new().arg("0", &1u32).unwrap();
+    let filter = cachenode::Args::new().arg("0", &1u32).unwrap();
     assert_eq!(g.clear_some(&filter).unwrap().run(|_| {}).await.unwrap(), 2);
     assert_eq!(args_record(&redis, "grid"), BTreeSet::from([gkey(2, 1)]));
 

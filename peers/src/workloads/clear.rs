@@ -146,7 +146,7 @@ pub(crate) async fn run_sized(
 }
 
 /// Key-set keys of the background function: its shards and the registry.
-const BACKGROUND_SETS: u64 = cachenode::keysets::SHARDS + 1;
+const BACKGROUND_SETS: u64 = cachenode::SHARDS + 1;
 
 /// `url` with its database (and anything after it) replaced by `db`.
 fn with_db(url: &str, db: u8) -> String {
@@ -229,7 +229,7 @@ impl Workload {
     /// Writes `count` values of cachenode function `func` with their key-set
     /// entries, in the same pipeline, as the function cache writes them
     /// (`SET … PX` each when `with_ttl`, else one `MSET` per pipeline).
-    /// Members are spread over the [`SHARDS`](cachenode::keysets::SHARDS)
+    /// Members are spread over the [`SHARDS`](cachenode::SHARDS)
     /// shards round-robin rather than by cachenode's xxh3 of the key: as many
     /// equally full shards, which `clear_all` walks all the same.
     async fn load_cachenode(
@@ -238,7 +238,7 @@ impl Workload {
         count: usize,
         with_ttl: bool,
     ) -> anyhow::Result<()> {
-        let shards = cachenode::keysets::SHARDS as usize;
+        let shards = cachenode::SHARDS as usize;
         let ttl = millis(LOAD_TTL);
         self.load(count, |range| {
             let mut pipe = redis::pipe();
@@ -342,7 +342,7 @@ impl Workload {
             sampled += 1;
         }
         exists.arg(format!("{NS}:ks"));
-        for shard in 0..cachenode::keysets::SHARDS {
+        for shard in 0..cachenode::SHARDS {
             exists.arg(format!("{NS}:ks:{OTHER}:{shard}"));
         }
         let present: u64 = exists.query_async(&mut self.conn.clone()).await?;
@@ -449,7 +449,7 @@ impl Workload {
             "CachedFn::clear_all (key-set walk: SSCAN + batched UNLINK)",
             d,
             &format!("{NS}:f:{TARGET}:*"),
-            &(0..cachenode::keysets::SHARDS)
+            &(0..cachenode::SHARDS)
                 .map(|shard| format!("{NS}:ks:{TARGET}:{shard}"))
                 .collect::<Vec<_>>(),
         )

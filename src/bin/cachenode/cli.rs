@@ -80,7 +80,7 @@ impl Cli {
         pick(
             &self.namespace,
             "CACHE_KEY_PREFIX",
-            cachenode::config::DEFAULT_NAMESPACE,
+            cachenode::DEFAULT_NAMESPACE,
         )
     }
 }

@@ -9,8 +9,7 @@ mod output;
 
 use std::process::ExitCode;
 
-use cachenode::admin::redact_url;
-use cachenode::{CacheNode, Error};
+use cachenode::{redact_url, CacheNode, Error};
 use clap::{CommandFactory, Parser};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};

@@ -1,7 +1,6 @@
 //! Rendering: bus messages as text and JSON, timestamps.
 
-use cachenode::bus::{BusMessage, MalformedMessage, RamKey};
-use cachenode::Invalidation;
+use cachenode::{BusMessage, Invalidation, MalformedMessage, RamKey};
 use serde_json::{json, Value};
 
 /// Keys shown per message in text mode (JSON shows them all).

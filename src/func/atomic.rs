@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::keys::{lock_key, version_key};
 use crate::shared::{ttl_millis, SharedLayer};
 use crate::Result;
 
@@ -183,14 +184,6 @@ pub(crate) fn add_write_if_generation(
         .arg(if only_over { "XX" } else { "" });
 }
 
-pub(crate) fn lock_key(value_key: &str) -> String {
-    format!("{{{value_key}}}:lock")
-}
-
-fn version_key(value_key: &str) -> String {
-    format!("{{{value_key}}}:ver")
-}
-
 /// A held lock on one value key. Dropping it stops the keep-alive and
 /// releases the lock in the background; [`release`](Self::release) waits.
 pub(crate) struct LockGuard {
@@ -207,23 +200,9 @@ pub(crate) async fn try_lock(
     ttl: Duration,
 ) -> Result<Option<LockGuard>> {
     let key = lock_key(value_key);
-    let token = uuid::Uuid::new_v4().to_string();
-    let mut conn = shared.conn();
-    let took: Option<String> = shared
-        .run(
-            "lock",
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_millis(ttl))
-                .query_async(&mut conn),
-        )
-        .await?;
-    if took.is_none() {
+    let Some(token) = shared.take_lock("lock", &key, ttl).await? else {
         return Ok(None);
-    }
+    };
     let keepalive = {
         let (shared, key, token) = (shared.clone(), key.clone(), token.clone());
         tokio::spawn(async move {
@@ -344,12 +323,6 @@ pub(crate) async fn start_version(shared: &SharedLayer, value_key: &str) -> u64 
     }
 }
 
-/// Appends to `pipe` the deletion of `value_key`'s version (ignored reply),
-/// for every deletion of the value itself.
-pub(crate) fn add_forget_version(pipe: &mut redis::Pipeline, value_key: &str) {
-    pipe.cmd("UNLINK").arg(version_key(value_key)).ignore();
-}
-
 /// Appends to `pipe` the write of `bytes` to `value_key` unless a value from
 /// a computation started after `version` (from [`start_version`]) is
 /// already stored (or `check`, if any, fails). Its reply is [`REPLACED`]
@@ -373,16 +346,5 @@ pub(crate) fn add_write_if_newer(
     pipe.arg(bytes).arg(ttl.map_or(0, ttl_millis)).arg(version);
     if let Some(c) = check {
         pipe.arg(c.seen);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lock_and_version_keys_hash_like_the_value_key() {
-        assert_eq!(lock_key("ns:f:g:|ab"), "{ns:f:g:|ab}:lock");
-        assert_eq!(version_key("ns:f:g:|ab"), "{ns:f:g:|ab}:ver");
     }
 }

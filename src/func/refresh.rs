@@ -19,20 +19,19 @@
 //!   an existing value (`SET … XX`, so one that goes while it is being
 //!   built is not brought back), and forgets its recorded arguments and
 //!   key-set entry (see [`KeySets::forget`]).
-//! * **Warm-up.** [`CacheNode::warm_up`] computes the values marked for
+//! * **Warm-up.** [`CacheNode::warm_up`](crate::CacheNode::warm_up) computes the values marked for
 //!   warm-up, each function bounded by its timeout; it never hangs past
 //!   the timeouts and reports what did not finish.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use crate::bus::Invalidation;
-use crate::jobs::JobFn;
+use crate::clock::unix_millis;
+use crate::core::{Core, WeakCore};
 use crate::keysets::KeySets;
-use crate::node::{unix_millis, CacheNode, Inner};
+use crate::registry::Rebuild;
 use crate::shared::ttl_millis;
 use crate::{Error, Result};
 
@@ -46,68 +45,13 @@ pub const DEFAULT_MIN_REFRESH_PERIOD: Duration = Duration::from_secs(300);
 /// `DEFAULT_WARMUP_STARTUP_TIMEOUT`).
 pub const DEFAULT_WARMUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A function's build function and how its values are written.
-#[derive(Clone)]
-pub(crate) struct Rebuild {
-    pub(crate) func: String,
-    pub(crate) build: JobFn,
-    pub(crate) ttl: Option<Duration>,
-    /// The RAM key prefix `\0f{func}:` and the Redis one `{ns}:f:{func}:`.
-    pub(crate) ram_prefix: String,
-    pub(crate) redis_prefix: String,
-}
-
-/// What a node refreshes and warms up.
-#[derive(Default)]
-pub(crate) struct Registry {
-    refresh: Mutex<HashMap<String, (Duration, Rebuild)>>,
-    warmups: Mutex<Vec<Warmup>>,
-}
-
-/// One function's warm-up: its calls' encoded arguments and keys.
-pub(crate) struct Warmup {
-    pub(crate) rebuild: Rebuild,
-    pub(crate) calls: Vec<(String, Vec<u8>)>,
-    pub(crate) timeout: Duration,
-}
-
-impl Registry {
-    pub(crate) fn add_refresh(&self, period: Duration, rebuild: Rebuild) {
-        self.refresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rebuild.func.clone(), (period, rebuild));
-    }
-
-    pub(crate) fn add_warmup(&self, warmup: Warmup) {
-        self.warmups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(warmup);
-    }
-
-    fn due(&self) -> Vec<(Duration, Rebuild)> {
-        self.refresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-}
-
-/// The hash of function `func`'s recorded arguments, by Redis key.
-pub(crate) fn args_key(ns: &str, func: &str) -> String {
-    format!("{ns}:args:{func}")
-}
-
 /// Recorded calls read per `HSCAN` step of a refresh pass.
 const REFRESH_PAGE: usize = 100;
 
 /// Builds the value of one call and writes it everywhere (warm-up: a
 /// value is wanted whether or not one is stored).
 pub(crate) async fn rebuild(
-    node: &CacheNode,
+    node: &Core,
     r: &Rebuild,
     redis_key: &str,
     args: Vec<u8>,
@@ -117,7 +61,7 @@ pub(crate) async fn rebuild(
         .ok_or(Error::NoSharedLayer { op: "rebuild" })?;
     // Read before building: the value is written only if no clear_all of
     // the function begins meanwhile (see `keysets`).
-    let keysets = KeySets::new(&node.inner().config.keys);
+    let keysets = KeySets::new(&node.config().keys);
     let seen = keysets.read_generation(shared, &r.func).await?;
     let sealed = (r.build)(args.clone(), r.ttl.map_or(0, ttl_millis))
         .await
@@ -128,7 +72,7 @@ pub(crate) async fn rebuild(
     // commands, and the key-set commands are ignored ones (no reply).
     let mut record = redis::pipe();
     keysets.add_to_pipeline(&mut record, &r.func, redis_key);
-    add_args_record(&mut record, node.namespace(), &r.func, redis_key, &args);
+    keysets.add_args_record(&mut record, &r.func, redis_key, &args);
     let mut conn = shared.conn();
     shared
         .run("rebuild", record.query_async::<()>(&mut conn))
@@ -140,18 +84,13 @@ pub(crate) async fn rebuild(
 /// Rebuilds the value of one call for a refresh pass: writes it only over
 /// a stored value. Returns whether it was written (`false`: the value had
 /// gone by then, and stays gone).
-async fn refresh_value(
-    node: &CacheNode,
-    r: &Rebuild,
-    redis_key: &str,
-    args: Vec<u8>,
-) -> Result<bool> {
+async fn refresh_value(node: &Core, r: &Rebuild, redis_key: &str, args: Vec<u8>) -> Result<bool> {
     let shared = node
         .redis("refresh")?
         .ok_or(Error::NoSharedLayer { op: "refresh" })?;
     // Read before building: the value is written only if no clear_all of
     // the function begins meanwhile (see `keysets`).
-    let seen = KeySets::new(&node.inner().config.keys)
+    let seen = KeySets::new(&node.config().keys)
         .read_generation(shared, &r.func)
         .await?;
     let sealed = (r.build)(args, r.ttl.map_or(0, ttl_millis))
@@ -164,7 +103,7 @@ async fn refresh_value(
 /// only while the function's clear generation is still `seen`) with the
 /// invalidation of its RAM copies. Returns whether it was written.
 async fn write_value(
-    node: &CacheNode,
+    node: &Core,
     shared: &crate::shared::SharedLayer,
     r: &Rebuild,
     redis_key: &str,
@@ -173,12 +112,14 @@ async fn write_value(
     only_over: bool,
 ) -> Result<bool> {
     let mut pipe = redis::pipe();
-    let generation_key = KeySets::new(&node.inner().config.keys).generation(&r.func);
-    let check = crate::atomic::GenerationCheck {
+    let generation_key = KeySets::new(&node.config().keys).generation(&r.func);
+    let check = crate::func::atomic::GenerationCheck {
         key: &generation_key,
         seen,
     };
-    crate::atomic::add_write_if_generation(&mut pipe, redis_key, sealed, r.ttl, check, only_over);
+    crate::func::atomic::add_write_if_generation(
+        &mut pipe, redis_key, sealed, r.ttl, check, only_over,
+    );
     let ram_key = redis_key
         .strip_prefix(&r.redis_prefix)
         .map(|suffix| format!("{}{suffix}", r.ram_prefix));
@@ -196,22 +137,7 @@ async fn write_value(
     Ok(matches!(replies.first(), Some(redis::Value::Int(1))))
 }
 
-/// Records the arguments of a call so that refresh can rebuild it.
-pub(crate) fn add_args_record(
-    pipe: &mut redis::Pipeline,
-    ns: &str,
-    func: &str,
-    redis_key: &str,
-    args: &[u8],
-) {
-    pipe.cmd("HSET")
-        .arg(args_key(ns, func))
-        .arg(redis_key)
-        .arg(args)
-        .ignore();
-}
-
-/// What [`CacheNode::warm_up`] did.
+/// What [`CacheNode::warm_up`](crate::CacheNode::warm_up) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WarmupReport {
@@ -222,58 +148,10 @@ pub struct WarmupReport {
     pub unfinished: Vec<(String, String)>,
 }
 
-impl CacheNode {
-    /// Computes the values marked for warm-up
-    /// ([`FuncBuilder::warmup_on_startup`](crate::FuncBuilder::warmup_on_startup))
-    /// on handles built so far, all functions at once, each bounded by its
-    /// warm-up timeout. Never takes longer than the largest timeout; what
-    /// did not finish is logged and reported.
-    pub async fn warm_up(&self) -> WarmupReport {
-        let warmups = std::mem::take(
-            &mut *self
-                .inner()
-                .refresh
-                .warmups
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        let runs = warmups.into_iter().map(|w| {
-            let node = self.clone();
-            async move {
-                let func = w.rebuild.func.clone();
-                let work = async {
-                    let mut n = 0;
-                    for (key, args) in w.calls {
-                        rebuild(&node, &w.rebuild, &key, args).await?;
-                        n += 1;
-                    }
-                    Ok::<_, Error>(n)
-                };
-                match tokio::time::timeout(w.timeout, work).await {
-                    Ok(Ok(n)) => Ok(n),
-                    Ok(Err(e)) => Err((func, e.to_string())),
-                    Err(_) => Err((func, format!("did not finish within {:?}", w.timeout))),
-                }
-            }
-        });
-        let mut report = WarmupReport::default();
-        for result in futures::future::join_all(runs).await {
-            match result {
-                Ok(n) => report.warmed += n,
-                Err((func, why)) => {
-                    tracing::warn!(func = %func, reason = %why, "warm-up unfinished");
-                    report.unfinished.push((func, why));
-                }
-            }
-        }
-        report
-    }
-}
-
 /// The refresh task of a builder node. Holds the node weakly: it ends when
 /// the node is dropped or shut down.
 pub(crate) fn refresh_task(
-    node: Weak<Inner>,
+    node: WeakCore,
     granularity: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> BoxFuture<'static, ()> {
@@ -285,10 +163,10 @@ pub(crate) fn refresh_task(
                 _ = stop.changed() => return,
                 _ = tick.tick() => {}
             }
-            let Some(node) = CacheNode::from_weak(&node) else {
+            let Some(node) = node.upgrade() else {
                 return;
             };
-            for (period, r) in node.inner().refresh.due() {
+            for (period, r) in node.refresh().due() {
                 if let Err(e) = refresh_function(&node, period, &r).await {
                     tracing::warn!(func = %r.func, error = %e, "refresh failed");
                 }
@@ -299,13 +177,13 @@ pub(crate) fn refresh_task(
 
 /// Refreshes every value of one function if it is due and this instance
 /// takes its lock.
-async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Result<()> {
+async fn refresh_function(node: &Core, period: Duration, r: &Rebuild) -> Result<()> {
     let shared = node
         .redis("refresh")?
         .ok_or(Error::NoSharedLayer { op: "refresh" })?
         .clone();
-    let ns = node.namespace().to_owned();
-    let last_key = format!("{ns}:refresh:last");
+    let keys = &node.config().keys;
+    let last_key = keys.refresh_last();
     let mut conn = shared.conn();
     let last: Option<u64> = shared
         .run(
@@ -320,23 +198,14 @@ async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Re
     if last.is_some_and(|l| now.saturating_sub(l) < ttl_millis(period)) {
         return Ok(());
     }
-    let took: Option<String> = shared
-        .run(
-            "refresh",
-            redis::cmd("SET")
-                .arg(format!("{ns}:lock:refresh:{}", r.func))
-                .arg(uuid::Uuid::new_v4().to_string())
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_millis(period))
-                .query_async(&mut conn),
-        )
+    let took = shared
+        .take_lock("refresh", &keys.refresh_lock(&r.func), period)
         .await?;
     if took.is_none() {
         return Ok(());
     }
-    let keysets = KeySets::new(&node.inner().config.keys);
-    let args_key = args_key(&ns, &r.func);
+    let keysets = KeySets::new(&node.config().keys);
+    let args_key = keys.func_args(&r.func);
     let (mut rebuilt, mut forgotten) = (0u64, 0u64);
     // The recorded calls, not the key set: every value refresh can rebuild
     // has its arguments there, and so every record is looked at (those
@@ -421,4 +290,39 @@ async fn refresh_function(node: &CacheNode, period: Duration, r: &Rebuild) -> Re
         .await?;
     tracing::debug!(func = %r.func, rebuilt, forgotten, "refresh done");
     Ok(())
+}
+
+/// See [`CacheNode::warm_up`](crate::CacheNode::warm_up)(crate::CacheNode::warm_up).
+pub(crate) async fn warm_up(core: &Core) -> WarmupReport {
+    let warmups = core.refresh().take_warmups();
+    let runs = warmups.into_iter().map(|w| {
+        let node = core.clone();
+        async move {
+            let func = w.rebuild.func.clone();
+            let work = async {
+                let mut n = 0;
+                for (key, args) in w.calls {
+                    rebuild(&node, &w.rebuild, &key, args).await?;
+                    n += 1;
+                }
+                Ok::<_, Error>(n)
+            };
+            match tokio::time::timeout(w.timeout, work).await {
+                Ok(Ok(n)) => Ok(n),
+                Ok(Err(e)) => Err((func, e.to_string())),
+                Err(_) => Err((func, format!("did not finish within {:?}", w.timeout))),
+            }
+        }
+    });
+    let mut report = WarmupReport::default();
+    for result in futures::future::join_all(runs).await {
+        match result {
+            Ok(n) => report.warmed += n,
+            Err((func, why)) => {
+                tracing::warn!(func = %func, reason = %why, "warm-up unfinished");
+                report.unfinished.push((func, why));
+            }
+        }
+    }
+    report
 }

@@ -8,7 +8,7 @@
 //!   on the key has expired (within the job timeout).
 //! * A job is enqueued once per key at a time (a `{K}:job` marker set with
 //!   `NX` for the job timeout, and only while the value is missing) and
-//!   built under the key's lock (see [`atomic`](crate::atomic)), so it is
+//!   built under the key's lock (see [`atomic`](crate::func::atomic)), so it is
 //!   never built twice at once: a builder that cannot take the lock leaves
 //!   the job pending. A builder that takes the lock and finds the value
 //!   already stored drops the job, so a duplicate is not built again.
@@ -27,15 +27,16 @@
 //!   its group is gone (the namespace was cleared, Redis came back empty)
 //!   it creates them again (`XGROUP CREATE ... MKSTREAM`) and reads at once.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::Backoff;
 use crate::codec::{Bincode, Codec};
+use crate::keys::{job_marker_key, Keys};
 use crate::keysets::KeySets;
+use crate::registry::JobRegistry;
 use crate::shared::SharedLayer;
 use crate::{Error, Result};
 
@@ -50,35 +51,6 @@ type Entry = (String, Vec<Vec<u8>>);
 
 /// The consumer group of builders.
 const GROUP: &str = "builders";
-
-/// Builds a value from encoded arguments; returns the sealed value for a
-/// TTL in ms (0: never), or why it failed.
-pub(crate) type JobFn = Arc<
-    dyn Fn(Vec<u8>, u64) -> BoxFuture<'static, std::result::Result<Vec<u8>, String>> + Send + Sync,
->;
-
-/// The build functions a node knows, by name.
-#[derive(Default)]
-pub(crate) struct Registry {
-    fns: Mutex<HashMap<String, JobFn>>,
-}
-
-impl Registry {
-    pub(crate) fn register(&self, name: &str, f: JobFn) {
-        self.fns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), f);
-    }
-
-    fn get(&self, name: &str) -> Option<JobFn> {
-        self.fns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
-    }
-}
 
 /// One build job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,14 +79,6 @@ fn decode(bytes: &[u8]) -> Option<Job> {
     }
 }
 
-pub(crate) fn stream_key(ns: &str) -> String {
-    format!("{ns}:jobs")
-}
-
-fn marker_key(value_key: &str) -> String {
-    format!("{{{value_key}}}:job")
-}
-
 /// `KEYS`: value, marker. `ARGV`: marker TTL in ms. Sets the marker unless
 /// the value is stored (1: set, 0: a job is pending, -1: the value is
 /// there). Checking both at once closes the race with a builder that writes
@@ -132,12 +96,12 @@ return 0
 
 /// Enqueues `job` unless one for the same key is pending or its value is
 /// already stored. Returns whether it was enqueued.
-pub(crate) async fn enqueue(shared: &SharedLayer, ns: &str, job: &Job) -> Result<bool> {
+pub(crate) async fn enqueue(shared: &SharedLayer, keys: &Keys, job: &Job) -> Result<bool> {
     let mut conn = shared.conn();
     let script = redis::Script::new(MARK);
     let mut mark = script.prepare_invoke();
     mark.key(&job.redis_key)
-        .key(marker_key(&job.redis_key))
+        .key(job_marker_key(&job.redis_key))
         .arg(job.timeout_ms.max(1));
     let marked: i64 = shared
         .run("job_enqueue", mark.invoke_async(&mut conn))
@@ -149,7 +113,7 @@ pub(crate) async fn enqueue(shared: &SharedLayer, ns: &str, job: &Job) -> Result
         .run(
             "job_enqueue",
             redis::cmd("XADD")
-                .arg(stream_key(ns))
+                .arg(keys.jobs())
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(MAX_JOBS)
@@ -257,14 +221,13 @@ fn read_timeout(shared: &SharedLayer) -> Duration {
 /// namespace was cleared, Redis restarted empty) is created again.
 pub(crate) async fn builder_task(
     shared: SharedLayer,
-    registry: Arc<Registry>,
+    registry: Arc<JobRegistry>,
     keysets: KeySets,
-    ns: String,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let stream = stream_key(&ns);
+    let stream = keysets.keys().jobs();
     let consumer = uuid::Uuid::new_v4().to_string();
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut reclaim_at = tokio::time::Instant::now();
     // Where the next XAUTOCLAIM resumes its walk of the pending jobs, so
@@ -319,7 +282,7 @@ pub(crate) async fn builder_task(
         };
         let entries = match read {
             Ok(Ok(entries)) => {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 recreated = false;
                 entries
             }
@@ -362,16 +325,15 @@ pub(crate) async fn builder_task(
             }
         };
         for (id, bytes) in entries {
-            build_one(&ns, &shared, &registry, &keysets, &stream, &id, &bytes).await;
+            build_one(&shared, &registry, &keysets, &stream, &id, &bytes).await;
         }
     }
 }
 
-/// Sleeps `backoff` (then doubles it, up to [`MAX_BACKOFF`]); true when
+/// Sleeps the next pause of `backoff` (up to [`MAX_BACKOFF`]); true when
 /// the node stops meanwhile.
-async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>, backoff: &mut Duration) -> bool {
-    let d = *backoff;
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>, backoff: &mut Backoff) -> bool {
+    let d = backoff.next();
     tokio::select! {
         _ = stop.changed() => true,
         _ = tokio::time::sleep(d) => false,
@@ -466,7 +428,7 @@ async fn drop_job(shared: &SharedLayer, stream: &str, id: &str, job: &Job) {
         .run(
             "job_ack",
             redis::cmd("DEL")
-                .arg(marker_key(&job.redis_key))
+                .arg(job_marker_key(&job.redis_key))
                 .query_async::<()>(&mut conn),
         )
         .await;
@@ -474,9 +436,8 @@ async fn drop_job(shared: &SharedLayer, stream: &str, id: &str, job: &Job) {
 }
 
 async fn build_one(
-    ns: &str,
     shared: &SharedLayer,
-    registry: &Registry,
+    registry: &JobRegistry,
     keysets: &KeySets,
     stream: &str,
     id: &str,
@@ -492,7 +453,7 @@ async fn build_one(
         // registered (jobs can be read before the node's handles are
         // built): leave it pending, to be claimed again, until it is older
         // than its timeout.
-        let age_ms = crate::node::unix_millis().saturating_sub(id_millis(id));
+        let age_ms = crate::clock::unix_millis().saturating_sub(id_millis(id));
         if age_ms > job.timeout_ms {
             tracing::warn!(func = %job.func, "no builder knows this function; job dropped");
             ack(shared, stream, id).await;
@@ -502,7 +463,7 @@ async fn build_one(
         return;
     };
     let timeout = Duration::from_millis(job.timeout_ms.max(1));
-    let lock = match crate::atomic::try_lock(shared, &job.redis_key, timeout).await {
+    let lock = match crate::func::atomic::try_lock(shared, &job.redis_key, timeout).await {
         Ok(Some(lock)) => lock,
         // Being built elsewhere (or Redis is failing): leave it pending.
         _ => return,
@@ -547,7 +508,7 @@ async fn build_one(
         Ok(Ok(sealed)) => {
             let ttl = (job.ttl_ms > 0).then(|| Duration::from_millis(job.ttl_ms));
             let generation_key = keysets.generation(&job.func);
-            let check = crate::atomic::GenerationCheck {
+            let check = crate::func::atomic::GenerationCheck {
                 key: &generation_key,
                 seen: &seen,
             };
@@ -557,15 +518,9 @@ async fn build_one(
             lock.add_write(&mut pipe, &job.redis_key, &sealed, ttl, Some(check));
             pipe.ignore();
             if job.record_args {
-                crate::refresh::add_args_record(
-                    &mut pipe,
-                    ns,
-                    &job.func,
-                    &job.redis_key,
-                    &job.args,
-                );
+                keysets.add_args_record(&mut pipe, &job.func, &job.redis_key, &job.args);
             }
-            pipe.cmd("DEL").arg(marker_key(&job.redis_key)).ignore();
+            pipe.cmd("DEL").arg(job_marker_key(&job.redis_key)).ignore();
             let mut conn = shared.conn();
             match shared
                 .run("job_write", pipe.query_async::<()>(&mut conn))
@@ -606,7 +561,6 @@ mod tests {
         assert_eq!(decode(b""), None);
         assert_eq!(decode(b"\x01garbage"), None);
         assert_eq!(decode(b"\x07x"), None);
-        assert_eq!(marker_key("k"), "{k}:job");
         assert_eq!(id_millis("1700000000123-4"), 1_700_000_000_123);
         assert_eq!(id_millis("garbage"), 0);
     }

@@ -1,0 +1,334 @@
+//! Deleting a cached function's values: one call's value
+//! ([`CachedFn::clear`]), all of them through the function's key set
+//! ([`CachedFn::clear_all`], in the order that keeps a computation begun
+//! before the call from storing after it), some of them by argument
+//! ([`ClearSome`]), several functions in the background
+//! ([`BackgroundClear`]), and the node-wide key-set admin (listing and
+//! pruning every function's key set).
+
+use tokio::sync::watch;
+
+use super::key::{self, ArgsMode, KeyArgs};
+use super::{CachedFn, CallKey};
+use crate::bus::Invalidation;
+use crate::core::Core;
+use crate::keysets::{KeySets, Progress, Walk};
+use crate::{Error, Result};
+
+impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
+    /// Deletes the value of the call with `args` from Redis, its key set and
+    /// the RAM of every instance (the seed's `clear_cached_func`). Returns
+    /// whether it existed.
+    ///
+    /// # Errors
+    /// When Redis fails or an argument cannot be encoded.
+    pub async fn clear(&self, args: &A) -> Result<bool> {
+        self.inner.node.check_open()?;
+        let key = self.key(args)?;
+        self.clear_key(key).await
+    }
+
+    pub(super) async fn clear_key(&self, key: CallKey) -> Result<bool> {
+        let node = &self.inner.node;
+        let mut existed = node.ram().is_some_and(|l| l.remove(&key.ram));
+        if let Some(shared) = node.redis("clear")? {
+            let redis_key = self.redis_key(&key);
+            let mut pipe = redis::pipe();
+            pipe.cmd("UNLINK").arg(&redis_key);
+            pipe.cmd("SREM")
+                .arg(self.inner.keysets.shard_of(&self.inner.name, &redis_key))
+                .arg(&redis_key);
+            pipe.cmd("HDEL")
+                .arg(node.config().keys.func_args(&self.inner.name))
+                .arg(&redis_key);
+            crate::keysets::add_forget_version(&mut pipe, &redis_key);
+            let replies = node
+                .write_and_announce(shared, "clear", pipe, || {
+                    Invalidation::Keys(vec![key.ram.clone()])
+                })
+                .await?;
+            existed |= matches!(replies.first(), Some(redis::Value::Int(n)) if *n > 0);
+        } else {
+            node.announce(Invalidation::Keys(vec![key.ram.clone()]))
+                .await?;
+        }
+        Ok(existed)
+    }
+
+    /// Deletes every value of the function: walks its key set, unlinking in
+    /// batches (never a keyspace scan), then drops the function from the RAM
+    /// of every instance (the seed's `clear_cached_func_all` /
+    /// `delete_from_funcname`). Returns how many Redis keys were deleted:
+    /// the values Redis still held (every value leaves every RAM, also one
+    /// whose Redis copy had expired or been evicted). Key-set members that
+    /// are no value of the function are removed from the set, never deleted
+    /// (see [`Progress::foreign`]).
+    ///
+    /// # Errors
+    /// When Redis fails; what was deleted stays deleted, and calling again
+    /// finishes the job.
+    pub async fn clear_all(&self) -> Result<u64> {
+        self.clear_all_with(|_| {}).await
+    }
+
+    /// [`clear_all`](Self::clear_all), reporting progress after each batch.
+    ///
+    /// # Errors
+    /// As [`clear_all`](Self::clear_all).
+    pub async fn clear_all_with(&self, progress: impl FnMut(Progress)) -> Result<u64> {
+        self.inner.node.check_open()?;
+        clear_function(&self.inner.node, &self.inner.name, progress).await
+    }
+
+    /// Starts deleting the values whose arguments match `filter` (named
+    /// arguments; the seed's `clear_cached_func_some`). Needs
+    /// [`cache_key_with_full_args`](crate::FuncBuilder::cache_key_with_full_args).
+    /// Each [`ClearSome::step`] deletes one batch and says how far it got;
+    /// every matching value the key set records leaves the RAM of every
+    /// instance, and [`Progress::deleted`] counts those Redis still held.
+    /// Unlike [`clear_all`](Self::clear_all) it does not change the clear
+    /// generation: a matching value whose computation was running is
+    /// refused by the computing node if the invalidation reached it first,
+    /// and otherwise stored (the usual cache-aside race, as for
+    /// [`clear`](Self::clear)).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the function does not use full-args keys.
+    pub fn clear_some(&self, filter: &key::Args) -> Result<ClearSome> {
+        if self.inner.opts.args_mode != ArgsMode::Full {
+            return Err(Error::Config(format!(
+                "clear_some on {:?} needs keys built with cache_key_with_full_args(true)",
+                self.inner.name
+            )));
+        }
+        let encoded = key::encode_args(filter)?;
+        let parts = encoded
+            .parts()
+            .iter()
+            .filter(|(n, _)| !self.inner.opts.ignore.contains(n))
+            .map(|(n, b)| key::arg_part(n, b))
+            .collect();
+        Ok(ClearSome {
+            node: self.inner.node.clone(),
+            walk: Walk::new(&self.inner.name, parts),
+        })
+    }
+
+    /// How many keys the function's key set records (expired ones included
+    /// until pruned).
+    ///
+    /// # Errors
+    /// When Redis fails.
+    pub async fn key_set_size(&self) -> Result<u64> {
+        match self.inner.node.redis("key_set_size")? {
+            Some(shared) => self.inner.keysets.size(shared, &self.inner.name).await,
+            None => Ok(0),
+        }
+    }
+}
+
+/// Deletes every value of `funcname` from Redis through its key set, then
+/// from the RAM of every instance (one function fence, which covers every
+/// value, whether Redis still had it or not).
+///
+/// In this order, so that no value of a computation that started before
+/// the call survives it: first a new clear generation (every later write of
+/// such a computation is refused), then the walk (which deletes what they
+/// wrote before), then the fence (which drops from every RAM what was read
+/// or computed before it); see [`keysets`](crate::keysets).
+async fn clear_function(
+    node: &Core,
+    funcname: &str,
+    mut progress: impl FnMut(Progress),
+) -> Result<u64> {
+    key::check_funcname(funcname)?;
+    let mut walk = Walk::new(funcname, Vec::new());
+    if let Some(shared) = node.redis("clear_all")? {
+        let keysets = KeySets::new(&node.config().keys);
+        keysets.new_generation(shared, funcname).await?;
+        while !walk.walked() {
+            keysets.delete_step(shared, &mut walk).await?;
+            // The function fence below announces them all at once.
+            walk.pending.clear();
+            progress(Progress {
+                finished: false,
+                ..walk.progress()
+            });
+        }
+    }
+    node.invalidate_func(funcname).await?;
+    walk.finish();
+    walk.pending.clear();
+    progress(walk.progress());
+    Ok(walk.progress().deleted)
+}
+
+/// A partial deletion in progress; see [`CachedFn::clear_some`].
+#[derive(Debug)]
+pub struct ClearSome {
+    node: Core,
+    walk: Walk,
+}
+
+impl ClearSome {
+    /// A partial deletion of `node`'s values that `walk` matches.
+    pub(crate) fn new(node: Core, walk: Walk) -> Self {
+        ClearSome { node, walk }
+    }
+
+    /// Deletes one batch of matching values (Redis, key set, and the RAM of
+    /// every instance) and returns the progress so far; call again until
+    /// `finished`. Every matching value is dropped from every RAM, also one
+    /// whose Redis copy had already gone; [`Progress::deleted`] counts those
+    /// Redis still held.
+    ///
+    /// # Errors
+    /// When Redis fails; the next call resumes where this one stopped. A
+    /// batch deleted from Redis whose announcement failed is announced first
+    /// by the next call, so a failed step loses nothing.
+    pub async fn step(&mut self) -> Result<Progress> {
+        self.node.check_open()?;
+        let Some(shared) = self.node.redis("clear_some")? else {
+            // No key sets to walk: drop the whole function from RAM.
+            self.node.invalidate_func(&self.walk.funcname).await?;
+            self.walk.finish();
+            return Ok(self.walk.progress());
+        };
+        announce_pending(&self.node, &mut self.walk).await?;
+        if !self.walk.walked() {
+            let keysets = KeySets::new(&self.node.config().keys);
+            keysets.delete_step(shared, &mut self.walk).await?;
+            announce_pending(&self.node, &mut self.walk).await?;
+        }
+        Ok(self.walk.progress())
+    }
+
+    /// Runs the deletion to the end, reporting progress after each batch.
+    ///
+    /// # Errors
+    /// As [`step`](Self::step).
+    pub async fn run(mut self, mut progress: impl FnMut(Progress)) -> Result<u64> {
+        loop {
+            let p = self.step().await?;
+            progress(p);
+            if p.finished {
+                return Ok(p.deleted);
+            }
+        }
+    }
+
+    /// Progress so far.
+    pub fn progress(&self) -> Progress {
+        self.walk.progress()
+    }
+}
+
+/// Drops the values `walk` deleted so far from the RAM of every instance;
+/// they stay pending until that succeeds.
+async fn announce_pending(node: &Core, walk: &mut Walk) -> Result<()> {
+    let pending = &mut walk.pending;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    // A page read again after a failed step adds its members again.
+    pending.sort_unstable();
+    pending.dedup();
+    let refs: Vec<&str> = pending.iter().map(String::as_str).collect();
+    node.invalidate_ram_keys(&refs).await?;
+    pending.clear();
+    Ok(())
+}
+
+/// A deletion of several functions' values running in the background; see
+/// [`CacheNode::clear_funcs_in_background`](crate::CacheNode::clear_funcs_in_background).
+#[derive(Debug)]
+pub struct BackgroundClear {
+    progress: watch::Receiver<Progress>,
+    task: tokio::task::JoinHandle<Result<u64>>,
+}
+
+impl BackgroundClear {
+    /// How far it has got: keys deleted so far, and whether it is done.
+    pub fn progress(&self) -> Progress {
+        *self.progress.borrow()
+    }
+
+    /// Waits for the end; returns how many Redis keys were deleted.
+    ///
+    /// # Errors
+    /// The first error met; [`Error::Shutdown`] if the task was cancelled.
+    pub async fn wait(self) -> Result<u64> {
+        self.task.await.unwrap_or(Err(Error::Shutdown))
+    }
+}
+
+/// See [`CacheNode::clear_funcs`](crate::CacheNode::clear_funcs).
+pub(crate) async fn clear_funcs(
+    core: &Core,
+    funcnames: &[&str],
+    mut progress: impl FnMut(&str, Progress),
+) -> Result<u64> {
+    core.check_open()?;
+    let mut total = 0;
+    for name in funcnames {
+        total += clear_function(core, name, |p| progress(name, p)).await?;
+    }
+    Ok(total)
+}
+
+/// See [`CacheNode::clear_funcs_in_background`](crate::CacheNode::clear_funcs_in_background)(crate::CacheNode::clear_funcs_in_background).
+pub(crate) fn clear_funcs_in_background(core: &Core, funcnames: Vec<String>) -> BackgroundClear {
+    let (tx, rx) = watch::channel(Progress::default());
+    let node = core.clone();
+    let task = tokio::spawn(async move {
+        let mut done = Progress::default();
+        for name in &funcnames {
+            let before = done;
+            let mut last = Progress::default();
+            clear_function(&node, name, |p| {
+                last = p;
+                let _ = tx.send(Progress {
+                    deleted: before.deleted + p.deleted,
+                    foreign: before.foreign + p.foreign,
+                    finished: false,
+                });
+            })
+            .await?;
+            done.deleted += last.deleted;
+            done.foreign += last.foreign;
+        }
+        let _ = tx.send(Progress {
+            finished: true,
+            ..done
+        });
+        Ok(done.deleted)
+    });
+    BackgroundClear { progress: rx, task }
+}
+
+/// See [`CacheNode::key_sets`](crate::CacheNode::key_sets).
+pub(crate) async fn key_sets(core: &Core) -> Result<Vec<(String, u64)>> {
+    let shared = core
+        .redis("key_sets")?
+        .ok_or(Error::NoSharedLayer { op: "key_sets" })?;
+    let keysets = KeySets::new(&core.config().keys);
+    let mut out = Vec::new();
+    for name in keysets.functions(shared).await? {
+        let size = keysets.size(shared, &name).await?;
+        out.push((name, size));
+    }
+    Ok(out)
+}
+
+/// See [`CacheNode::prune_key_sets`](crate::CacheNode::prune_key_sets).
+pub(crate) async fn prune_key_sets(core: &Core) -> Result<u64> {
+    let shared = core.redis("prune_key_sets")?.ok_or(Error::NoSharedLayer {
+        op: "prune_key_sets",
+    })?;
+    let keysets = KeySets::new(&core.config().keys);
+    let mut pruned = 0;
+    for name in keysets.functions(shared).await? {
+        pruned += keysets.prune(shared, &name).await?;
+    }
+    Ok(pruned)
+}
