@@ -7,8 +7,9 @@
 
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ImplItemFn, Pat, ReturnType, Signature, Type};
+use syn::{FnArg, Ident, ImplItemFn, Pat, PatType, ReturnType, Signature, Type};
 
 use crate::options::Options;
 
@@ -16,19 +17,14 @@ use crate::options::Options;
 pub(crate) fn expand(opts: Options, func: ImplItemFn) -> syn::Result<TokenStream2> {
     let f = Cached::new(&opts, &func)?;
     let wrapper = f.wrapper();
-    if f.is_method {
-        let uncached = f.uncached(f.vis());
-        return Ok(quote! {
-            #wrapper
-            /// The function without its cache.
-            #[allow(dead_code)]
-            #uncached
-        });
-    }
-    let module = f.module();
+    let items = if f.is_method {
+        f.method_items()
+    } else {
+        f.module()
+    };
     Ok(quote! {
         #wrapper
-        #module
+        #items
     })
 }
 
@@ -40,11 +36,20 @@ struct Arg<'a> {
     keyed: bool,
 }
 
+impl Arg<'_> {
+    /// The argument's name in the key (`type` for `r#type`).
+    fn key_name(&self) -> String {
+        self.ident.unraw().to_string()
+    }
+}
+
 /// A cached function being expanded.
 struct Cached<'a> {
     opts: &'a Options,
     func: &'a ImplItemFn,
     is_method: bool,
+    /// The receiver's `self`, when it is part of the key.
+    keyed_self: Option<Ident>,
     args: Vec<Arg<'a>>,
     /// The function's return type `R` (`()` when it declares none).
     ret_ty: Type,
@@ -55,23 +60,17 @@ impl<'a> Cached<'a> {
         let sig = &func.sig;
         check_signature(sig)?;
         let mut is_method = false;
+        let mut keyed_self = None;
         let mut args = Vec::new();
         for input in &sig.inputs {
             match input {
-                FnArg::Receiver(_) => is_method = true,
-                FnArg::Typed(t) => match &*t.pat {
-                    Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => args.push(Arg {
-                        ident: &p.ident,
-                        ty: &t.ty,
-                        keyed: !opts.ignore.contains(&p.ident),
-                    }),
-                    other => {
-                        return Err(syn::Error::new(
-                            other.span(),
-                            "#[cached] needs a plain name for each argument",
-                        ))
+                FnArg::Receiver(r) => {
+                    is_method = true;
+                    if !opts.ignores_self() {
+                        keyed_self = Some(Ident::new("self", r.self_token.span));
                     }
-                },
+                }
+                FnArg::Typed(t) => args.push(argument(t, opts)?),
             }
         }
         for ig in &opts.ignore {
@@ -87,6 +86,7 @@ impl<'a> Cached<'a> {
             opts,
             func,
             is_method,
+            keyed_self,
             args,
             ret_ty: return_type(&sig.output),
         })
@@ -121,33 +121,86 @@ impl<'a> Cached<'a> {
         quote!(#outcome::Value)
     }
 
-    /// The name of the uncached body.
-    fn uncached_name(&self) -> Ident {
+    /// The name of generated item `what`: `what` in a free function's
+    /// module, `{fn}_{what}` beside a method.
+    fn item(&self, what: &str) -> Ident {
         if self.is_method {
-            format_ident!("{}_uncached", self.name())
+            format_ident!("{}_{}", self.name().unraw(), what)
         } else {
-            format_ident!("uncached")
+            format_ident!("{}", what)
         }
+    }
+
+    /// The name of hidden item `what` (`__what`, `__{fn}_what`).
+    fn hidden(&self, what: &str) -> Ident {
+        if self.is_method {
+            format_ident!("__{}_{}", self.name().unraw(), what)
+        } else {
+            format_ident!("__{}", what)
+        }
+    }
+
+    /// A call of generated item `item` from the cached function's body.
+    fn call_from_body(&self, item: &Ident, args: TokenStream2) -> TokenStream2 {
+        if self.is_method {
+            quote!(self.#item(#args))
+        } else {
+            let name = self.name();
+            quote!(#name::#item(#args))
+        }
+    }
+
+    /// A call of generated item `item` from another generated item.
+    fn call_from_item(&self, item: &Ident, args: TokenStream2) -> TokenStream2 {
+        if self.is_method {
+            quote!(self.#item(#args))
+        } else {
+            quote!(#item(#args))
+        }
+    }
+
+    /// The keyed arguments as parameters of a generated item: references.
+    fn ref_params(&self) -> Vec<TokenStream2> {
+        self.keyed()
+            .map(|a| {
+                let (ident, ty) = (a.ident, a.ty);
+                quote!(#ident: &#ty)
+            })
+            .collect()
+    }
+
+    /// The parameters of a generated item that takes a call's arguments:
+    /// `&self` for a method (the key or the node may need it), then
+    /// [`ref_params`](Self::ref_params).
+    fn key_params(&self) -> TokenStream2 {
+        let receiver = self.is_method.then(|| quote!(&self,));
+        let params = self.ref_params();
+        quote!(#receiver #(#params),*)
+    }
+
+    /// The keyed arguments, passed on by name.
+    fn key_idents(&self) -> TokenStream2 {
+        let idents = self.keyed().map(|a| a.ident);
+        quote!(#(#idents),*)
+    }
+
+    /// The user's lifetime parameters (the only generics allowed), with
+    /// `extra` type parameters after them.
+    fn generics(&self, extra: TokenStream2) -> TokenStream2 {
+        let lifetimes = self.sig().generics.lifetimes();
+        quote!(<#(#lifetimes,)* #extra>)
+    }
+
+    fn where_clause(&self) -> Option<&syn::WhereClause> {
+        self.sig().generics.where_clause.as_ref()
     }
 
     /// The user's function, renamed, with its body.
     fn uncached(&self, vis: &syn::Visibility) -> TokenStream2 {
         let mut sig = self.sig().clone();
-        sig.ident = self.uncached_name();
+        sig.ident = self.item("uncached");
         let block = &self.func.block;
         quote!(#vis #sig #block)
-    }
-
-    /// A call of the uncached body with the function's arguments.
-    fn uncached_call(&self) -> TokenStream2 {
-        let uncached = self.uncached_name();
-        let args = self.args.iter().map(|a| a.ident);
-        if self.is_method {
-            quote!(self.#uncached(#(#args),*))
-        } else {
-            let name = self.name();
-            quote!(#name::#uncached(#(#args),*))
-        }
     }
 
     /// The function's cache name, as a `String` expression.
@@ -155,7 +208,7 @@ impl<'a> Cached<'a> {
         match &self.opts.name {
             Some(n) => quote!(::std::string::String::from(#n)),
             None if self.is_method => {
-                let n = self.name().to_string();
+                let n = self.name().unraw().to_string();
                 quote!(::cachenode::__private::funcname(::core::module_path!(), #n))
             }
             // Inside the generated module, module_path!() already ends
@@ -164,7 +217,7 @@ impl<'a> Cached<'a> {
         }
     }
 
-    /// The node to build the handle with, as an `Option<CacheNode>`.
+    /// The node to build the handles with, as an `Option<CacheNode>`.
     fn node(&self) -> TokenStream2 {
         match &self.opts.node {
             Some(e) => quote!(::core::option::Option::Some(::cachenode::CacheNode::clone(&#e))),
@@ -172,71 +225,107 @@ impl<'a> Cached<'a> {
         }
     }
 
-    /// The body of a function returning the handle (built once, on the
-    /// first call that finds a node), given `__get_node`.
-    fn handle_body(&self) -> TokenStream2 {
+    /// The function returning the handles, built once, by the first call
+    /// that finds a node (`node = self.node` is evaluated until then).
+    fn handles_fn(&self) -> TokenStream2 {
         let value_ty = self.value_ty();
         let funcname = self.funcname();
-        let builder_calls = self.opts.builder_calls();
+        let node = self.node();
+        let calls = self.opts.builder_calls();
+        let handles = self.hidden("handles");
+        let receiver = self.is_method.then(|| quote!(&self));
+        let vis = self.hidden_vis();
         quote! {
-            static __HANDLE: ::std::sync::OnceLock<::cachenode::CachedFn<dyn ::cachenode::KeyArgs, #value_ty>> =
-                ::std::sync::OnceLock::new();
-            if let ::core::option::Option::Some(h) = __HANDLE.get() {
-                return ::core::option::Option::Some(h);
-            }
-            let __node: ::cachenode::CacheNode = __get_node()?;
-            match __node.func::<dyn ::cachenode::KeyArgs, #value_ty>(&#funcname) #builder_calls .build() {
-                ::core::result::Result::Ok(h) => ::core::option::Option::Some(__HANDLE.get_or_init(|| h)),
-                ::core::result::Result::Err(e) => {
-                    ::cachenode::__private::report_build_error(&#funcname, &e);
-                    ::core::option::Option::None
+            #[allow(dead_code)]
+            #vis fn #handles(#receiver) -> ::core::option::Option<&'static ::cachenode::__private::Handles<#value_ty>> {
+                static __HANDLES: ::std::sync::OnceLock<::cachenode::__private::Handles<#value_ty>> =
+                    ::std::sync::OnceLock::new();
+                if let ::core::option::Option::Some(h) = __HANDLES.get() {
+                    return ::core::option::Option::Some(h);
+                }
+                let __node: ::cachenode::CacheNode = #node?;
+                let __name: ::std::string::String = #funcname;
+                let __built = (|| -> ::cachenode::Result<::cachenode::__private::Handles<#value_ty>> {
+                    ::core::result::Result::Ok(::cachenode::__private::Handles {
+                        calls: __node.func::<dyn ::cachenode::KeyArgs, #value_ty>(&__name) #calls .build()?,
+                        owned: __node.func::<::cachenode::Args, #value_ty>(&__name) #calls .build()?,
+                    })
+                })();
+                match __built {
+                    ::core::result::Result::Ok(h) => ::core::option::Option::Some(__HANDLES.get_or_init(|| h)),
+                    ::core::result::Result::Err(e) => {
+                        ::cachenode::__private::report_build_error(&__name, &e);
+                        ::core::option::Option::None
+                    }
                 }
             }
         }
     }
 
-    /// An expression giving the handle from the function's body.
-    fn handle_expr(&self) -> TokenStream2 {
-        if !self.is_method {
-            let name = self.name();
-            return quote!(#name::handle());
+    /// Visibility of the generated items: `pub` inside a free function's
+    /// module, the method's own beside a method.
+    fn item_vis(&self) -> TokenStream2 {
+        if self.is_method {
+            let vis = self.vis();
+            quote!(#vis)
+        } else {
+            quote!(pub)
         }
-        let value_ty = self.value_ty();
-        let handle_body = self.handle_body();
-        let node = self.node();
-        quote!({
-            fn __handle(
-                __get_node: impl ::core::ops::FnOnce() -> ::core::option::Option<::cachenode::CacheNode>,
-            ) -> ::core::option::Option<&'static ::cachenode::CachedFn<dyn ::cachenode::KeyArgs, #value_ty>> {
-                #handle_body
-            }
-            __handle(|| #node)
-        })
     }
 
-    /// The arguments of a call, as a `KeyArgs` expression; `by_ref` when
-    /// the arguments are values (in the function's body), not references.
-    fn key_args(&self, by_ref: bool) -> TokenStream2 {
-        let self_arg =
-            (self.is_method && !self.opts.ignores_self()).then(|| quote!(__w.arg("self", self)?;));
-        let names = self.keyed().map(|a| a.ident.to_string());
-        let values = self.keyed().map(|a| {
-            let ident = a.ident;
-            if by_ref {
-                quote!(&#ident)
-            } else {
-                quote!(#ident)
-            }
-        });
+    /// Visibility of the hidden items: seen by the cached function only.
+    fn hidden_vis(&self) -> TokenStream2 {
+        if self.is_method {
+            quote!()
+        } else {
+            quote!(pub(super))
+        }
+    }
+
+    /// The one function that writes a call's key arguments (into an
+    /// `ArgsWriter` or an owned `Args`).
+    fn key_args_fn(&self) -> TokenStream2 {
+        let self_write = self.keyed_self.as_ref().map(|s| write_arg(s, "self"));
+        let writes = self.keyed().map(|a| write_arg(a.ident, &a.key_name()));
+        let key_args = self.hidden("key_args");
+        let generics = self.generics(quote!(__S: ::cachenode::__private::ArgSink));
+        let where_clause = self.where_clause();
+        let receiver = self.is_method.then(|| quote!(&self,));
+        let params = self.ref_params();
+        let vis = self.hidden_vis();
         quote! {
-            ::cachenode::__private::FnArgs(
-                |__w: &mut ::cachenode::ArgsWriter| -> ::cachenode::Result<()> {
-                    #self_arg
-                    #( __w.arg(#names, #values)?; )*
-                    ::core::result::Result::Ok(())
-                },
+            #[allow(dead_code)]
+            #vis fn #key_args #generics(#receiver __sink: &mut __S, #(#params),*) -> ::cachenode::Result<()> #where_clause {
+                #self_write
+                #(#writes)*
+                ::core::result::Result::Ok(())
+            }
+        }
+    }
+
+    /// The call's key arguments as a `KeyArgs`, borrowed for the call (in
+    /// the cached function's body).
+    fn borrowed_args(&self) -> TokenStream2 {
+        let idents = self.keyed().map(|a| a.ident);
+        let write = self.call_from_body(&self.hidden("key_args"), quote!(__w, #(&#idents),*));
+        quote! {
+            &::cachenode::__private::FnArgs(
+                |__w: &mut ::cachenode::ArgsWriter| -> ::cachenode::Result<()> { #write },
             )
         }
+    }
+
+    /// The call's key arguments as a `Result<OwnedArgs>` (in a generated
+    /// item, whose parameters are references).
+    fn owned_args(&self) -> TokenStream2 {
+        let write = self.call_from_item(&self.hidden("key_args"), {
+            let idents = self.key_idents();
+            quote!(&mut __args, #idents)
+        });
+        quote!({
+            let mut __args = ::cachenode::__private::OwnedArgs::default();
+            #write.map(|()| __args)
+        })
     }
 
     /// The cached function, in place of the user's.
@@ -245,7 +334,10 @@ impl<'a> Cached<'a> {
         let vis = self.vis();
         let sig = self.sig();
         let outcome = self.outcome();
-        let uncached_call = self.uncached_call();
+        let uncached_call = {
+            let args = self.args.iter().map(|a| a.ident);
+            self.call_from_body(&self.item("uncached"), quote!(#(#args),*))
+        };
         let unless_check = self.opts.unless.as_ref().map(|u| {
             let args = self.args.iter().map(|a| a.ident);
             quote! {
@@ -254,26 +346,28 @@ impl<'a> Cached<'a> {
                 }
             }
         });
-        let handle_expr = self.handle_expr();
-        let key_args = self.key_args(true);
-        // Only the `Ok` side of a `Result` reaches the cache; a plain value
-        // is an `Ok` that cannot fail.
+        let handles = self.call_from_body(&self.hidden("handles"), quote!());
+        let args = self.borrowed_args();
+        let value = quote! {
+            #outcome::join(
+                ::cachenode::__private::call(&__h.calls, __prepared, move || async move {
+                    #outcome::split(#uncached_call.await)
+                })
+                .await,
+            )
+        };
+        // The key is built in its own statement, before the call moves the
+        // arguments into the uncached body; only the `Ok` side of a
+        // `Result` reaches the cache (a plain value is an `Ok` that cannot
+        // fail).
         quote! {
             #(#attrs)*
             #vis #sig {
                 #unless_check
-                match #handle_expr {
+                match #handles {
                     ::core::option::Option::Some(__h) => {
-                        let __prepared = {
-                            let __args = #key_args;
-                            __h.prepare_args(&__args)
-                        };
-                        #outcome::join(
-                            __h.call_prepared(__prepared, move || async move {
-                                #outcome::split(#uncached_call.await)
-                            })
-                            .await,
-                        )
+                        let __prepared = ::cachenode::__private::prepare(&__h.calls, #args);
+                        #value
                     }
                     ::core::option::Option::None => #uncached_call.await,
                 }
@@ -281,21 +375,103 @@ impl<'a> Cached<'a> {
         }
     }
 
-    /// The introspection module of a free function.
+    /// The introspection items: the handle, the expiry, the key and the
+    /// invalidations.
+    fn introspection(&self) -> TokenStream2 {
+        let vis = self.item_vis();
+        let value_ty = self.value_ty();
+        let expire = self.opts.expiry();
+        let receiver = self.is_method.then(|| quote!(&self));
+        let params = self.key_params();
+        let generics = self.generics(quote!());
+        let where_clause = self.where_clause();
+        let handles = self.call_from_item(&self.hidden("handles"), quote!());
+        let owned_args = self.owned_args();
+        let (handle, expire_in, cache_key, invalidate, invalidate_all) = (
+            self.item("handle"),
+            self.item("expire_in"),
+            self.item("cache_key"),
+            self.item("invalidate"),
+            self.item("invalidate_all"),
+        );
+        let of = if self.is_method {
+            format!(" of `{}`", self.name().unraw())
+        } else {
+            String::new()
+        };
+        let doc_handle = format!("The cache handle{of}; `None` until a node is available.");
+        let doc_expire = format!("How long values{of} live (`None`: the node's default).");
+        let doc_key = format!("The Redis key of the call{of} with these (non-ignored) arguments.");
+        let doc_invalidate = format!(
+            "Deletes the value of the call{of} with these arguments from Redis and the RAM \
+             of every instance; whether it existed. The future owns its key: it borrows \
+             nothing and is `Send`."
+        );
+        let doc_invalidate_all =
+            format!("Deletes every value{of} from Redis and the RAM of every instance.");
+        quote! {
+            #[doc = #doc_handle]
+            #[allow(dead_code)]
+            #vis fn #handle(#receiver) -> ::core::option::Option<&'static ::cachenode::CachedFn<dyn ::cachenode::KeyArgs, #value_ty>> {
+                #handles.map(|h| &h.calls)
+            }
+
+            #[doc = #doc_expire]
+            #[allow(dead_code)]
+            #vis fn #expire_in() -> ::core::option::Option<::std::time::Duration> {
+                #expire
+            }
+
+            #[doc = #doc_key]
+            #[allow(dead_code)]
+            #vis fn #cache_key #generics(#params) -> ::cachenode::Result<::std::string::String> #where_clause {
+                ::cachenode::__private::cache_key(#handles, #owned_args)
+            }
+
+            #[doc = #doc_invalidate]
+            #[allow(dead_code)]
+            #vis fn #invalidate #generics(#params)
+                -> impl ::core::future::Future<Output = ::cachenode::Result<bool>> + ::core::marker::Send + 'static
+                #where_clause
+            {
+                ::cachenode::__private::invalidate(#handles, #owned_args)
+            }
+
+            #[doc = #doc_invalidate_all]
+            #[allow(dead_code)]
+            #vis fn #invalidate_all(#receiver)
+                -> impl ::core::future::Future<Output = ::cachenode::Result<u64>> + ::core::marker::Send + 'static
+            {
+                ::cachenode::__private::invalidate_all(#handles)
+            }
+        }
+    }
+
+    /// The items beside a cached method, in its `impl` block.
+    fn method_items(&self) -> TokenStream2 {
+        let uncached = self.uncached(self.vis());
+        let doc = format!("`{}` without its cache.", self.name().unraw());
+        let handles = self.handles_fn();
+        let key_args = self.key_args_fn();
+        let introspection = self.introspection();
+        quote! {
+            #[doc = #doc]
+            #[allow(dead_code)]
+            #uncached
+            #handles
+            #key_args
+            #introspection
+        }
+    }
+
+    /// The module named like a free function, holding its introspection.
     fn module(&self) -> TokenStream2 {
         let vis = self.vis();
         let name = self.name();
         let uncached = self.uncached(&syn::parse_quote!(pub));
-        let value_ty = self.value_ty();
-        let node = self.node();
-        let handle_body = self.handle_body();
-        let expire = self.opts.expiry();
-        let params = self.keyed().map(|a| {
-            let (ident, ty) = (a.ident, a.ty);
-            quote!(#ident: &#ty)
-        });
-        let params: Vec<_> = params.collect();
-        let key_args = self.key_args(false);
+        let handles = self.handles_fn();
+        let key_args = self.key_args_fn();
+        let introspection = self.introspection();
         quote! {
             /// Cache introspection of the function of the same name: its
             /// handle, uncached body, expiry, key builder and invalidation.
@@ -306,42 +482,47 @@ impl<'a> Cached<'a> {
 
                 /// The function without its cache.
                 #uncached
-
-                /// The cache handle; `None` until a node is available.
-                pub fn handle() -> ::core::option::Option<&'static ::cachenode::CachedFn<dyn ::cachenode::KeyArgs, #value_ty>> {
-                    let __get_node = || #node;
-                    #handle_body
-                }
-
-                /// How long values live (`None`: the node's default).
-                pub fn expire_in() -> ::core::option::Option<::std::time::Duration> {
-                    #expire
-                }
-
-                /// The Redis key of the call with these (non-ignored) arguments.
-                pub fn cache_key(#(#params),*) -> ::cachenode::Result<::std::string::String> {
-                    let h = handle().ok_or(::cachenode::Error::NoSharedLayer { op: "cache_key" })?;
-                    h.cache_key_args(&#key_args)
-                }
-
-                /// Deletes the value of the call with these arguments everywhere.
-                pub async fn invalidate(#(#params),*) -> ::cachenode::Result<bool> {
-                    match handle() {
-                        ::core::option::Option::Some(h) => h.clear_args(&#key_args).await,
-                        ::core::option::Option::None => ::core::result::Result::Ok(false),
-                    }
-                }
-
-                /// Deletes every value of the function everywhere.
-                pub async fn invalidate_all() -> ::cachenode::Result<u64> {
-                    match handle() {
-                        ::core::option::Option::Some(h) => h.clear_all().await,
-                        ::core::option::Option::None => ::core::result::Result::Ok(0),
-                    }
-                }
+                #handles
+                #key_args
+                #introspection
             }
         }
     }
+}
+
+/// Checks one typed argument: a plain name, which is an ASCII identifier
+/// when it is part of the key (argument names are written into keys and
+/// named by `Args` filters).
+fn argument<'a>(t: &'a PatType, opts: &Options) -> syn::Result<Arg<'a>> {
+    let ident = match &*t.pat {
+        Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => &p.ident,
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                "#[cached] needs a plain name for each argument",
+            ))
+        }
+    };
+    let arg = Arg {
+        ident,
+        ty: &t.ty,
+        keyed: !opts.ignore.contains(ident),
+    };
+    let name = arg.key_name();
+    if arg.keyed && !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(syn::Error::new(
+            ident.span(),
+            format!(
+                "argument `{name}` is part of the key, whose argument names are ASCII letters, digits and `_`: rename it, or add it to `ignore = [{name}]`"
+            ),
+        ));
+    }
+    Ok(arg)
+}
+
+/// Writes `value` (a reference) as argument `name`.
+fn write_arg(value: &Ident, name: &str) -> TokenStream2 {
+    quote!(__sink.arg(#name, #value)?;)
 }
 
 /// Refuses what a cached function cannot be: not async, or generic over
