@@ -20,6 +20,30 @@ pub(crate) enum Flavor {
     CachedFor,
 }
 
+impl Flavor {
+    fn attribute(self) -> &'static str {
+        match self {
+            Flavor::Cached => "#[cached]",
+            Flavor::CachedFor => "#[cached_for]",
+        }
+    }
+
+    /// The options this attribute takes, as listed in an error.
+    fn valid_options(self) -> String {
+        let expiry = match self {
+            Flavor::Cached => "expire_in",
+            Flavor::CachedFor => "weeks, days, hours, minutes, seconds",
+        };
+        format!("{expiry}, {COMMON_OPTIONS}")
+    }
+}
+
+/// The options both attributes take (beside the expiry).
+const COMMON_OPTIONS: &str = "name, node, unless, ignore (or args_to_ignore), ignore_self, \
+     local_ram_cache_only, shared_redis_cache_only, cache_key_prefix, \
+     cache_key_with_func_args, cache_key_with_full_args, cache_none_values, \
+     on_cache_computed, cache_key_with_request_path, cache_key_with_query_string";
+
 /// The expiry units of `#[cached_for]`, in seconds.
 const UNITS: [(&str, u64); 5] = [
     ("weeks", 7 * 24 * 3600),
@@ -111,7 +135,11 @@ impl Options {
             _ => {
                 return Err(syn::Error::new(
                     meta.span(),
-                    format!("unknown option `{key}`"),
+                    format!(
+                        "unknown option `{key}`; {} takes: {}",
+                        flavor.attribute(),
+                        flavor.valid_options()
+                    ),
                 ))
             }
         }
