@@ -182,11 +182,43 @@ pub mod __private {
         pub owned: CachedFn<Args, V>,
     }
 
+    /// A cached function's value must be `Clone`.
+    #[diagnostic::on_unimplemented(
+        message = "the value type `{Self}` of a cached function must be `Clone`",
+        label = "a hit returns a clone of the cached value",
+        note = "derive or implement `Clone` for `{Self}`, or return an `Arc` of it"
+    )]
+    pub trait CloneValue: Clone {}
+    impl<T: Clone> CloneValue for T {}
+
+    /// A cached function's value must be serde.
+    #[diagnostic::on_unimplemented(
+        message = "the value type `{Self}` of a cached function must be `Serialize` and `Deserialize`",
+        label = "values are stored in Redis",
+        note = "derive `serde::Serialize` and `serde::Deserialize` for `{Self}`"
+    )]
+    pub trait SerdeValue: Serialize + DeserializeOwned {}
+    impl<T: Serialize + DeserializeOwned> SerdeValue for T {}
+
+    /// A cached function's value is shared between tasks.
+    #[diagnostic::on_unimplemented(
+        message = "the value type `{Self}` of a cached function must be `Send + Sync + 'static`",
+        label = "values are shared between tasks and threads"
+    )]
+    pub trait SharedValue: Send + Sync + 'static {}
+    impl<T: Send + Sync + 'static> SharedValue for T {}
+
+    /// Does nothing: the macro names it, spanned at the return type, so
+    /// that a value type that cannot be cached gives one error there
+    /// ([`prepare`] and [`call`], spanned there too, have the same bounds:
+    /// the compiler reports the same unmet bound at the same place once).
+    pub fn cacheable<V: CloneValue + SerdeValue + SharedValue>() {}
+
     /// The first half of a call: decides from the arguments, borrowed for
     /// this call only, whether and under which key it is cached.
     pub fn prepare<V>(h: &CachedFn<dyn KeyArgs, V>, args: &dyn KeyArgs) -> Prepared
     where
-        V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        V: CloneValue + SerdeValue + SharedValue,
     {
         h.prepare_args(args)
     }
@@ -198,7 +230,7 @@ pub mod __private {
         compute: F,
     ) -> impl Future<Output = core::result::Result<V, E>>
     where
-        V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        V: CloneValue + SerdeValue + SharedValue,
         F: FnOnce() -> Fut,
         Fut: Future<Output = core::result::Result<V, E>>,
     {

@@ -5,8 +5,8 @@
 //! `::cachenode::__private::...`: the user's crate sees nothing else of
 //! cachenode's layout.
 
-use proc_macro2::TokenStream as TokenStream2;
-use quote::{format_ident, quote};
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ImplItemFn, Pat, PatType, ReturnType, Signature, Type};
@@ -53,6 +53,8 @@ struct Cached<'a> {
     args: Vec<Arg<'a>>,
     /// The function's return type `R` (`()` when it declares none).
     ret_ty: Type,
+    /// Where errors about the value type point.
+    ret_span: Span,
 }
 
 impl<'a> Cached<'a> {
@@ -82,6 +84,10 @@ impl<'a> Cached<'a> {
                 ));
             }
         }
+        let ret_span = match &sig.output {
+            ReturnType::Default => sig.ident.span(),
+            ReturnType::Type(_, ty) => ty.span(),
+        };
         Ok(Cached {
             opts,
             func,
@@ -89,6 +95,7 @@ impl<'a> Cached<'a> {
             keyed_self,
             args,
             ret_ty: return_type(&sig.output),
+            ret_span,
         })
     }
 
@@ -108,17 +115,18 @@ impl<'a> Cached<'a> {
         self.args.iter().filter(|a| a.keyed)
     }
 
-    /// `<Shape<..> as CacheOutcome<R>>`: how `R` reaches the cache.
+    /// `<Shape<..> as CacheOutcome<R>>`: how `R` reaches the cache
+    /// (spanned at the return type, as is every error about it).
     fn outcome(&self) -> TokenStream2 {
         let ret_ty = &self.ret_ty;
-        let shape = outcome_shape(ret_ty);
-        quote!(<#shape as ::cachenode::__private::CacheOutcome<#ret_ty>>)
+        let shape = outcome_shape(ret_ty, self.ret_span);
+        quote_spanned!(self.ret_span=> <#shape as ::cachenode::__private::CacheOutcome<#ret_ty>>)
     }
 
     /// The type of the cached values.
     fn value_ty(&self) -> TokenStream2 {
         let outcome = self.outcome();
-        quote!(#outcome::Value)
+        quote_spanned!(self.ret_span=> #outcome::Value)
     }
 
     /// The name of generated item `what`: `what` in a free function's
@@ -283,10 +291,24 @@ impl<'a> Cached<'a> {
     }
 
     /// The one function that writes a call's key arguments (into an
-    /// `ArgsWriter` or an owned `Args`).
+    /// `ArgsWriter` or an owned `Args`). An argument that is not
+    /// `Serialize` is reported here, once, at the argument, with a bound
+    /// whose message says how to leave it out.
     fn key_args_fn(&self) -> TokenStream2 {
-        let self_write = self.keyed_self.as_ref().map(|s| write_arg(s, "self"));
-        let writes = self.keyed().map(|a| write_arg(a.ident, &a.key_name()));
+        let self_write = self.keyed_self.as_ref().map(|s| {
+            must_serialize(
+                s,
+                "self",
+                "`self` must be Serialize to be part of the key; add `ignore_self`",
+            )
+        });
+        let writes = self.keyed().map(|a| {
+            let name = a.key_name();
+            let message = format!(
+                "argument `{name}` must be Serialize to be part of the key; add it to `ignore = [{name}]`"
+            );
+            must_serialize(a.ident, &name, &message)
+        });
         let key_args = self.hidden("key_args");
         let generics = self.generics(quote!(__S: ::cachenode::__private::ArgSink));
         let where_clause = self.where_clause();
@@ -334,6 +356,7 @@ impl<'a> Cached<'a> {
         let vis = self.vis();
         let sig = self.sig();
         let outcome = self.outcome();
+        let value_ty = self.value_ty();
         let uncached_call = {
             let args = self.args.iter().map(|a| a.ident);
             self.call_from_body(&self.item("uncached"), quote!(#(#args),*))
@@ -348,9 +371,14 @@ impl<'a> Cached<'a> {
         });
         let handles = self.call_from_body(&self.hidden("handles"), quote!());
         let args = self.borrowed_args();
-        let value = quote! {
+        // Spanned at the return type: a value type that cannot be cached
+        // is one error there, not one per helper.
+        let span = self.ret_span;
+        let cacheable = quote_spanned!(span=> ::cachenode::__private::cacheable::<#value_ty>);
+        let prepare = quote_spanned!(span=> ::cachenode::__private::prepare::<#value_ty>);
+        let value = quote_spanned! {span=>
             #outcome::join(
-                ::cachenode::__private::call(&__h.calls, __prepared, move || async move {
+                ::cachenode::__private::call::<#value_ty, _, _, _>(&__h.calls, __prepared, move || async move {
                     #outcome::split(#uncached_call.await)
                 })
                 .await,
@@ -363,10 +391,11 @@ impl<'a> Cached<'a> {
         quote! {
             #(#attrs)*
             #vis #sig {
+                let _: fn() = #cacheable;
                 #unless_check
                 match #handles {
                     ::core::option::Option::Some(__h) => {
-                        let __prepared = ::cachenode::__private::prepare(&__h.calls, #args);
+                        let __prepared = #prepare(&__h.calls, #args);
                         #value
                     }
                     ::core::option::Option::None => #uncached_call.await,
@@ -520,9 +549,26 @@ fn argument<'a>(t: &'a PatType, opts: &Options) -> syn::Result<Arg<'a>> {
     Ok(arg)
 }
 
-/// Writes `value` (a reference) as argument `name`.
-fn write_arg(value: &Ident, name: &str) -> TokenStream2 {
-    quote!(__sink.arg(#name, #value)?;)
+/// Writes `value` (a reference) as argument `name`, through a trait local
+/// to this argument: when the value is not `Serialize`, the error is this
+/// trait's, with `message`, at the argument.
+fn must_serialize(value: &Ident, name: &str, message: &str) -> TokenStream2 {
+    let span = value.span();
+    let write = quote_spanned!(span=> __KeyArg::__write(#value, __sink, #name)?;);
+    quote! {
+        {
+            #[diagnostic::on_unimplemented(message = #message, label = "not `Serialize`")]
+            trait __KeyArg {
+                fn __write<__W: ::cachenode::__private::ArgSink>(&self, sink: &mut __W, name: &str) -> ::cachenode::Result<()>;
+            }
+            impl<__T: ?::core::marker::Sized + ::cachenode::__private::Serialize> __KeyArg for __T {
+                fn __write<__W: ::cachenode::__private::ArgSink>(&self, sink: &mut __W, name: &str) -> ::cachenode::Result<()> {
+                    sink.arg(name, self)
+                }
+            }
+            #write
+        }
+    }
 }
 
 /// Refuses what a cached function cannot be: not async, or generic over
@@ -571,8 +617,8 @@ fn return_type(ret: &ReturnType) -> Type {
 /// or `R` itself) and converts `R` to and from `Result<Value, Error>`. `R`
 /// is a concrete type here (the macro refuses type generics), so the
 /// constant is always evaluable.
-fn outcome_shape(ret_ty: &Type) -> TokenStream2 {
-    quote! {
+fn outcome_shape(ret_ty: &Type, span: Span) -> TokenStream2 {
+    quote_spanned! {span=>
         ::cachenode::__private::Shape<{
             #[allow(unused_imports)]
             use ::cachenode::__private::NotResult as _;
