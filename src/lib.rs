@@ -210,7 +210,13 @@ pub mod __fuzz {
 /// Support for the attribute macros; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    use crate::{ArgsWriter, KeyArgs, Result};
+    use std::future::Future;
+
+    use serde::de::DeserializeOwned;
+    pub use serde::Serialize;
+
+    use crate::func::Prepared;
+    use crate::{Args, ArgsWriter, CachedFn, Error, KeyArgs, Result};
 
     /// Arguments written by a closure (what the macros generate).
     pub struct FnArgs<F>(pub F);
@@ -218,6 +224,129 @@ pub mod __private {
     impl<F: Fn(&mut ArgsWriter) -> Result<()>> KeyArgs for FnArgs<F> {
         fn write_args(&self, out: &mut ArgsWriter) -> Result<()> {
             (self.0)(out)
+        }
+    }
+
+    /// Where a generated function writes a call's arguments: an
+    /// [`ArgsWriter`] for a call or a key, an [`OwnedArgs`] for an
+    /// invalidation. One writer per cached function serves all three, so
+    /// that an argument that is not `Serialize` is reported once.
+    pub trait ArgSink {
+        /// Adds argument `name` with `value`.
+        fn arg<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()>;
+    }
+
+    impl ArgSink for ArgsWriter {
+        fn arg<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
+            ArgsWriter::arg(self, name, value)
+        }
+    }
+
+    /// Arguments encoded into an owned [`Args`] (the same key as an
+    /// [`ArgsWriter`] gives), for a future that must not borrow them.
+    #[derive(Default)]
+    pub struct OwnedArgs(pub Args);
+
+    impl ArgSink for OwnedArgs {
+        fn arg<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
+            self.0 = std::mem::take(&mut self.0).arg(name, value)?;
+            Ok(())
+        }
+    }
+
+    /// The handles of one macro-cached function (one name, so one cache):
+    /// `calls` serves calls and keys through arguments borrowed for the
+    /// call; `owned` serves invalidations, whose futures keep their
+    /// arguments as [`Args`] (a future holding a `&dyn KeyArgs` across an
+    /// await is not `Send`).
+    pub struct Handles<V> {
+        /// Calls, keys, `invalidate_all`.
+        pub calls: CachedFn<dyn KeyArgs, V>,
+        /// Invalidations of one call's value.
+        pub owned: CachedFn<Args, V>,
+    }
+
+    /// A cached function's value must be `Clone`.
+    #[diagnostic::on_unimplemented(
+        message = "the value type `{Self}` of a cached function must be `Clone`",
+        label = "a hit returns a clone of the cached value",
+        note = "derive or implement `Clone` for `{Self}`, or return an `Arc` of it"
+    )]
+    pub trait CloneValue: Clone {}
+    impl<T: Clone> CloneValue for T {}
+
+    /// A cached function's value must be serde.
+    #[diagnostic::on_unimplemented(
+        message = "the value type `{Self}` of a cached function must be `Serialize` and `Deserialize`",
+        label = "values are stored in Redis",
+        note = "derive `serde::Serialize` and `serde::Deserialize` for `{Self}`"
+    )]
+    pub trait SerdeValue: Serialize + DeserializeOwned {}
+    impl<T: Serialize + DeserializeOwned> SerdeValue for T {}
+
+    /// A cached function's value is shared between tasks.
+    #[diagnostic::on_unimplemented(
+        message = "the value type `{Self}` of a cached function must be `Send + Sync + 'static`",
+        label = "values are shared between tasks and threads"
+    )]
+    pub trait SharedValue: Send + Sync + 'static {}
+    impl<T: Send + Sync + 'static> SharedValue for T {}
+
+    /// Does nothing: the macro names it, spanned at the return type, so
+    /// that a value type that cannot be cached gives one error there
+    /// ([`prepare`] and [`call`], spanned there too, have the same bounds:
+    /// the compiler reports the same unmet bound at the same place once).
+    pub fn cacheable<V: CloneValue + SerdeValue + SharedValue>() {}
+
+    /// The first half of a call: decides from the arguments, borrowed for
+    /// this call only, whether and under which key it is cached.
+    pub fn prepare<V>(h: &CachedFn<dyn KeyArgs, V>, args: &dyn KeyArgs) -> Prepared
+    where
+        V: CloneValue + SerdeValue + SharedValue,
+    {
+        h.prepare_args(args)
+    }
+
+    /// The second half of a call: the value, from the cache or `compute`.
+    pub fn call<V, F, Fut, E>(
+        h: &'static CachedFn<dyn KeyArgs, V>,
+        prepared: Prepared,
+        compute: F,
+    ) -> impl Future<Output = core::result::Result<V, E>>
+    where
+        V: CloneValue + SerdeValue + SharedValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = core::result::Result<V, E>>,
+    {
+        h.call_prepared(prepared, compute)
+    }
+
+    /// The Redis key of a call (`handles`: `None` until a node is
+    /// available); `args` is the call's arguments, or why they could not be
+    /// encoded.
+    pub fn cache_key<V>(handles: Option<&Handles<V>>, args: Result<OwnedArgs>) -> Result<String> {
+        let h = handles.ok_or(Error::NoSharedLayer { op: "cache_key" })?;
+        h.owned.cache_key(&args?.0)
+    }
+
+    /// Deletes the value of a call everywhere; `args` is the call's
+    /// arguments, or why they could not be encoded. Owns both, so the
+    /// future is `Send` and `'static`.
+    pub async fn invalidate<V>(
+        handles: Option<&'static Handles<V>>,
+        args: Result<OwnedArgs>,
+    ) -> Result<bool> {
+        match handles {
+            Some(h) => h.owned.clear(&args?.0).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Deletes every value of a function everywhere.
+    pub async fn invalidate_all<V>(handles: Option<&'static Handles<V>>) -> Result<u64> {
+        match handles {
+            Some(h) => h.calls.clear_all().await,
+            None => Ok(0),
         }
     }
 

@@ -375,3 +375,181 @@ async fn a_type_named_result_that_is_not_one_is_a_plain_value() {
     assert_eq!(o.calls.load(Ordering::SeqCst), 1);
     assert_eq!(redis.keys("src:f:other.lookalike:*").len(), 1);
 }
+
+/// A value keyed by its receiver: the key holds `self` (a tenant), and the
+/// node comes from a static (not from `self`).
+static TENANT_NODE: std::sync::OnceLock<CacheNode> = std::sync::OnceLock::new();
+static QUOTA_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Serialize)]
+struct Tenant {
+    id: u64,
+}
+
+impl Tenant {
+    #[cached(node = TENANT_NODE.get().expect("set by the test"), name = "tenant.quota")]
+    async fn quota(&self, plan: String) -> u64 {
+        QUOTA_CALLS.fetch_add(1, Ordering::SeqCst);
+        self.id * 100 + plan.len() as u64
+    }
+}
+
+/// A method's value is invalidated through the functions generated beside
+/// it (`quota_invalidate`, ...): a method has no module of its own.
+#[tokio::test]
+async fn a_method_keyed_by_self_is_invalidated_per_receiver() {
+    let redis = TestRedis::start();
+    let node = CacheNode::builder()
+        .redis_url(redis.url())
+        .namespace("tenant")
+        .build()
+        .await
+        .unwrap();
+    assert!(TENANT_NODE.set(node).is_ok(), "one test owns TENANT_NODE");
+    let (a, b) = (Tenant { id: 1 }, Tenant { id: 2 });
+    let pro = "pro".to_string();
+    assert_eq!(a.quota(pro.clone()).await, 103);
+    assert_eq!(b.quota(pro.clone()).await, 203);
+    assert_eq!(a.quota(pro.clone()).await, 103);
+    assert_eq!(
+        QUOTA_CALLS.load(Ordering::SeqCst),
+        2,
+        "one computation per tenant"
+    );
+
+    let (key_a, key_b) = (
+        a.quota_cache_key(&pro).unwrap(),
+        b.quota_cache_key(&pro).unwrap(),
+    );
+    assert_ne!(key_a, key_b, "self is part of the key");
+    let mut stored = redis.keys("tenant:f:tenant.quota:*");
+    stored.sort();
+    let mut expected = vec![key_a.clone(), key_b.clone()];
+    expected.sort();
+    assert_eq!(stored, expected);
+    assert_eq!(Tenant::quota_expire_in(), None);
+    assert_eq!(a.quota_handle().unwrap().name(), "tenant.quota");
+
+    assert!(a.quota_invalidate(&pro).await.unwrap(), "a's value existed");
+    assert!(!a.quota_invalidate(&pro).await.unwrap(), "and is gone");
+    assert_eq!(redis.keys("tenant:f:tenant.quota:*"), vec![key_b]);
+    assert_eq!(a.quota(pro.clone()).await, 103);
+    assert_eq!(b.quota(pro.clone()).await, 203);
+    assert_eq!(
+        QUOTA_CALLS.load(Ordering::SeqCst),
+        3,
+        "only a's was recomputed"
+    );
+
+    assert_eq!(b.quota_invalidate_all().await.unwrap(), 2);
+    assert!(redis.keys("tenant:f:tenant.quota:*").is_empty());
+}
+
+/// `ignore_self` with `node = self.node`: the receiver gives the node, not
+/// the key.
+struct Ledger {
+    node: CacheNode,
+    calls: AtomicUsize,
+}
+
+impl Ledger {
+    #[cached_for(minutes = 5, ignore_self, node = self.node, name = "ledger.balance")]
+    async fn balance(&self, account: u64) -> Result<i64, AppError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(-(account as i64))
+    }
+}
+
+#[tokio::test]
+async fn a_method_with_an_explicit_node_is_invalidated_through_its_receiver() {
+    let redis = TestRedis::start();
+    let node = CacheNode::builder()
+        .redis_url(redis.url())
+        .namespace("ledger")
+        .build()
+        .await
+        .unwrap();
+    let ledger = Ledger {
+        node,
+        calls: AtomicUsize::new(0),
+    };
+    assert_eq!(ledger.balance(4).await, Ok(-4));
+    assert_eq!(ledger.balance(4).await, Ok(-4));
+    assert_eq!(ledger.balance(5).await, Ok(-5));
+    assert_eq!(ledger.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(Ledger::balance_expire_in(), Some(Duration::from_secs(300)));
+    let key = ledger.balance_cache_key(&4).unwrap();
+    assert!(key.starts_with("ledger:f:ledger.balance:"), "{key}");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(pttl > 290_000 && pttl <= 300_000, "{pttl}");
+
+    assert!(ledger.balance_invalidate(&4).await.unwrap());
+    assert_eq!(
+        redis.keys("ledger:f:ledger.balance:*").len(),
+        1,
+        "5's value stays"
+    );
+    assert_eq!(ledger.balance(4).await, Ok(-4));
+    assert_eq!(ledger.calls.load(Ordering::SeqCst), 3, "4 recomputed");
+    assert_eq!(ledger.balance_invalidate_all().await.unwrap(), 2);
+    assert!(redis.keys("ledger:f:ledger.balance:*").is_empty());
+    // The uncached body runs every time.
+    assert_eq!(ledger.balance_uncached(4).await, Ok(-4));
+    assert_eq!(ledger.calls.load(Ordering::SeqCst), 4);
+}
+
+/// Whether `F` can be awaited in an axum handler or given to `tokio::spawn`.
+fn assert_send<F: std::future::Future + Send>(f: F) -> F {
+    f
+}
+
+/// Every future the macros generate is `Send`: the cached function itself,
+/// its uncached body, `invalidate`, `invalidate_all`, and those generated
+/// for methods. (A future holding a `&dyn KeyArgs` across an await is not:
+/// this fails to compile.) Checked by the compiler; the futures are built,
+/// never polled.
+fn generated_futures_are_send(db: &Db, repo: &Repo, tenant: &Tenant, ledger: &Ledger) {
+    drop(assert_send(get_user(db, 7)));
+    drop(assert_send(get_user::uncached(db, 7)));
+    drop(assert_send(get_user::invalidate(&7)));
+    drop(assert_send(get_user::invalidate_all()));
+    drop(assert_send(square(4)));
+    drop(assert_send(square::invalidate(&4)));
+    drop(assert_send(maybe_user(2)));
+    drop(assert_send(maybe_user::invalidate(&2)));
+    drop(assert_send(repo.lookup(1)));
+    drop(assert_send(repo.lookup_invalidate(&1)));
+    drop(assert_send(repo.lookup_invalidate_all()));
+    drop(assert_send(tenant.quota("pro".into())));
+    drop(assert_send(tenant.quota_invalidate(&"pro".into())));
+    drop(assert_send(tenant.quota_invalidate_all()));
+    drop(assert_send(ledger.balance(1)));
+    drop(assert_send(ledger.balance_uncached(1)));
+    drop(assert_send(ledger.balance_invalidate(&1)));
+}
+
+/// The README's use: invalidating from an axum handler (whose future
+/// must be `Send`) and from a spawned task.
+fn invalidation_in_an_axum_handler_and_a_spawned_task() {
+    async fn rename_user(axum::extract::Path(id): axum::extract::Path<u64>) -> &'static str {
+        match get_user::invalidate(&id).await {
+            Ok(_) => "renamed",
+            Err(_) => "cache unavailable",
+        }
+    }
+    let _router: axum::Router =
+        axum::Router::new().route("/users/{id}", axum::routing::post(rename_user));
+    drop(tokio::spawn(get_user::invalidate(&7)));
+    drop(tokio::spawn(get_user::invalidate_all()));
+}
+
+#[test]
+fn generated_futures_are_send_is_compiled() {
+    // The checks above are done by the compiler; naming them keeps them
+    // from being dead code a refactor could drop unnoticed.
+    let _ = generated_futures_are_send as fn(&Db, &Repo, &Tenant, &Ledger);
+    let _ = invalidation_in_an_axum_handler_and_a_spawned_task as fn();
+}
