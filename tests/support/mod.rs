@@ -9,6 +9,7 @@
 //! - [`bus`]: the bus's counter and log on the server; waits for nodes to
 //!   apply what was published.
 //! - [`wait`]: polling a condition.
+//! - [`child`]: this test binary run again as a child process.
 //! - [`cli`]: the operator binary as a child process (feature `cli`).
 //!
 //! Every test binary compiles all of it and uses a part.
@@ -16,6 +17,7 @@
 
 pub mod acl;
 pub mod bus;
+pub mod child;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod nodes;
@@ -28,6 +30,7 @@ pub use bus::{
     bus_seq, caught_up, dropped_within_a_hop, fill, last_logged_body, log_key,
     log_without_publishing, publish, seq_key, HOP,
 };
+pub use child::ChildTest;
 pub use nodes::{connect, health, in_ram, node, node_in, ram_value, subscribed, Nodes, PLAIN};
 pub use proxy::Proxy;
 #[cfg(feature = "tls")]

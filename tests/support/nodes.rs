@@ -21,6 +21,7 @@ const SUBSCRIBE: Duration = Duration::from_secs(15);
 pub struct Nodes {
     ns: &'static str,
     op_timeout: Duration,
+    connect_timeout: Option<Duration>,
     check_every: Option<Duration>,
 }
 
@@ -34,7 +35,16 @@ impl Nodes {
         Nodes {
             ns,
             op_timeout,
+            connect_timeout: None,
             check_every: None,
+        }
+    }
+
+    /// The same nodes, giving up connecting after `d` (default 2 s).
+    pub const fn connect_timeout(self, d: Duration) -> Self {
+        Nodes {
+            connect_timeout: Some(d),
+            ..self
         }
     }
 
@@ -54,14 +64,17 @@ impl Nodes {
     /// A builder of one of these nodes on `url` (a server's or a proxy's),
     /// for options on top.
     pub fn builder(&self, url: &str) -> CacheNodeBuilder {
-        let b = CacheNode::builder()
+        let mut b = CacheNode::builder()
             .redis_url(url)
             .namespace(self.ns)
             .op_timeout(self.op_timeout);
-        match self.check_every {
-            Some(every) => b.deletion_check_frequency(every),
-            None => b,
+        if let Some(d) = self.connect_timeout {
+            b = b.connect_timeout(d);
         }
+        if let Some(every) = self.check_every {
+            b = b.deletion_check_frequency(every);
+        }
+        b
     }
 
     /// One of these nodes on `url`.
