@@ -7,8 +7,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::spawn::{die_with_parent, on_spawner_thread};
+
 /// A child process running one test of this binary. Killed (SIGKILL) and
-/// reaped on drop, whatever happens to the parent test.
+/// reaped on drop, whatever happens to the parent test; killed too when the
+/// test process dies.
 pub struct ChildTest {
     process: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
@@ -21,20 +24,20 @@ impl ChildTest {
     /// its stdin written with [`send`](Self::send).
     pub fn spawn(name: &str, var: &str, value: &str) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
-        let mut process = Command::new(exe)
-            .args([
-                "--exact",
-                name,
-                "--nocapture",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(var, value)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn child test process");
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "--exact",
+            name,
+            "--nocapture",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(var, value)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        die_with_parent(&mut cmd);
+        let mut process = on_spawner_thread(move || cmd.spawn().expect("spawn child test process"));
         let stdin = process.stdin.take();
         let stdout = process.stdout.take().expect("child stdout");
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();

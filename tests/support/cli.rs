@@ -2,12 +2,14 @@
 
 use std::process::Stdio;
 
+use super::spawn::tokio_die_with_parent;
+
 /// The binary Cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_cachenode");
 
 /// The binary with `args`, without the variables it reads (so that a test
 /// does not depend on the environment it runs in), its stdin closed, and
-/// killed if the test drops it before it ends.
+/// killed if the test drops it before it ends or the test process dies.
 pub fn command(args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args)
@@ -16,5 +18,6 @@ pub fn command(args: &[&str]) -> tokio::process::Command {
         .env_remove("CACHENODE_BUS_SECRET")
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    tokio_die_with_parent(&mut cmd);
     cmd
 }

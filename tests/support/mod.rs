@@ -10,6 +10,8 @@
 //!   apply what was published.
 //! - [`wait`]: polling a condition.
 //! - [`child`]: this test binary run again as a child process.
+//! - [`spawn`]: how every process above is started, so that none outlives
+//!   the test process, even one that is killed.
 //! - [`cli`]: the operator binary as a child process (feature `cli`).
 //!
 //! Every test binary compiles all of it and uses a part.
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod nodes;
 pub mod proxy;
 pub mod server;
+pub mod spawn;
 pub mod wait;
 
 pub use acl::{create_user, user_url, ACL_COMMANDS};

@@ -1,11 +1,14 @@
 //! Real `redis-server` processes on free loopback ports, each owned by one
-//! test and killed when it is dropped.
+//! test and killed when it is dropped, or when the test process dies (see
+//! `spawn`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
 use redis::ConnectionAddr;
 use redis_test::server::RedisServer;
+
+use super::spawn::{die_with_parent, on_spawner_thread};
 
 /// A redis-server owned by one test.
 pub struct TestRedis {
@@ -32,28 +35,30 @@ impl TestRedis {
             port,
             dir,
         };
-        t.spawn(|_| {});
+        t.spawn(&[]);
         t.wait_ready();
         t
     }
 
-    /// Spawns the server on `self.port`, in `self.dir`, with extra
-    /// arguments added by `args`.
-    fn spawn(&mut self, args: impl Fn(&mut std::process::Command)) {
-        let dir = self.dir.clone();
-        self.server = Some(RedisServer::new_with_addr_tls_modules_and_spawner(
-            ConnectionAddr::Tcp("127.0.0.1".into(), self.port),
-            None,
-            None,
-            false,
-            None,
-            &[],
-            |cmd| {
-                cmd.arg("--dir").arg(&dir);
-                args(cmd);
-                cmd.spawn().expect("spawn redis-server")
-            },
-        ));
+    /// Spawns the server on `self.port`, in `self.dir`, with `extra`
+    /// arguments, from the spawner thread (killed if this process dies).
+    fn spawn(&mut self, extra: &'static [&'static str]) {
+        let (dir, port) = (self.dir.clone(), self.port);
+        self.server = Some(on_spawner_thread(move || {
+            RedisServer::new_with_addr_tls_modules_and_spawner(
+                ConnectionAddr::Tcp("127.0.0.1".into(), port),
+                None,
+                None,
+                false,
+                None,
+                &[],
+                |cmd| {
+                    cmd.arg("--dir").arg(&dir).args(extra);
+                    die_with_parent(cmd);
+                    cmd.spawn().expect("spawn redis-server")
+                },
+            )
+        }));
     }
 
     /// Writes an RDB snapshot of the server's data now (`SAVE`), into a
@@ -78,7 +83,7 @@ impl TestRedis {
     /// persistence, with whatever was written after the snapshot lost.
     pub fn restart_from_snapshot(&mut self) {
         assert!(self.dir.join("dump.rdb").exists(), "save_snapshot first");
-        self.restart_with(|_| {});
+        self.restart_with(&[]);
     }
 
     /// A new server, on a free port, replicating from this one.
@@ -147,18 +152,16 @@ impl TestRedis {
 
     /// Starts a new, empty server on the same port.
     pub fn restart(&mut self) {
-        self.restart_with(|cmd| {
-            cmd.arg("--dbfilename").arg("never-saved.rdb");
-        });
+        self.restart_with(&["--dbfilename", "never-saved.rdb"]);
     }
 
-    /// Kills the server and starts a new one on the same port, with extra
-    /// arguments added by `args`.
-    fn restart_with(&mut self, args: impl Fn(&mut std::process::Command)) {
+    /// Kills the server and starts a new one on the same port, with `extra`
+    /// arguments.
+    fn restart_with(&mut self, extra: &'static [&'static str]) {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            self.spawn(&args);
+            self.spawn(extra);
             if self.try_wait_ready(Duration::from_secs(3)) {
                 return;
             }
@@ -315,20 +318,25 @@ impl TlsRedis {
     /// Starts the server on a free port and waits until it answers over TLS.
     pub fn start() -> Self {
         let port = redis_test::utils::get_random_available_port();
-        let server = RedisServer::new_with_addr_tls_modules_and_spawner(
-            ConnectionAddr::TcpTls {
-                host: "127.0.0.1".into(),
-                port,
-                insecure: true,
-                tls_params: None,
-            },
-            None,
-            None,
-            false,
-            None,
-            &[],
-            |cmd| cmd.spawn().expect("spawn redis-server"),
-        );
+        let server = on_spawner_thread(move || {
+            RedisServer::new_with_addr_tls_modules_and_spawner(
+                ConnectionAddr::TcpTls {
+                    host: "127.0.0.1".into(),
+                    port,
+                    insecure: true,
+                    tls_params: None,
+                },
+                None,
+                None,
+                false,
+                None,
+                &[],
+                |cmd| {
+                    die_with_parent(cmd);
+                    cmd.spawn().expect("spawn redis-server")
+                },
+            )
+        });
         let t = TlsRedis { server, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
