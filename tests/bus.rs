@@ -11,11 +11,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachenode::{BusHealth, CacheNode, CacheNodeBuilder, Error, Ttl};
+use cachenode::{CacheNode, Error, Ttl};
 use futures::future::BoxFuture;
 use redis::{AsyncCommands, Commands};
-use support::{clients, eventually, time_until, Proxy, TestRedis};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use support::{
+    bus_seq, caught_up, clients, dropped_within_a_hop, eventually, fill, health, in_ram,
+    last_logged_body, log_key, log_without_publishing, publish, seq_key, subscribed, time_until,
+    ChildTest, Nodes, Proxy, TestRedis, HOP,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, Notify};
 
 const NS: &str = "t";
@@ -23,8 +27,6 @@ const NS: &str = "t";
 /// periodic check runs during a test: what reaches other nodes quickly then
 /// came through pub/sub.
 const NO_CHECK: Duration = Duration::from_secs(60);
-/// How long one pub/sub hop may take on a slow machine.
-const HOP: Duration = Duration::from_secs(2);
 /// Slack on top of the stated staleness bound (`deletion_check_frequency`
 /// plus one round trip, well under a millisecond on loopback): the 5 ms
 /// polling of `time_until` and the test task's own scheduling on a loaded
@@ -34,109 +36,30 @@ const MARGIN: Duration = Duration::from_millis(100);
 /// For what has no tight bound (reconnecting, catching up after a restart).
 const LONG: Duration = Duration::from_secs(15);
 
-fn builder(url: &str, every: Duration) -> CacheNodeBuilder {
-    CacheNode::builder()
-        .redis_url(url)
-        .namespace(NS)
-        .op_timeout(Duration::from_secs(1))
-        .deletion_check_frequency(every)
-}
-
-async fn node(url: &str, every: Duration) -> CacheNode {
-    builder(url, every).build().await.expect("node connects")
-}
+/// Every node here: namespace [`NS`], 1 s per Redis call; each test sets
+/// the check period.
+const NODES: Nodes = Nodes::new(NS, Duration::from_secs(1));
 
 /// `n` nodes on `redis`, all subscribed.
 async fn nodes(redis: &TestRedis, n: usize, every: Duration) -> Vec<CacheNode> {
     let mut all = Vec::new();
     for _ in 0..n {
-        all.push(node(&redis.url(), every).await);
+        all.push(NODES.checking_every(every).node(&redis.url()).await);
     }
-    ready(&all.iter().collect::<Vec<_>>()).await;
+    subscribed(&all).await;
     all
-}
-
-fn health(node: &CacheNode) -> BusHealth {
-    node.bus_health().expect("node has a bus")
-}
-
-/// Waits until every node's listener is subscribed.
-async fn ready(nodes: &[&CacheNode]) {
-    let ok = eventually(LONG, || async { nodes.iter().all(|n| health(n).connected) }).await;
-    assert!(ok, "listeners did not subscribe");
-}
-
-/// Waits until every node has applied (or skipped) everything up to `seq`.
-async fn caught_up(nodes: &[&CacheNode], seq: u64) {
-    let ok = eventually(LONG, || async {
-        nodes.iter().all(|n| health(n).last_applied_seq >= seq)
-    })
-    .await;
-    assert!(
-        ok,
-        "nodes did not reach seq {seq}: {:?}",
-        nodes.iter().map(|n| health(n)).collect::<Vec<_>>()
-    );
-}
-
-/// What `node` holds in its own RAM under `key`.
-async fn in_ram<T>(node: &CacheNode, key: &str) -> Option<T>
-where
-    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
-{
-    node.ram_only().get::<T>(key).await.expect("RAM read")
-}
-
-fn seq_key() -> String {
-    format!("{NS}:{{bus}}:seq")
-}
-
-fn log_key() -> String {
-    format!("{NS}:{{bus}}:log")
-}
-
-/// The bus counter on the server.
-fn bus_seq(redis: &TestRedis) -> u64 {
-    let seq: Option<u64> = redis.conn().get(seq_key()).expect("GET seq");
-    seq.unwrap_or(0)
-}
-
-/// The last message body in the log, as a node wrote it.
-fn last_logged_body(redis: &TestRedis) -> Vec<u8> {
-    let reply: redis::streams::StreamRangeReply = redis
-        .conn()
-        .xrevrange_count(log_key(), "+", "-", 1)
-        .expect("XREVRANGE");
-    let entry = reply.ids.into_iter().next().expect("a logged message");
-    entry.get::<Vec<u8>>("m").expect("field m")
 }
 
 /// The sequence number of the oldest entry the log still holds.
 fn first_logged_seq(redis: &TestRedis) -> Option<u64> {
     let reply: redis::streams::StreamRangeReply = redis
         .conn()
-        .xrange_count(log_key(), "-", "+", 1)
+        .xrange_count(log_key(NS), "-", "+", 1)
         .expect("XRANGE");
     reply
         .ids
         .first()
         .map(|e| e.id.split('-').next().unwrap().parse().unwrap())
-}
-
-/// Appends `field` = `value` to the log under the next sequence number, as
-/// the publish script does, but publishes nothing (a message pub/sub lost).
-fn log_without_publishing(redis: &TestRedis, field: &str, value: &[u8]) -> u64 {
-    redis::Script::new(
-        "local seq = redis.call('INCR', KEYS[1])
-         redis.call('XADD', KEYS[2], seq .. '-0', ARGV[1], ARGV[2])
-         return seq",
-    )
-    .key(seq_key())
-    .key(log_key())
-    .arg(field)
-    .arg(value)
-    .invoke(&mut redis.conn())
-    .expect("append to the log")
 }
 
 fn kill_pubsub_clients(redis: &TestRedis) -> u64 {
@@ -148,39 +71,9 @@ fn kill_pubsub_clients(redis: &TestRedis) -> u64 {
         .expect("CLIENT KILL")
 }
 
-fn publish(redis: &TestRedis, payload: &[u8]) {
-    let _: u64 = redis
-        .conn()
-        .publish(format!("{NS}:bus"), payload)
-        .expect("PUBLISH");
-}
-
 // ---------------------------------------------------------------------------
 // 1. Every kind of write and invalidation reaches the other nodes' RAM.
 // ---------------------------------------------------------------------------
-
-/// Fills `key` into the RAM of each of `nodes` and checks it is there. Waits
-/// first until they have applied every message so far: a fill that races
-/// the invalidation of the write it reads is (rightly) not kept.
-async fn fill(redis: &TestRedis, nodes: &[CacheNode], key: &str, expected: u32) {
-    caught_up(&nodes.iter().collect::<Vec<_>>(), bus_seq(redis)).await;
-    for n in nodes {
-        assert_eq!(n.get::<u32>(key).await.unwrap(), Some(expected), "{key}");
-        assert_eq!(in_ram::<u32>(n, key).await, Some(expected), "{key}");
-    }
-}
-
-/// Asserts that `key` leaves the RAM of every node within one pub/sub hop.
-async fn dropped_within_a_hop(nodes: &[CacheNode], key: &str) {
-    for (i, n) in nodes.iter().enumerate() {
-        let took = time_until(HOP, || async { in_ram::<u32>(n, key).await.is_none() }).await;
-        assert!(
-            took.is_some(),
-            "node {i} still holds {key:?} after {HOP:?}: {:?}",
-            health(n)
-        );
-    }
-}
 
 #[tokio::test]
 async fn set_on_one_node_drops_the_old_value_from_the_ram_of_every_other_node() {
@@ -189,14 +82,14 @@ async fn set_on_one_node_drops_the_old_value_from_the_ram_of_every_other_node() 
     let (a, others) = all.split_first().unwrap();
     a.set("k", &1u32, Ttl::Default).await.unwrap();
     a.set("untouched", &7u32, Ttl::Default).await.unwrap();
-    fill(&redis, others, "k", 1).await;
-    fill(&redis, others, "untouched", 7).await;
+    fill(&redis, NS, others, "k", 1).await;
+    fill(&redis, NS, others, "untouched", 7).await;
     let before: Vec<u64> = others.iter().map(|n| health(n).applied).collect();
 
     a.set("k", &2u32, Ttl::Default).await.unwrap();
 
     dropped_within_a_hop(others, "k").await;
-    caught_up(&others.iter().collect::<Vec<_>>(), bus_seq(&redis)).await;
+    caught_up(others, bus_seq(&redis, NS)).await;
     for (n, before) in others.iter().zip(before) {
         assert_eq!(health(n).applied, before + 1);
         assert_eq!(in_ram::<u32>(n, "untouched").await, Some(7), "only k");
@@ -216,7 +109,7 @@ async fn delete_and_delete_many_on_one_node_drop_the_entries_from_every_other_no
     let (a, others) = all.split_first().unwrap();
     for (i, key) in ["k1", "k2", "k3", "kept"].iter().enumerate() {
         a.set(key, &(i as u32), Ttl::Default).await.unwrap();
-        fill(&redis, others, key, i as u32).await;
+        fill(&redis, NS, others, key, i as u32).await;
     }
 
     assert!(a.delete("k1").await.unwrap());
@@ -240,7 +133,7 @@ async fn invalidate_keys_drops_ram_copies_everywhere_and_leaves_redis_alone() {
     let (a, others) = all.split_first().unwrap();
     for (i, key) in ["k1", "k2", "kept"].iter().enumerate() {
         a.set(key, &(i as u32), Ttl::Default).await.unwrap();
-        fill(&redis, others, key, i as u32).await;
+        fill(&redis, NS, others, key, i as u32).await;
     }
 
     a.invalidate_keys(&["k1", "k2"]).await.unwrap();
@@ -262,20 +155,20 @@ async fn invalidate_func_is_published_and_applied_by_every_other_node() {
     let all = nodes(&redis, 4, NO_CHECK).await;
     let (a, others) = all.split_first().unwrap();
     a.set("plain", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, others, "plain", 1).await;
-    let seq = bus_seq(&redis);
-    caught_up(&all.iter().collect::<Vec<_>>(), seq).await;
+    fill(&redis, NS, others, "plain", 1).await;
+    let seq = bus_seq(&redis, NS);
+    caught_up(&all, seq).await;
     let before: Vec<u64> = others.iter().map(|n| health(n).applied).collect();
 
     a.invalidate_func("get_user").await.unwrap();
 
-    assert_eq!(bus_seq(&redis), seq + 1, "one message published");
-    let body = last_logged_body(&redis);
+    assert_eq!(bus_seq(&redis, NS), seq + 1, "one message published");
+    let body = last_logged_body(&redis, NS);
     assert!(
         body.windows(8).any(|w| w == b"get_user"),
         "the message names the function"
     );
-    caught_up(&all.iter().collect::<Vec<_>>(), seq + 1).await;
+    caught_up(&all, seq + 1).await;
     for (n, before) in others.iter().zip(before) {
         assert_eq!(health(n).applied, before + 1);
         assert_eq!(in_ram::<u32>(n, "plain").await, Some(1), "plain keys stay");
@@ -290,7 +183,7 @@ async fn invalidate_all_and_clear_all_flush_the_ram_of_every_other_node() {
     let (a, others) = all.split_first().unwrap();
     for (i, key) in ["k1", "k2"].iter().enumerate() {
         a.set(key, &(i as u32), Ttl::Default).await.unwrap();
-        fill(&redis, others, key, i as u32).await;
+        fill(&redis, NS, others, key, i as u32).await;
     }
 
     a.invalidate_all().await.unwrap();
@@ -298,8 +191,8 @@ async fn invalidate_all_and_clear_all_flush_the_ram_of_every_other_node() {
     dropped_within_a_hop(others, "k1").await;
     dropped_within_a_hop(others, "k2").await;
     // Redis kept the values.
-    fill(&redis, others, "k1", 0).await;
-    fill(&redis, others, "k2", 1).await;
+    fill(&redis, NS, others, "k1", 0).await;
+    fill(&redis, NS, others, "k2", 1).await;
 
     assert_eq!(a.clear_all().await.unwrap(), 2);
     dropped_within_a_hop(others, "k1").await;
@@ -315,8 +208,8 @@ async fn publisher_ignores_its_own_messages() {
     let all = nodes(&redis, 2, NO_CHECK).await;
     let (a, b) = (&all[0], &all[1]);
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, &all[1..], "k", 1).await;
-    caught_up(&[a, b], bus_seq(&redis)).await;
+    fill(&redis, NS, &all[1..], "k", 1).await;
+    caught_up([a, b], bus_seq(&redis, NS)).await;
     let b_before = health(b).applied;
 
     a.set("k", &2u32, Ttl::Default).await.unwrap();
@@ -324,8 +217,8 @@ async fn publisher_ignores_its_own_messages() {
     a.invalidate_keys(&["x"]).await.unwrap();
     a.invalidate_func("f").await.unwrap();
     a.delete("gone").await.unwrap();
-    let seq = bus_seq(&redis);
-    caught_up(&[a, b], seq).await;
+    let seq = bus_seq(&redis, NS);
+    caught_up([a, b], seq).await;
 
     let (ha, hb) = (health(a), health(b));
     assert_eq!(ha.applied, 0, "a applied its own messages: {ha:?}");
@@ -347,12 +240,12 @@ async fn long_key_lists_are_split_into_several_messages_and_all_are_applied() {
     for key in &keys {
         b.ram_only().set(key, &1u8, Ttl::Default).await.unwrap();
     }
-    let seq = bus_seq(&redis);
+    let seq = bus_seq(&redis, NS);
 
     a.invalidate_keys(&keys).await.unwrap();
 
-    assert_eq!(bus_seq(&redis), seq + 3, "1000 keys per message");
-    caught_up(&[b], seq + 3).await;
+    assert_eq!(bus_seq(&redis, NS), seq + 3, "1000 keys per message");
+    caught_up([b], seq + 3).await;
     for key in &keys {
         assert_eq!(in_ram::<u8>(b, key).await, None, "{key}");
     }
@@ -370,7 +263,7 @@ async fn invalidation_missed_because_pubsub_was_killed_is_applied_within_the_bou
     let all = nodes(&redis, 3, every).await;
     let (a, others) = all.split_first().unwrap();
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, others, "k", 1).await;
+    fill(&redis, NS, others, "k", 1).await;
 
     assert_eq!(kill_pubsub_clients(&redis), 3);
     a.set("k", &2u32, Ttl::Default).await.unwrap();
@@ -388,7 +281,7 @@ async fn invalidation_missed_because_pubsub_was_killed_is_applied_within_the_bou
         assert_eq!(n.get::<u32>("k").await.unwrap(), Some(2));
     }
     // And the listeners subscribed again.
-    ready(&all.iter().collect::<Vec<_>>()).await;
+    subscribed(&all).await;
     assert!(eventually(LONG, || async { clients(&redis, "pubsub") == 3 }).await);
 }
 
@@ -400,13 +293,13 @@ async fn invalidation_logged_but_never_published_is_applied_by_the_periodic_chec
     let (a, b) = (&all[0], &all[1]);
     // A real message from a, invalidating "k": captured from the log.
     a.invalidate_keys(&["k"]).await.unwrap();
-    let body = last_logged_body(&redis);
+    let body = last_logged_body(&redis, NS);
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, &all[1..], "k", 1).await;
-    caught_up(&[a, b], bus_seq(&redis)).await;
+    fill(&redis, NS, &all[1..], "k", 1).await;
+    caught_up([a, b], bus_seq(&redis, NS)).await;
     let before = health(b).applied;
 
-    let seq = log_without_publishing(&redis, "m", &body);
+    let seq = log_without_publishing(&redis, NS, "m", &body);
     let appended = Instant::now();
 
     let took = time_until(every + MARGIN, || async {
@@ -419,7 +312,7 @@ async fn invalidation_logged_but_never_published_is_applied_by_the_periodic_chec
         appended.elapsed(),
         health(b)
     );
-    caught_up(&[a, b], seq).await;
+    caught_up([a, b], seq).await;
     assert_eq!(health(b).applied, before + 1);
     assert_eq!(health(b).gap_flushes, 0, "applied, not flushed");
     assert_eq!(health(a).applied, 0, "a's own message, replayed");
@@ -434,25 +327,20 @@ async fn invalidation_logged_but_never_published_is_applied_by_the_periodic_chec
 async fn redis_restarted_empty_makes_every_node_drop_its_ram_even_after_a_writer_came_back_first() {
     let mut redis = TestRedis::start();
     let every = Duration::from_millis(500);
-    let a = node(&redis.url(), every).await;
+    let a = NODES.checking_every(every).node(&redis.url()).await;
     let (pb, pc) = (Proxy::start(redis.port()), Proxy::start(redis.port()));
-    let b = node(&pb.url(), every).await;
-    let c = node(&pc.url(), every).await;
-    ready(&[&a, &b, &c]).await;
+    let b = NODES.checking_every(every).node(&pb.url()).await;
+    let c = NODES.checking_every(every).node(&pc.url()).await;
+    subscribed([&a, &b, &c]).await;
     a.set("k", &1u32, Ttl::Default).await.unwrap();
     a.set("other", &10u32, Ttl::Default).await.unwrap();
-    let (b, c) = (vec![b], vec![c]);
     for n in [&b, &c] {
-        fill(&redis, n, "k", 1).await;
-        fill(&redis, n, "other", 10).await;
+        fill(&redis, NS, [n], "k", 1).await;
+        fill(&redis, NS, [n], "other", 10).await;
     }
-    let ([b], [c]) = (
-        <[_; 1]>::try_from(b).unwrap(),
-        <[_; 1]>::try_from(c).unwrap(),
-    );
     a.invalidate_keys(&["x"]).await.unwrap();
-    let old_seq = bus_seq(&redis);
-    caught_up(&[&a, &b, &c], old_seq).await;
+    let old_seq = bus_seq(&redis, NS);
+    caught_up([&a, &b, &c], old_seq).await;
 
     // b and c stay away until a has written on the new, empty server, and
     // published more than they had seen: the new log reaches past their
@@ -470,7 +358,7 @@ async fn redis_restarted_empty_makes_every_node_drop_its_ram_even_after_a_writer
             .await
             .unwrap();
     }
-    let new_seq = bus_seq(&redis);
+    let new_seq = bus_seq(&redis, NS);
     assert!(new_seq > old_seq + 1, "{new_seq} vs {old_seq}");
     pb.restore();
     pc.restore();
@@ -507,19 +395,21 @@ async fn node_that_missed_more_messages_than_the_log_keeps_drops_its_whole_ram()
     let every = Duration::from_millis(500);
     // The publisher's setting trims the log (MAXLEN ~: whole stream nodes
     // of 100 entries at a time).
-    let a = builder(&redis.url(), every)
+    let a = NODES
+        .checking_every(every)
+        .builder(&redis.url())
         .bus_log_len(5)
         .build()
         .await
         .unwrap();
     let pb = Proxy::start(redis.port());
-    let b = node(&pb.url(), every).await;
-    ready(&[&a, &b]).await;
+    let b = NODES.checking_every(every).node(&pb.url()).await;
+    subscribed([&a, &b]).await;
     a.set("k", &1u32, Ttl::Default).await.unwrap();
     a.set("other", &2u32, Ttl::Default).await.unwrap();
-    fill(&redis, std::slice::from_ref(&b), "k", 1).await;
-    fill(&redis, std::slice::from_ref(&b), "other", 2).await;
-    caught_up(&[&b], bus_seq(&redis)).await;
+    fill(&redis, NS, [&b], "k", 1).await;
+    fill(&redis, NS, [&b], "other", 2).await;
+    caught_up([&b], bus_seq(&redis, NS)).await;
     let position = health(&b).last_applied_seq;
 
     pb.cut();
@@ -536,7 +426,7 @@ async fn node_that_missed_more_messages_than_the_log_keeps_drops_its_whole_ram()
     );
     pb.restore();
 
-    let seq = bus_seq(&redis);
+    let seq = bus_seq(&redis, NS);
     let ok = eventually(LONG, || async {
         let h = health(&b);
         h.connected && !h.suspended && h.gap_flushes >= 1 && h.last_applied_seq >= seq
@@ -556,16 +446,16 @@ async fn node_behind_an_emptied_log_drops_its_whole_ram() {
     let all = nodes(&redis, 2, every).await;
     let (a, b) = (&all[0], &all[1]);
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, &all[1..], "k", 1).await;
-    caught_up(&[b], bus_seq(&redis)).await;
+    fill(&redis, NS, &all[1..], "k", 1).await;
+    caught_up([b], bus_seq(&redis, NS)).await;
 
     // Three messages b never heard of (not published), then the log emptied.
     let _: () = redis::pipe()
         .atomic()
-        .incr(seq_key(), 3)
+        .incr(seq_key(NS), 3)
         .ignore()
         .cmd("XTRIM")
-        .arg(log_key())
+        .arg(log_key(NS))
         .arg("MAXLEN")
         .arg(0)
         .ignore()
@@ -585,13 +475,13 @@ async fn node_behind_an_emptied_log_drops_its_whole_ram() {
 async fn node_cut_off_withholds_old_entries_within_the_bound_then_catches_up_without_flushing() {
     let redis = TestRedis::start();
     let every = Duration::from_millis(500);
-    let a = node(&redis.url(), every).await;
+    let a = NODES.checking_every(every).node(&redis.url()).await;
     let pb = Proxy::start(redis.port());
-    let b = node(&pb.url(), every).await;
-    ready(&[&a, &b]).await;
+    let b = NODES.checking_every(every).node(&pb.url()).await;
+    subscribed([&a, &b]).await;
     for key in ["kept", "changed"] {
         a.set(key, &1u32, Ttl::Default).await.unwrap();
-        fill(&redis, std::slice::from_ref(&b), key, 1).await;
+        fill(&redis, NS, [&b], key, 1).await;
     }
 
     pb.cut();
@@ -624,7 +514,7 @@ async fn node_cut_off_withholds_old_entries_within_the_bound_then_catches_up_wit
     assert_eq!(in_ram::<u32>(&b, "fresh").await, Some(5));
 
     pb.restore();
-    let seq = bus_seq(&redis);
+    let seq = bus_seq(&redis, NS);
     let ok = eventually(LONG, || async {
         let h = health(&b);
         h.connected && !h.suspended && h.last_applied_seq >= seq
@@ -647,17 +537,19 @@ async fn node_cut_off_withholds_old_entries_within_the_bound_then_catches_up_wit
 async fn node_whose_resubscribe_hangs_still_withholds_old_entries_within_the_bound() {
     let redis = TestRedis::start();
     let every = Duration::from_millis(500);
-    let a = node(&redis.url(), every).await;
+    let a = NODES.checking_every(every).node(&redis.url()).await;
     let pb = Proxy::start(redis.port());
     // A long operation timeout: reconnecting may hang that long.
-    let b = builder(&pb.url(), every)
+    let b = NODES
+        .checking_every(every)
+        .builder(&pb.url())
         .op_timeout(Duration::from_secs(5))
         .build()
         .await
         .unwrap();
-    ready(&[&a, &b]).await;
+    subscribed([&a, &b]).await;
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, std::slice::from_ref(&b), "k", 1).await;
+    fill(&redis, NS, [&b], "k", 1).await;
 
     // b's connections are closed, and new ones hang unanswered.
     pb.blackhole();
@@ -673,7 +565,7 @@ async fn node_whose_resubscribe_hangs_still_withholds_old_entries_within_the_bou
     );
 
     pb.restore();
-    let seq = bus_seq(&redis);
+    let seq = bus_seq(&redis, NS);
     let ok = eventually(LONG, || async {
         let h = health(&b);
         h.connected && !h.suspended && h.last_applied_seq >= seq
@@ -694,10 +586,10 @@ async fn malformed_and_oversized_messages_are_counted_and_dropped_and_the_listen
     let all = nodes(&redis, 2, every).await;
     let (a, b) = (&all[0], &all[1]);
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    let real = last_logged_body(&redis);
-    fill(&redis, &all[1..], "k", 1).await;
-    let seq = bus_seq(&redis);
-    caught_up(&[a, b], seq).await;
+    let real = last_logged_body(&redis, NS);
+    fill(&redis, NS, &all[1..], "k", 1).await;
+    let seq = bus_seq(&redis, NS);
+    caught_up([a, b], seq).await;
     let applied = health(b).applied;
 
     let malformed = |n: u64| async move {
@@ -708,23 +600,24 @@ async fn malformed_and_oversized_messages_are_counted_and_dropped_and_the_listen
     let with_seq = |tail: &[u8]| [next.as_slice(), tail].concat();
 
     // On the channel: no sequence number at all.
-    publish(&redis, b"hello, not a bus message");
+    publish(&redis, NS, b"hello, not a bus message");
     malformed(1).await;
     // The next sequence number, then garbage.
-    publish(&redis, &with_seq(b"\x01garbage"));
+    publish(&redis, NS, &with_seq(b"\x01garbage"));
     malformed(2).await;
     // A body of an unknown version.
-    publish(&redis, &with_seq(&[9, 1, 2, 3]));
+    publish(&redis, NS, &with_seq(&[9, 1, 2, 3]));
     malformed(3).await;
     // Oversized: over 1 MiB, with and without a sequence number.
     let huge = vec![1u8; (1 << 20) + 16];
-    publish(&redis, &with_seq(&huge));
+    publish(&redis, NS, &with_seq(&huge));
     malformed(4).await;
-    publish(&redis, &huge);
+    publish(&redis, NS, &huge);
     malformed(5).await;
     // An old message replayed: ignored, not counted, not applied.
     publish(
         &redis,
+        NS,
         &[format!("{seq}:").into_bytes(), real.clone()].concat(),
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -736,20 +629,20 @@ async fn malformed_and_oversized_messages_are_counted_and_dropped_and_the_listen
     // In the log, under the next sequence numbers: garbage, oversized, an
     // entry without the message field. What they meant to invalidate is
     // unknown, so the node drops its RAM.
-    log_without_publishing(&redis, "m", b"\x01not bincode");
+    log_without_publishing(&redis, NS, "m", b"\x01not bincode");
     malformed(6).await;
     let flushed = eventually(LONG, || async { health(b).gap_flushes >= 1 }).await;
     assert!(flushed, "{:?}", health(b));
     assert_eq!(in_ram::<u32>(b, "k").await, None);
-    log_without_publishing(&redis, "m", &huge);
+    log_without_publishing(&redis, NS, "m", &huge);
     malformed(7).await;
-    let last = log_without_publishing(&redis, "x", b"y");
+    let last = log_without_publishing(&redis, NS, "x", b"y");
     malformed(8).await;
-    caught_up(&[a, b], last).await;
+    caught_up([a, b], last).await;
     assert!(health(a).malformed >= 8, "a counts them too");
 
     // The listener still applies real invalidations, through pub/sub.
-    fill(&redis, &all[1..], "k", 1).await;
+    fill(&redis, NS, &all[1..], "k", 1).await;
     a.set("k", &2u32, Ttl::Default).await.unwrap();
     dropped_within_a_hop(&all[1..], "k").await;
     assert_eq!(b.get::<u32>("k").await.unwrap(), Some(2));
@@ -781,7 +674,9 @@ fn gate() -> (Arc<Gate>, mpsc::UnboundedReceiver<()>) {
 
 async fn gated_node(url: &str, gate: &Arc<Gate>) -> CacheNode {
     let gate = gate.clone();
-    builder(url, NO_CHECK)
+    NODES
+        .checking_every(NO_CHECK)
+        .builder(url)
         .before_fill_hook(Arc::new(move |key: String| -> BoxFuture<'static, ()> {
             let gate = gate.clone();
             Box::pin(async move {
@@ -814,11 +709,11 @@ enum Racer {
 async fn race(racer: Racer) -> (Option<u32>, Option<u32>) {
     let redis = TestRedis::start();
     let (gate, mut reads) = gate();
-    let a = node(&redis.url(), NO_CHECK).await;
+    let a = NODES.checking_every(NO_CHECK).node(&redis.url()).await;
     let b = gated_node(&redis.url(), &gate).await;
-    ready(&[&a, &b]).await;
+    subscribed([&a, &b]).await;
     a.set("race", &1u32, Ttl::Default).await.unwrap();
-    caught_up(&[&b], bus_seq(&redis)).await;
+    caught_up([&b], bus_seq(&redis, NS)).await;
 
     gate.armed.store(true, Ordering::SeqCst);
     let reader = tokio::spawn({
@@ -836,7 +731,7 @@ async fn race(racer: Racer) -> (Option<u32>, Option<u32>) {
         Racer::ClearAll => assert_eq!(a.clear_all().await.unwrap(), 1),
         Racer::OtherKey => a.invalidate_keys(&["unrelated"]).await.unwrap(),
     }
-    caught_up(&[&b], bus_seq(&redis)).await;
+    caught_up([&b], bus_seq(&redis, NS)).await;
     assert_eq!(health(&b).applied, before + 1, "b applied it: {racer:?}");
     gate.release.notify_one();
 
@@ -1197,7 +1092,7 @@ mod property {
                 .unwrap();
             nodes.push(node);
         }
-        ready(&nodes.iter().collect::<Vec<_>>()).await;
+        subscribed(&nodes).await;
         let origin = Instant::now();
         let ids = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
@@ -1350,8 +1245,11 @@ async fn child_node_process() {
     let Ok(url) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let node = node(&url, Duration::from_secs(1)).await;
-    ready(&[&node]).await;
+    let node = NODES
+        .checking_every(Duration::from_secs(1))
+        .node(&url)
+        .await;
+    subscribed([&node]).await;
     println!("{CHILD_SAYS}ready");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     // Ends on `exit`, or when the parent goes away (stdin closes).
@@ -1373,8 +1271,8 @@ async fn child_node_process() {
                     .get_multiplexed_async_connection()
                     .await
                     .unwrap();
-                let seq: Option<u64> = conn.get(seq_key()).await.unwrap();
-                caught_up(&[&node], seq.unwrap_or(0)).await;
+                let seq: Option<u64> = conn.get(seq_key(NS)).await.unwrap();
+                caught_up([&node], seq.unwrap_or(0)).await;
                 "ok".to_string()
             }
             ["exit"] => break,
@@ -1385,98 +1283,46 @@ async fn child_node_process() {
     node.shutdown().await;
 }
 
-struct Child {
-    process: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Child {
-    fn spawn(redis_url: &str) -> Self {
-        let mut process = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_node_process", "--nocapture", "--ignored"])
-            .env(CHILD_ENV, redis_url)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            // Killed when dropped, also when the test fails.
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the child node");
-        let stdin = process.stdin.take().unwrap();
-        let stdout = BufReader::new(process.stdout.take().unwrap()).lines();
-        Child {
-            process,
-            stdin,
-            stdout,
-        }
-    }
-
-    /// The child's next reply. Lines of the test harness are skipped; with
-    /// one test thread it writes `test child_node_process ... ` before the
-    /// test runs, so the first reply shares its line.
-    async fn reply(&mut self) -> String {
-        let read = async {
-            loop {
-                let line = self
-                    .stdout
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("child exited");
-                if let Some(at) = line.find(CHILD_SAYS) {
-                    return line[at + CHILD_SAYS.len()..].to_string();
-                }
-            }
-        };
-        tokio::time::timeout(LONG, read)
-            .await
-            .expect("child answers")
-    }
-
-    async fn ask(&mut self, command: &str) -> String {
-        self.stdin
-            .write_all(format!("{command}\n").as_bytes())
-            .await
-            .unwrap();
-        self.stdin.flush().await.unwrap();
-        self.reply().await
-    }
+/// Sends `command` to the child node and returns its reply.
+async fn ask(child: &mut ChildTest, command: &str) -> String {
+    child.send(command);
+    child.line_with(CHILD_SAYS, LONG).await
 }
 
 #[tokio::test]
 async fn node_in_another_process_and_this_one_invalidate_each_others_ram() {
     let redis = TestRedis::start();
     let every = Duration::from_secs(1);
-    let here = node(&redis.url(), every).await;
-    let mut child = Child::spawn(&redis.url());
-    assert_eq!(child.reply().await, "ready");
-    ready(&[&here]).await;
+    let here = NODES.checking_every(every).node(&redis.url()).await;
+    let mut child = ChildTest::spawn("child_node_process", CHILD_ENV, &redis.url());
+    assert_eq!(child.line_with(CHILD_SAYS, LONG).await, "ready");
+    subscribed([&here]).await;
     assert!(eventually(LONG, || async { clients(&redis, "pubsub") == 2 }).await);
 
     // This process writes: the child's RAM copy goes.
     here.set("x", &1u64, Ttl::Default).await.unwrap();
-    assert_eq!(child.ask("sync").await, "ok");
-    assert_eq!(child.ask("get x").await, "1");
-    assert_eq!(child.ask("ram x").await, "1");
+    assert_eq!(ask(&mut child, "sync").await, "ok");
+    assert_eq!(ask(&mut child, "get x").await, "1");
+    assert_eq!(ask(&mut child, "ram x").await, "1");
     here.set("x", &2u64, Ttl::Default).await.unwrap();
     let acked = Instant::now();
     let mut held = String::new();
     while acked.elapsed() < every + MARGIN {
-        held = child.ask("ram x").await;
+        held = ask(&mut child, "ram x").await;
         if held != "1" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(held == "none" || held == "2", "child still holds x={held}");
-    assert_eq!(child.ask("get x").await, "2");
+    assert_eq!(ask(&mut child, "get x").await, "2");
 
     // The child writes: this process's RAM copy goes.
-    assert_eq!(child.ask("set y 7").await, "ok");
-    caught_up(&[&here], bus_seq(&redis)).await;
+    assert_eq!(ask(&mut child, "set y 7").await, "ok");
+    caught_up([&here], bus_seq(&redis, NS)).await;
     assert_eq!(here.get::<u64>("y").await.unwrap(), Some(7));
     assert_eq!(in_ram::<u64>(&here, "y").await, Some(7));
-    assert_eq!(child.ask("set y 8").await, "ok");
+    assert_eq!(ask(&mut child, "set y 8").await, "ok");
     let took = time_until(every + MARGIN, || async {
         in_ram::<u64>(&here, "y").await.is_none()
     })
@@ -1485,11 +1331,8 @@ async fn node_in_another_process_and_this_one_invalidate_each_others_ram() {
     assert_eq!(here.get::<u64>("y").await.unwrap(), Some(8));
     assert!(health(&here).applied >= 2);
 
-    child.stdin.write_all(b"exit\n").await.unwrap();
-    let status = tokio::time::timeout(LONG, child.process.wait())
-        .await
-        .expect("child exits")
-        .unwrap();
+    child.send("exit");
+    let status = child.wait(LONG).await;
     assert!(status.success(), "{status}");
 }
 
@@ -1525,7 +1368,7 @@ async fn shutdown_stops_the_listener_and_every_later_call_fails() {
         shut(handle.invalidate_all().await);
     }
     // Nothing was published by the refused calls; the other node carries on.
-    assert_eq!(bus_seq(&redis), 1);
+    assert_eq!(bus_seq(&redis, NS), 1);
     assert_eq!(b.get::<u32>("k").await.unwrap(), Some(1));
     tokio::time::timeout(LONG, a.shutdown())
         .await
@@ -1535,9 +1378,12 @@ async fn shutdown_stops_the_listener_and_every_later_call_fails() {
 #[tokio::test]
 async fn dropping_every_handle_of_a_node_stops_its_listener_and_closes_its_connections() {
     let redis = TestRedis::start();
-    let node = node(&redis.url(), Duration::from_millis(500)).await;
+    let node = NODES
+        .checking_every(Duration::from_millis(500))
+        .node(&redis.url())
+        .await;
     let ram = node.ram_only();
-    ready(&[&node]).await;
+    subscribed([&node]).await;
     node.set("k", &1u32, Ttl::Default).await.unwrap();
     assert_eq!(clients(&redis, "pubsub"), 1);
     assert!(clients(&redis, "normal") >= 2, "the node's and ours");
@@ -1573,13 +1419,15 @@ async fn keyspace_watching_drops_ram_copies_of_keys_deleted_or_expired_outside_c
         .arg("Kgxe")
         .query(&mut redis.conn())
         .unwrap();
-    let watcher = builder(&redis.url(), NO_CHECK)
+    let watcher = NODES
+        .checking_every(NO_CHECK)
+        .builder(&redis.url())
         .watch_keyspace(true)
         .build()
         .await
         .unwrap();
-    let plain = node(&redis.url(), NO_CHECK).await;
-    ready(&[&watcher, &plain]).await;
+    let plain = NODES.checking_every(NO_CHECK).node(&redis.url()).await;
+    subscribed([&watcher, &plain]).await;
     let h = health(&watcher);
     assert!(h.keyspace_watching, "{h:?}");
     assert_eq!(h.keyspace_problem, None);
@@ -1587,9 +1435,9 @@ async fn keyspace_watching_drops_ram_copies_of_keys_deleted_or_expired_outside_c
     let both = [watcher.clone(), plain.clone()];
     for key in ["deleted", "expiring", "kept"] {
         plain.set(key, &1u32, Ttl::Default).await.unwrap();
-        fill(&redis, &both, key, 1).await;
+        fill(&redis, NS, &both, key, 1).await;
     }
-    let seq = bus_seq(&redis);
+    let seq = bus_seq(&redis, NS);
 
     let _: () = redis.conn().del(format!("{NS}:k:deleted")).unwrap();
     let took = time_until(HOP, || async {
@@ -1609,7 +1457,7 @@ async fn keyspace_watching_drops_ram_copies_of_keys_deleted_or_expired_outside_c
     assert!(took.is_some(), "an expiry did not reach RAM");
 
     assert_eq!(in_ram::<u32>(&watcher, "kept").await, Some(1));
-    assert_eq!(bus_seq(&redis), seq, "nothing went through the bus");
+    assert_eq!(bus_seq(&redis, NS), seq, "nothing went through the bus");
     // A node that does not watch keeps its (now stale) copies.
     assert_eq!(in_ram::<u32>(&plain, "deleted").await, Some(1));
     assert_eq!(watcher.get::<u32>("deleted").await.unwrap(), None);
@@ -1629,12 +1477,14 @@ async fn keyspace_watching_needs_eviction_events_and_applies_them() {
             .unwrap();
     };
     set_flags("Kgx");
-    let watcher = builder(&redis.url(), NO_CHECK)
+    let watcher = NODES
+        .checking_every(NO_CHECK)
+        .builder(&redis.url())
         .watch_keyspace(true)
         .build()
         .await
         .unwrap();
-    ready(&[&watcher]).await;
+    subscribed([&watcher]).await;
     let problem = health(&watcher).keyspace_problem;
     assert!(
         problem.as_deref().is_some_and(|p| p.contains("Kgxe")),
@@ -1643,12 +1493,14 @@ async fn keyspace_watching_needs_eviction_events_and_applies_them() {
     watcher.shutdown().await;
 
     set_flags("Kgxe");
-    let watcher = builder(&redis.url(), NO_CHECK)
+    let watcher = NODES
+        .checking_every(NO_CHECK)
+        .builder(&redis.url())
         .watch_keyspace(true)
         .build()
         .await
         .unwrap();
-    ready(&[&watcher]).await;
+    subscribed([&watcher]).await;
     assert_eq!(health(&watcher).keyspace_problem, None);
     watcher.set("victim", &1u32, Ttl::Default).await.unwrap();
     assert_eq!(in_ram::<u32>(&watcher, "victim").await, Some(1));
@@ -1675,7 +1527,9 @@ async fn keyspace_watching_needs_eviction_events_and_applies_them() {
 #[tokio::test]
 async fn keyspace_watching_reports_a_server_that_sends_no_notifications() {
     let redis = TestRedis::start();
-    let watcher = builder(&redis.url(), NO_CHECK)
+    let watcher = NODES
+        .checking_every(NO_CHECK)
+        .builder(&redis.url())
         .watch_keyspace(true)
         .build()
         .await
@@ -1689,8 +1543,8 @@ async fn keyspace_watching_reports_a_server_that_sends_no_notifications() {
     assert!(problem.contains("notify-keyspace-events"), "{problem}");
     assert!(problem.contains("Kgxe"), "says how to fix it: {problem}");
     // Without watching, nothing is reported.
-    let plain = node(&redis.url(), NO_CHECK).await;
-    ready(&[&plain]).await;
+    let plain = NODES.checking_every(NO_CHECK).node(&redis.url()).await;
+    subscribed([&plain]).await;
     assert_eq!(health(&plain).keyspace_problem, None);
 }
 
@@ -1731,7 +1585,7 @@ async fn concurrent_sets_of_one_key_leave_every_ram_agreeing_with_redis() {
         for w in writers {
             w.await.unwrap().unwrap();
         }
-        caught_up(&all.iter().collect::<Vec<_>>(), bus_seq(&redis)).await;
+        caught_up(&all, bus_seq(&redis, NS)).await;
         let truth = all[0].redis_only().get::<u64>("k").await.unwrap();
         for (n, node) in all.iter().enumerate() {
             let ram = in_ram::<u64>(node, "k").await;

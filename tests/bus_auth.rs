@@ -8,115 +8,37 @@ mod support;
 
 use std::time::Duration;
 
-use cachenode::{BusHealth, CacheNode, CacheNodeBuilder, Ttl};
-use redis::Commands;
-use support::{eventually, time_until, TestRedis};
+use cachenode::{CacheNode, CacheNodeBuilder, Ttl};
+use support::{
+    bus_seq, caught_up, connect, dropped_within_a_hop, eventually, fill, health, in_ram,
+    last_logged_body, log_without_publishing, publish, subscribed, Nodes, TestRedis,
+};
 
 const NS: &str = "t";
 const SECRET: &[u8] = b"correct horse battery staple";
 /// Deletion checks run often, so that forged log entries are read (and must
 /// still cause no flush).
 const EVERY: Duration = Duration::from_millis(500);
-const HOP: Duration = Duration::from_secs(2);
 const LONG: Duration = Duration::from_secs(15);
 
-fn builder(url: &str, ns: &str, secret: Option<&[u8]>) -> CacheNodeBuilder {
-    let b = CacheNode::builder()
-        .redis_url(url)
-        .namespace(ns)
-        .op_timeout(Duration::from_secs(1))
-        .deletion_check_frequency(EVERY);
+/// Every node here: 1 s per Redis call, deletion checks every [`EVERY`].
+const NODES: Nodes = Nodes::new(NS, Duration::from_secs(1)).checking_every(EVERY);
+
+/// A builder of a node in namespace `ns` that signs with `secret` and
+/// accepts only what it signed (`None`: signs and checks nothing).
+fn secret_builder(url: &str, ns: &'static str, secret: Option<&[u8]>) -> CacheNodeBuilder {
+    let b = NODES.in_namespace(ns).builder(url);
     match secret {
         Some(s) => b.bus_secret(s),
         None => b,
     }
 }
 
-async fn node(redis: &TestRedis, secret: Option<&[u8]>) -> CacheNode {
-    let n = builder(&redis.url(), NS, secret)
-        .build()
-        .await
-        .expect("node connects");
-    let ok = eventually(LONG, || async { health(&n).connected }).await;
-    assert!(ok, "listener did not subscribe");
+/// A node in [`NS`] on `redis` with `secret`, subscribed.
+async fn signed_node(redis: &TestRedis, secret: Option<&[u8]>) -> CacheNode {
+    let n = connect(secret_builder(&redis.url(), NS, secret)).await;
+    subscribed([&n]).await;
     n
-}
-
-fn health(node: &CacheNode) -> BusHealth {
-    node.bus_health().expect("node has a bus")
-}
-
-async fn in_ram(node: &CacheNode, key: &str) -> Option<u32> {
-    node.ram_only().get::<u32>(key).await.expect("RAM read")
-}
-
-fn seq_key(ns: &str) -> String {
-    format!("{ns}:{{bus}}:seq")
-}
-
-fn log_key(ns: &str) -> String {
-    format!("{ns}:{{bus}}:log")
-}
-
-fn bus_seq(redis: &TestRedis) -> u64 {
-    let seq: Option<u64> = redis.conn().get(seq_key(NS)).expect("GET seq");
-    seq.unwrap_or(0)
-}
-
-/// The last body logged in namespace `ns`, as its publisher wrote it.
-fn last_logged_body(redis: &TestRedis, ns: &str) -> Vec<u8> {
-    let reply: redis::streams::StreamRangeReply = redis
-        .conn()
-        .xrevrange_count(log_key(ns), "+", "-", 1)
-        .expect("XREVRANGE");
-    let entry = reply.ids.into_iter().next().expect("a logged message");
-    entry.get::<Vec<u8>>("m").expect("field m")
-}
-
-fn publish(redis: &TestRedis, payload: &[u8]) {
-    let _: u64 = redis
-        .conn()
-        .publish(format!("{NS}:bus"), payload)
-        .expect("PUBLISH");
-}
-
-/// Appends `field` = `value` to the log under the next sequence number, as
-/// the publish script does, and publishes nothing.
-fn log_without_publishing(redis: &TestRedis, field: &str, value: &[u8]) -> u64 {
-    redis::Script::new(
-        "local seq = redis.call('INCR', KEYS[1])
-         redis.call('XADD', KEYS[2], seq .. '-0', ARGV[1], ARGV[2])
-         return seq",
-    )
-    .key(seq_key(NS))
-    .key(log_key(NS))
-    .arg(field)
-    .arg(value)
-    .invoke(&mut redis.conn())
-    .expect("append to the log")
-}
-
-/// Waits until `node` has applied (or skipped) everything up to `seq`.
-async fn caught_up(node: &CacheNode, seq: u64) {
-    let ok = eventually(LONG, || async { health(node).last_applied_seq >= seq }).await;
-    assert!(ok, "node did not reach seq {seq}: {:?}", health(node));
-}
-
-/// Fills `key` into `node`'s RAM (after it caught up: a fill racing the
-/// invalidation of what it read is rightly not kept).
-async fn fill(redis: &TestRedis, node: &CacheNode, key: &str, expected: u32) {
-    caught_up(node, bus_seq(redis)).await;
-    assert_eq!(node.get::<u32>(key).await.unwrap(), Some(expected));
-    assert_eq!(in_ram(node, key).await, Some(expected), "{key} in RAM");
-}
-
-async fn dropped_within_a_hop(node: &CacheNode, key: &str) {
-    let took = time_until(HOP, || async { in_ram(node, key).await.is_none() }).await;
-    assert!(
-        took.is_some(),
-        "{key:?} still in RAM after {HOP:?}: {:?}",
-        health(node)
-    );
 }
 
 /// Bodies an attacker may have: a genuine signed one of this namespace
@@ -131,14 +53,14 @@ struct Captured {
 async fn capture(redis: &TestRedis, a: &CacheNode) -> Captured {
     a.set("captured", &0u32, Ttl::Default).await.unwrap();
     let signed = last_logged_body(redis, NS);
-    let plain = builder(&redis.url(), "plain", None)
+    let plain = secret_builder(&redis.url(), "plain", None)
         .without_ram()
         .build()
         .await
         .unwrap();
     plain.set("k", &0u32, Ttl::Default).await.unwrap();
     let unsigned = last_logged_body(redis, "plain");
-    let other = builder(&redis.url(), "other", Some(SECRET))
+    let other = secret_builder(&redis.url(), "other", Some(SECRET))
         .without_ram()
         .build()
         .await
@@ -167,32 +89,32 @@ fn bad_tag(body: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn nodes_with_the_same_secret_propagate_every_kind_of_invalidation() {
     let redis = TestRedis::start();
-    let a = node(&redis, Some(SECRET)).await;
-    let b = node(&redis, Some(SECRET)).await;
+    let a = signed_node(&redis, Some(SECRET)).await;
+    let b = signed_node(&redis, Some(SECRET)).await;
 
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, &b, "k", 1).await;
+    fill(&redis, NS, [&b], "k", 1).await;
     a.set("k", &2u32, Ttl::Default).await.unwrap();
-    dropped_within_a_hop(&b, "k").await;
+    dropped_within_a_hop([&b], "k").await;
     assert_eq!(b.get::<u32>("k").await.unwrap(), Some(2));
 
-    fill(&redis, &b, "k", 2).await;
+    fill(&redis, NS, [&b], "k", 2).await;
     a.delete("k").await.unwrap();
-    dropped_within_a_hop(&b, "k").await;
+    dropped_within_a_hop([&b], "k").await;
 
     a.set("k", &3u32, Ttl::Default).await.unwrap();
-    fill(&redis, &b, "k", 3).await;
+    fill(&redis, NS, [&b], "k", 3).await;
     a.invalidate_all().await.unwrap();
-    dropped_within_a_hop(&b, "k").await;
+    dropped_within_a_hop([&b], "k").await;
 
     // And the other way round, long key lists (several signed messages).
     a.set("j", &4u32, Ttl::Default).await.unwrap();
-    fill(&redis, &a, "j", 4).await;
+    fill(&redis, NS, [&a], "j", 4).await;
     let keys: Vec<String> = (0..2500).map(|i| format!("x{i}")).collect();
     let mut refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     refs.push("j");
     b.invalidate_keys(&refs).await.unwrap();
-    dropped_within_a_hop(&a, "j").await;
+    dropped_within_a_hop([&a], "j").await;
 
     assert_eq!(last_logged_body(&redis, NS)[0], 2);
     for n in [&a, &b] {
@@ -208,12 +130,12 @@ async fn nodes_with_the_same_secret_propagate_every_kind_of_invalidation() {
 #[tokio::test]
 async fn forged_channel_messages_are_dropped_and_counted_without_flush_or_advance() {
     let redis = TestRedis::start();
-    let a = node(&redis, Some(SECRET)).await;
-    let b = node(&redis, Some(SECRET)).await;
+    let a = signed_node(&redis, Some(SECRET)).await;
+    let b = signed_node(&redis, Some(SECRET)).await;
     let c = capture(&redis, &a).await;
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, &b, "k", 1).await;
-    let seq = bus_seq(&redis);
+    fill(&redis, NS, [&b], "k", 1).await;
+    let seq = bus_seq(&redis, NS);
     let before = health(&b);
     assert_eq!(before.unauthenticated, 0, "{before:?}");
 
@@ -230,13 +152,13 @@ async fn forged_channel_messages_are_dropped_and_counted_without_flush_or_advanc
         at(seq + 2, &c.unsigned),
     ];
     for (i, payload) in forged.iter().enumerate() {
-        publish(&redis, payload);
+        publish(&redis, NS, payload);
         let n = before.unauthenticated + i as u64 + 1;
         let ok = eventually(LONG, || async { health(&b).unauthenticated >= n }).await;
         assert!(ok, "forgery {i} not counted: {:?}", health(&b));
     }
     // Garbage without a sequence number: malformed, not unauthenticated.
-    publish(&redis, b"not a bus message");
+    publish(&redis, NS, b"not a bus message");
     let ok = eventually(LONG, || async { health(&b).malformed >= 1 }).await;
     assert!(ok, "{:?}", health(&b));
 
@@ -246,14 +168,18 @@ async fn forged_channel_messages_are_dropped_and_counted_without_flush_or_advanc
     assert_eq!(h.gap_flushes, 0, "{h:?}");
     assert_eq!(h.applied, before.applied, "nothing forged applied: {h:?}");
     assert_eq!(h.last_applied_seq, seq, "not advanced by forgeries: {h:?}");
-    assert_eq!(in_ram(&b, "k").await, Some(1), "no RAM entry dropped");
+    assert_eq!(
+        in_ram::<u32>(&b, "k").await,
+        Some(1),
+        "no RAM entry dropped"
+    );
     assert_eq!(h.unauthenticated, 5, "{h:?}");
     assert!(health(&a).unauthenticated >= 5, "{:?}", health(&a));
 
     // The real message with the number the forgeries claimed still applies.
     a.set("k", &2u32, Ttl::Default).await.unwrap();
-    assert_eq!(bus_seq(&redis), seq + 1);
-    dropped_within_a_hop(&b, "k").await;
+    assert_eq!(bus_seq(&redis, NS), seq + 1);
+    dropped_within_a_hop([&b], "k").await;
     assert_eq!(b.get::<u32>("k").await.unwrap(), Some(2));
     let h = health(&b);
     assert!(h.connected && h.gap_flushes == 0, "{h:?}");
@@ -262,23 +188,23 @@ async fn forged_channel_messages_are_dropped_and_counted_without_flush_or_advanc
 #[tokio::test]
 async fn replayed_signed_messages_are_refused_and_cannot_hide_the_real_one() {
     let redis = TestRedis::start();
-    let a = node(&redis, Some(SECRET)).await;
-    let b = node(&redis, Some(SECRET)).await;
+    let a = signed_node(&redis, Some(SECRET)).await;
+    let b = signed_node(&redis, Some(SECRET)).await;
     // A genuine signed message, seen and applied by b.
     let c = capture(&redis, &a).await;
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, &b, "k", 1).await;
+    fill(&redis, NS, [&b], "k", 1).await;
     // A node started after the capture never saw it.
-    let late = node(&redis, Some(SECRET)).await;
-    fill(&redis, &late, "k", 1).await;
-    let seq = bus_seq(&redis);
+    let late = signed_node(&redis, Some(SECRET)).await;
+    fill(&redis, NS, [&late], "k", 1).await;
+    let seq = bus_seq(&redis, NS);
     let before = [health(&b), health(&late)];
 
     // The captured body under the next number (what the real next message
     // will carry), then far ahead.
     let at = |s: u64, body: &[u8]| [format!("{s}:").into_bytes(), body.to_vec()].concat();
-    publish(&redis, &at(seq + 1, &c.signed));
-    publish(&redis, &at(seq + 40, &c.signed));
+    publish(&redis, NS, &at(seq + 1, &c.signed));
+    publish(&redis, NS, &at(seq + 40, &c.signed));
     for (n, before) in [&b, &late].into_iter().zip(&before) {
         let ok = eventually(LONG, || async {
             health(n).unauthenticated >= before.unauthenticated + 2
@@ -293,15 +219,15 @@ async fn replayed_signed_messages_are_refused_and_cannot_hide_the_real_one() {
 
     // The real message with that number is applied on both.
     a.set("k", &2u32, Ttl::Default).await.unwrap();
-    assert_eq!(bus_seq(&redis), seq + 1);
+    assert_eq!(bus_seq(&redis, NS), seq + 1);
     for n in [&b, &late] {
-        dropped_within_a_hop(n, "k").await;
+        dropped_within_a_hop([n], "k").await;
         assert_eq!(n.get::<u32>("k").await.unwrap(), Some(2));
     }
     // And a replay of that real message, after it, is refused as well.
     let real = last_logged_body(&redis, NS);
     let refused = health(&b).unauthenticated;
-    publish(&redis, &at(seq + 2, &real));
+    publish(&redis, NS, &at(seq + 2, &real));
     let ok = eventually(LONG, || async { health(&b).unauthenticated > refused }).await;
     assert!(ok, "{:?}", health(&b));
     assert_eq!(health(&b).last_applied_seq, seq + 1);
@@ -310,11 +236,11 @@ async fn replayed_signed_messages_are_refused_and_cannot_hide_the_real_one() {
 #[tokio::test]
 async fn forged_log_entries_are_skipped_without_flushing_and_the_listener_keeps_working() {
     let redis = TestRedis::start();
-    let a = node(&redis, Some(SECRET)).await;
-    let b = node(&redis, Some(SECRET)).await;
+    let a = signed_node(&redis, Some(SECRET)).await;
+    let b = signed_node(&redis, Some(SECRET)).await;
     let c = capture(&redis, &a).await;
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, &b, "k", 1).await;
+    fill(&redis, NS, [&b], "k", 1).await;
     let before = health(&b);
 
     // Appended under the next sequence numbers, never published: the
@@ -331,10 +257,10 @@ async fn forged_log_entries_are_skipped_without_flushing_and_the_listener_keeps_
     ];
     let mut last = 0;
     for (field, value) in entries {
-        last = log_without_publishing(&redis, field, value);
+        last = log_without_publishing(&redis, NS, field, value);
     }
-    caught_up(&b, last).await;
-    caught_up(&a, last).await;
+    caught_up([&b], last).await;
+    caught_up([&a], last).await;
     let h = health(&b);
     assert_eq!(h.gap_flushes, 0, "forged log entries flush nothing: {h:?}");
     assert_eq!(h.applied, before.applied, "{h:?}");
@@ -344,7 +270,11 @@ async fn forged_log_entries_are_skipped_without_flushing_and_the_listener_keeps_
         "{h:?}"
     );
     assert_eq!(h.unauthenticated - before.unauthenticated, 5, "{h:?}");
-    assert_eq!(in_ram(&b, "k").await, Some(1), "no RAM entry dropped");
+    assert_eq!(
+        in_ram::<u32>(&b, "k").await,
+        Some(1),
+        "no RAM entry dropped"
+    );
     assert_eq!(health(&a).gap_flushes, 0);
 
     // A genuine signed body appended to the log again would apply: the log
@@ -354,7 +284,7 @@ async fn forged_log_entries_are_skipped_without_flushing_and_the_listener_keeps_
 
     // Real invalidations still flow, over pub/sub and through the log.
     a.set("k", &2u32, Ttl::Default).await.unwrap();
-    dropped_within_a_hop(&b, "k").await;
+    dropped_within_a_hop([&b], "k").await;
     assert_eq!(b.get::<u32>("k").await.unwrap(), Some(2));
     let h = health(&b);
     assert!(h.connected && h.lag == 0 && h.gap_flushes == 0, "{h:?}");
@@ -363,31 +293,31 @@ async fn forged_log_entries_are_skipped_without_flushing_and_the_listener_keeps_
 #[tokio::test]
 async fn a_node_with_another_secret_applies_nothing_from_the_others_and_vice_versa() {
     let redis = TestRedis::start();
-    let a = node(&redis, Some(SECRET)).await;
-    let b = node(&redis, Some(SECRET)).await;
-    let stranger = node(&redis, Some(b"another secret")).await;
+    let a = signed_node(&redis, Some(SECRET)).await;
+    let b = signed_node(&redis, Some(SECRET)).await;
+    let stranger = signed_node(&redis, Some(b"another secret")).await;
 
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, &b, "k", 1).await;
-    fill(&redis, &stranger, "k", 1).await;
+    fill(&redis, NS, [&b], "k", 1).await;
+    fill(&redis, NS, [&stranger], "k", 1).await;
 
     a.set("k", &2u32, Ttl::Default).await.unwrap();
     a.invalidate_all().await.unwrap();
-    dropped_within_a_hop(&b, "k").await;
+    dropped_within_a_hop([&b], "k").await;
     // The stranger reads both messages (pub/sub, then the log) and drops
     // them: its stale copy stays, nothing is flushed.
-    caught_up(&stranger, bus_seq(&redis)).await;
+    caught_up([&stranger], bus_seq(&redis, NS)).await;
     let h = health(&stranger);
-    assert_eq!(in_ram(&stranger, "k").await, Some(1), "{h:?}");
+    assert_eq!(in_ram::<u32>(&stranger, "k").await, Some(1), "{h:?}");
     assert!(h.unauthenticated >= 2, "{h:?}");
     assert_eq!((h.applied, h.gap_flushes), (0, 0), "{h:?}");
 
     // Its own invalidations reach nobody.
-    fill(&redis, &b, "k", 2).await;
+    fill(&redis, NS, [&b], "k", 2).await;
     stranger.delete("j").await.unwrap();
     stranger.invalidate_all().await.unwrap();
-    caught_up(&b, bus_seq(&redis)).await;
-    assert_eq!(in_ram(&b, "k").await, Some(2));
+    caught_up([&b], bus_seq(&redis, NS)).await;
+    assert_eq!(in_ram::<u32>(&b, "k").await, Some(2));
     let h = health(&b);
     assert!(h.unauthenticated >= 2 && h.gap_flushes == 0, "{h:?}");
 }
@@ -398,12 +328,12 @@ async fn a_node_without_a_secret_still_applies_signed_messages() {
     // ones unchecked keeps it coherent and weakens nothing (it logs an
     // error about the mixed configuration).
     let redis = TestRedis::start();
-    let a = node(&redis, Some(SECRET)).await;
-    let open = node(&redis, None).await;
+    let a = signed_node(&redis, Some(SECRET)).await;
+    let open = signed_node(&redis, None).await;
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&redis, &open, "k", 1).await;
+    fill(&redis, NS, [&open], "k", 1).await;
     a.set("k", &2u32, Ttl::Default).await.unwrap();
-    dropped_within_a_hop(&open, "k").await;
+    dropped_within_a_hop([&open], "k").await;
     let h = health(&open);
     assert_eq!(
         (h.unauthenticated, h.malformed, h.gap_flushes),
@@ -411,23 +341,23 @@ async fn a_node_without_a_secret_still_applies_signed_messages() {
         "{h:?}"
     );
     // …while the node with a secret ignores the open node's messages.
-    fill(&redis, &a, "k", 2).await;
+    fill(&redis, NS, [&a], "k", 2).await;
     open.invalidate_all().await.unwrap();
-    caught_up(&a, bus_seq(&redis)).await;
-    assert_eq!(in_ram(&a, "k").await, Some(2));
+    caught_up([&a], bus_seq(&redis, NS)).await;
+    assert_eq!(in_ram::<u32>(&a, "k").await, Some(2));
     assert!(health(&a).unauthenticated >= 1);
 }
 
 #[tokio::test]
 async fn an_empty_secret_is_refused() {
     let redis = TestRedis::start();
-    let err = builder(&redis.url(), NS, Some(b""))
+    let err = secret_builder(&redis.url(), NS, Some(b""))
         .build()
         .await
         .expect_err("empty secret");
     assert!(err.to_string().contains("bus_secret"), "{err}");
     // And the builder's Debug does not show a secret.
-    let shown = format!("{:?}", builder(&redis.url(), NS, Some(SECRET)));
+    let shown = format!("{:?}", secret_builder(&redis.url(), NS, Some(SECRET)));
     assert!(!shown.contains("horse"), "{shown}");
 }
 
@@ -435,8 +365,7 @@ async fn an_empty_secret_is_refused() {
 mod cli {
     use super::*;
     use std::process::Stdio;
-
-    const BIN: &str = env!("CARGO_BIN_EXE_cachenode");
+    use support::cli::command;
 
     async fn run(
         redis: &TestRedis,
@@ -444,14 +373,8 @@ mod cli {
         env_secret: Option<&str>,
     ) -> std::process::Output {
         let url = redis.url();
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.args(["--redis-url", url.as_str(), "--namespace", NS])
-            .args(args)
-            .env_remove("CACHE_REDIS_URL")
-            .env_remove("CACHE_KEY_PREFIX")
-            .env_remove("CACHENODE_BUS_SECRET")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = command(&["--redis-url", url.as_str(), "--namespace", NS]);
+        cmd.args(args);
         if let Some(s) = env_secret {
             cmd.env("CACHENODE_BUS_SECRET", s);
         }
@@ -464,7 +387,7 @@ mod cli {
     #[tokio::test]
     async fn the_cli_signs_with_a_secret_file_or_variable_and_is_ignored_without() {
         let redis = TestRedis::start();
-        let a = node(&redis, Some(SECRET)).await;
+        let a = signed_node(&redis, Some(SECRET)).await;
         let secret = std::str::from_utf8(SECRET).unwrap();
         let dir = std::env::temp_dir().join(format!("bus-auth-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -474,11 +397,11 @@ mod cli {
 
         // Without the secret: published, but ignored by the node.
         a.set("k", &1u32, Ttl::Default).await.unwrap();
-        fill(&redis, &a, "k", 1).await;
+        fill(&redis, NS, [&a], "k", 1).await;
         let out = run(&redis, &["invalidate", "--key", "k"], None).await;
         assert!(out.status.success(), "{out:?}");
-        caught_up(&a, bus_seq(&redis)).await;
-        assert_eq!(in_ram(&a, "k").await, Some(1));
+        caught_up([&a], bus_seq(&redis, NS)).await;
+        assert_eq!(in_ram::<u32>(&a, "k").await, Some(1));
         assert!(health(&a).unauthenticated >= 1);
 
         // With the file (trailing newline ignored), then the variable.
@@ -489,11 +412,11 @@ mod cli {
         )
         .await;
         assert!(out.status.success(), "{out:?}");
-        dropped_within_a_hop(&a, "k").await;
-        fill(&redis, &a, "k", 1).await;
+        dropped_within_a_hop([&a], "k").await;
+        fill(&redis, NS, [&a], "k", 1).await;
         let out = run(&redis, &["invalidate", "--key", "k"], Some(secret)).await;
         assert!(out.status.success(), "{out:?}");
-        dropped_within_a_hop(&a, "k").await;
+        dropped_within_a_hop([&a], "k").await;
         assert_eq!(health(&a).gap_flushes, 0);
 
         // A missing file is a usage error.
@@ -510,11 +433,10 @@ mod cli {
     #[tokio::test]
     async fn tail_with_the_secret_verifies_messages() {
         let redis = TestRedis::start();
-        let a = node(&redis, Some(SECRET)).await;
+        let a = signed_node(&redis, Some(SECRET)).await;
         let secret = std::str::from_utf8(SECRET).unwrap();
         let url = redis.url();
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.args([
+        let child = command(&[
             "--redis-url",
             url.as_str(),
             "--namespace",
@@ -524,13 +446,10 @@ mod cli {
             "--count",
             "2",
         ])
-        .env_remove("CACHE_REDIS_URL")
-        .env_remove("CACHE_KEY_PREFIX")
         .env("CACHENODE_BUS_SECRET", secret)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .kill_on_drop(true);
-        let child = cmd.spawn().unwrap();
+        .spawn()
+        .unwrap();
         // Let it subscribe (tail sees nothing published before).
         let subscribed = eventually(LONG, || async {
             let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
@@ -544,7 +463,7 @@ mod cli {
         assert!(subscribed, "tail did not subscribe");
         a.invalidate_keys(&["real"]).await.unwrap();
         let signed = last_logged_body(&redis, NS);
-        publish(&redis, &[b"99:".to_vec(), bad_tag(&signed)].concat());
+        publish(&redis, NS, &[b"99:".to_vec(), bad_tag(&signed)].concat());
         let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
             .await
             .unwrap()

@@ -8,58 +8,16 @@ mod support;
 
 use std::convert::Infallible;
 use std::future::ready;
-use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
 use cachenode::CacheNode;
 use redis::Commands;
-use support::{Proxy, TestRedis};
-use tokio::sync::{mpsc, oneshot};
+use support::{Nodes, Proxy, TestRedis};
+use tokio::sync::oneshot;
 
-async fn node_at(url: String) -> CacheNode {
-    CacheNode::builder()
-        .redis_url(url)
-        .namespace("t")
-        .op_timeout(Duration::from_secs(5))
-        .build()
-        .await
-        .expect("node connects")
-}
-
-/// Every command the server runs, one line each, as `MONITOR` prints them.
-fn monitor(redis: &TestRedis) -> mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port())).expect("monitor");
-    stream.write_all(b"MONITOR\r\n").expect("monitor");
-    let mut lines = BufReader::new(stream);
-    let mut first = String::new();
-    lines.read_line(&mut first).expect("monitor reply");
-    assert_eq!(first.trim_end(), "+OK");
-    std::thread::spawn(move || {
-        for line in lines.lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for the first command line containing every one of `parts`.
-async fn seen(lines: &mut mpsc::UnboundedReceiver<String>, parts: &[&str]) -> String {
-    let wait = async {
-        loop {
-            let line = lines.recv().await.expect("monitor ended");
-            if parts.iter().all(|p| line.contains(p)) {
-                return line;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .unwrap_or_else(|_| panic!("no command with {parts:?}"))
-}
+/// Every node here: namespace `t`, 5 s per Redis call (some go through a
+/// slowed-down proxy).
+const NODES: Nodes = Nodes::new("t", Duration::from_secs(5));
 
 /// The promise of `singleflight`: "a caller that arrives after an
 /// invalidation of the key does not join a flight begun before it". A
@@ -71,7 +29,7 @@ async fn seen(lines: &mut mpsc::UnboundedReceiver<String>, parts: &[&str]) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_only_caller_after_clear_all_does_not_join_the_flight_begun_before() {
     let redis = TestRedis::start();
-    let node = node_at(redis.url()).await;
+    let node = NODES.node(&redis.url()).await;
     let f = node
         .func::<(u64,), String>("so")
         .shared_redis_cache_only()
@@ -128,10 +86,10 @@ async fn a_value_from_before_clear_all_does_not_survive_a_concurrent_prune() {
     let redis = TestRedis::start();
     let mut r = redis.conn();
     let func = |n: &CacheNode| n.func::<(u64,), String>("pr").build().unwrap();
-    let clearer = node_at(redis.url()).await;
-    let writer = node_at(redis.url()).await;
+    let clearer = NODES.node(&redis.url()).await;
+    let writer = NODES.node(&redis.url()).await;
     let proxy = Proxy::start(redis.port());
-    let pruner = node_at(proxy.url()).await;
+    let pruner = NODES.node(&proxy.url()).await;
     let (fc, fw) = (func(&clearer), func(&writer));
     let key = fc.cache_key(&(1,)).unwrap();
 
@@ -141,12 +99,12 @@ async fn a_value_from_before_clear_all_does_not_survive_a_concurrent_prune() {
         .unwrap();
     let _: () = r.del(&key).unwrap();
 
-    let mut lines = monitor(&redis);
+    let mut monitor = redis.monitor();
     proxy.set_delay(Duration::from_millis(100));
     let prune = tokio::spawn(async move { pruner.prune_key_sets().await });
 
     // The pruner sees it gone...
-    seen(&mut lines, &["\"EXISTS\"", &key]).await;
+    monitor.next_with(&["\"EXISTS\"", &key]).await;
     // ...a call computes it again before any clear...
     let v1 = fw
         .call(&(1,), || {
@@ -158,12 +116,12 @@ async fn a_value_from_before_clear_all_does_not_survive_a_concurrent_prune() {
     // ...the pruner's forget reaches the server (it used to take the entry
     // out of the key set and put it back a round trip later), and clear_all
     // runs to the end in that round trip.
-    seen(&mut lines, &["EVAL", "t:ks:pr:", &key]).await;
+    monitor.next_with(&["EVAL", "t:ks:pr:", &key]).await;
     fc.clear_all().await.expect("clear_all");
     prune.await.unwrap().expect("prune");
 
     let stored: Option<Vec<u8>> = r.get(&key).unwrap();
-    let reader = node_at(redis.url()).await;
+    let reader = NODES.node(&redis.url()).await;
     let got = func(&reader)
         .call(&(1,), || {
             ready(Ok::<_, Infallible>("computed after the clear".to_string()))
@@ -185,7 +143,7 @@ async fn a_value_from_before_clear_all_does_not_survive_a_concurrent_prune() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_computation_from_before_the_namespace_clear_all_is_not_stored_after_it() {
     let redis = TestRedis::start();
-    let node = node_at(redis.url()).await;
+    let node = NODES.node(&redis.url()).await;
     let f = node
         .func::<(u64,), String>("ns")
         .shared_redis_cache_only()
@@ -209,7 +167,7 @@ async fn a_computation_from_before_the_namespace_clear_all_is_not_stored_after_i
     release_tx.send(()).unwrap();
     slow.await.unwrap().unwrap();
 
-    let other = node_at(redis.url()).await;
+    let other = NODES.node(&redis.url()).await;
     let got = other
         .func::<(u64,), String>("ns")
         .build()

@@ -14,14 +14,11 @@ use std::future::ready;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use cachenode::{Args, CacheNode, CachedFn, KeyArgs};
+use cachenode::{Args, CacheNode};
 use redis::Commands;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::Value;
-use support::{eventually, TestRedis};
-
-const BIN: &str = env!("CARGO_BIN_EXE_cachenode");
+use support::cli::command;
+use support::{bus_seq, caught_up, eventually, free_port, node, node_in, ram_value, TestRedis};
 
 /// How long an invalidation may take to reach a node (one pub/sub hop
 /// normally, the bus's 1 s check at worst); the rest is margin.
@@ -29,32 +26,6 @@ const PROPAGATION: Duration = Duration::from_secs(5);
 
 /// Bound on one run of the binary.
 const RUN_LIMIT: Duration = Duration::from_secs(30);
-
-async fn node(redis: &TestRedis) -> CacheNode {
-    node_in(redis, "t").await
-}
-
-async fn node_in(redis: &TestRedis, ns: &str) -> CacheNode {
-    CacheNode::builder()
-        .redis_url(redis.url())
-        .namespace(ns)
-        .op_timeout(Duration::from_millis(500))
-        .build()
-        .await
-        .expect("node connects")
-}
-
-/// The binary with `args`, without the variables it reads (so the tests do
-/// not depend on the environment they run in).
-fn command(args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args)
-        .env_remove("CACHE_REDIS_URL")
-        .env_remove("CACHE_KEY_PREFIX")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
 
 /// Runs the binary against `redis`, namespace `t`, to the end.
 async fn run(redis: &TestRedis, args: &[&str]) -> Output {
@@ -98,33 +69,6 @@ fn json(out: &Output) -> Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"))
 }
 
-/// The value `probe` (a RAM-only handle) finds in RAM for `args`.
-async fn in_ram<A, V>(probe: &CachedFn<A, V>, args: &A) -> Option<V>
-where
-    A: KeyArgs + ?Sized,
-    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-{
-    probe.call(args, || ready(Err::<V, ()>(()))).await.ok()
-}
-
-fn exists(redis: &TestRedis, key: &str) -> bool {
-    redis.conn().exists(key).unwrap()
-}
-
-/// Waits until `reader` has applied every invalidation published so far
-/// (the bus counter in Redis), so that a read of `reader` is not racing one
-/// (which would rightly skip its RAM fill).
-async fn caught_up(redis: &TestRedis, reader: &CacheNode) {
-    let target: u64 = redis.conn().get("t:{bus}:seq").unwrap();
-    assert!(
-        eventually(PROPAGATION, || async {
-            reader.bus_health().unwrap().last_applied_seq >= target
-        })
-        .await,
-        "reader never caught up with the bus"
-    );
-}
-
 fn user_lang(user: u64, lang: &str) -> Args {
     Args::new()
         .arg("user", &user)
@@ -153,7 +97,7 @@ async fn invalidate_key_drops_the_ram_copy_on_other_nodes_and_keeps_redis() {
         .set("user:2", &"bob".to_string(), Duration::from_secs(60))
         .await
         .unwrap();
-    caught_up(&redis, &reader).await;
+    caught_up([&reader], bus_seq(&redis, "t")).await;
     for key in ["user:1", "user:2"] {
         assert!(reader.get::<String>(key).await.unwrap().is_some());
         assert!(
@@ -197,7 +141,7 @@ async fn invalidate_key_drops_the_ram_copy_on_other_nodes_and_keeps_redis() {
         reader.ram_only().get::<String>("user:2").await.unwrap(),
         Some("bob".to_string())
     );
-    assert!(exists(&redis, "t:k:user:1") && exists(&redis, "t:k:user:2"));
+    assert!(redis.exists("t:k:user:1") && redis.exists("t:k:user:2"));
     assert_eq!(
         reader.get::<String>("user:1").await.unwrap(),
         Some("ada".to_string()),
@@ -215,7 +159,7 @@ async fn invalidate_key_with_delete_removes_the_redis_values_too() {
             .await
             .unwrap();
     }
-    caught_up(&redis, &reader).await;
+    caught_up([&reader], bus_seq(&redis, "t")).await;
     assert!(reader.get::<String>("a").await.unwrap().is_some());
 
     let out = run(
@@ -234,8 +178,8 @@ async fn invalidate_key_with_delete_removes_the_redis_values_too() {
     let v = json(&out);
     assert_eq!(v["keys"], serde_json::json!(["a", "missing"]));
     assert_eq!(v["deleted"], serde_json::json!(["a"]), "only a existed");
-    assert!(!exists(&redis, "t:k:a"));
-    assert!(exists(&redis, "t:k:b"));
+    assert!(!redis.exists("t:k:a"));
+    assert!(redis.exists("t:k:b"));
     assert!(
         eventually(PROPAGATION, || async {
             reader
@@ -272,7 +216,7 @@ async fn invalidate_func_deletes_every_value_of_the_function() {
     }
     other.call(&(1,), computed("order-1".into())).await.unwrap();
     assert_eq!(redis.keys("t:f:get_user:*").len(), 5);
-    assert_eq!(in_ram(&probe, &(3,)).await, Some("user-3".to_string()));
+    assert_eq!(ram_value(&probe, &(3,)).await, Some("user-3".to_string()));
 
     let out = run(&redis, &["invalidate", "--func", "get_user"]).await;
     let text = ok(&out);
@@ -288,7 +232,7 @@ async fn invalidate_func_deletes_every_value_of_the_function() {
     let dropped = eventually(PROPAGATION, || async {
         let mut none = true;
         for id in 1..=5u64 {
-            none &= in_ram(&probe, &(id,)).await.is_none();
+            none &= ram_value(&probe, &(id,)).await.is_none();
         }
         none
     })
@@ -345,7 +289,7 @@ async fn invalidate_func_with_args_deletes_only_the_matching_values() {
             .unwrap();
     }
     let key = |user, lang| f.cache_key(&user_lang(user, lang)).unwrap();
-    assert!(calls.iter().all(|&(u, l)| exists(&redis, &key(u, l))));
+    assert!(calls.iter().all(|&(u, l)| redis.exists(&key(u, l))));
 
     // user 1 in French only.
     let out = run(
@@ -362,19 +306,19 @@ async fn invalidate_func_with_args_deletes_only_the_matching_values() {
     .await;
     let text = ok(&out);
     assert!(text.contains("deleted 1 matching value(s)"), "{text}");
-    assert!(!exists(&redis, &key(1, "fr")));
+    assert!(!redis.exists(&key(1, "fr")));
     for (u, l) in [(1, "en"), (2, "fr"), (2, "en"), (3, "fr")] {
-        assert!(exists(&redis, &key(u, l)), "{u}-{l} kept");
+        assert!(redis.exists(&key(u, l)), "{u}-{l} kept");
     }
     assert!(
         eventually(PROPAGATION, || async {
-            in_ram(&probe, &user_lang(1, "fr")).await.is_none()
+            ram_value(&probe, &user_lang(1, "fr")).await.is_none()
         })
         .await,
         "the deleted value left the node's RAM"
     );
     assert_eq!(
-        in_ram(&probe, &user_lang(1, "en")).await,
+        ram_value(&probe, &user_lang(1, "en")).await,
         Some("1-en".into())
     );
 
@@ -395,8 +339,8 @@ async fn invalidate_func_with_args_deletes_only_the_matching_values() {
     );
     assert_eq!(v["deleted"], 2, "{v}");
     assert_eq!(v["function"], "profile");
-    assert!(!exists(&redis, &key(2, "fr")) && !exists(&redis, &key(2, "en")));
-    assert!(exists(&redis, &key(1, "en")) && exists(&redis, &key(3, "fr")));
+    assert!(!redis.exists(&key(2, "fr")) && !redis.exists(&key(2, "en")));
+    assert!(redis.exists(&key(1, "en")) && redis.exists(&key(3, "fr")));
 
     // A value encoded otherwise than the argument's (a signed integer is a
     // zigzag varint, unsigned ones plain varints) matches nothing.
@@ -415,7 +359,7 @@ async fn invalidate_func_with_args_deletes_only_the_matching_values() {
         .await,
     );
     assert_eq!(v["deleted"], 0);
-    assert!(exists(&redis, &key(3, "fr")));
+    assert!(redis.exists(&key(3, "fr")));
     assert_eq!(f.key_set_size().await.unwrap(), 2);
 }
 
@@ -436,7 +380,7 @@ async fn invalidate_all_drops_every_ram_and_delete_needs_yes() {
         .set("a", &"other".to_string(), Duration::from_secs(60))
         .await
         .unwrap();
-    caught_up(&redis, &reader).await;
+    caught_up([&reader], bus_seq(&redis, "t")).await;
     assert!(reader.get::<String>("a").await.unwrap().is_some());
     assert!(reader
         .ram_only()
@@ -456,7 +400,7 @@ async fn invalidate_all_drops_every_ram_and_delete_needs_yes() {
             "RAM dropped"
         );
     }
-    assert!(exists(&redis, "t:k:a"), "Redis values kept");
+    assert!(redis.exists("t:k:a"), "Redis values kept");
     assert!(
         elsewhere
             .ram_only()
@@ -471,7 +415,7 @@ async fn invalidate_all_drops_every_ram_and_delete_needs_yes() {
     let out = run(&redis, &["invalidate", "--all", "--delete"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
-    assert!(exists(&redis, "t:k:a"), "nothing deleted without --yes");
+    assert!(redis.exists("t:k:a"), "nothing deleted without --yes");
 
     let v = json(
         &run(
@@ -481,8 +425,8 @@ async fn invalidate_all_drops_every_ram_and_delete_needs_yes() {
         .await,
     );
     assert!(v["deleted"].as_u64().unwrap() >= 1, "{v}");
-    assert!(!exists(&redis, "t:k:a"));
-    assert!(exists(&redis, "other:k:a"), "other namespaces untouched");
+    assert!(!redis.exists("t:k:a"));
+    assert!(redis.exists("other:k:a"), "other namespaces untouched");
     assert_eq!(reader.get::<String>("a").await.unwrap(), None);
 }
 
@@ -736,12 +680,6 @@ async fn bus_log_entries_decode_with_the_public_decoder() {
 // errors and exit codes
 // ---------------------------------------------------------------------------
 
-/// A loopback port nothing listens on.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn unreachable_redis_exits_1_naming_the_url_without_its_password() {
     let port = free_port();
@@ -826,7 +764,7 @@ async fn usage_errors_exit_2_without_touching_redis() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("namespace"), "{}", stderr(&out));
     assert_eq!(seq(&redis), before, "nothing was published");
-    assert!(exists(&redis, "t:k:a"));
+    assert!(redis.exists("t:k:a"));
     // --help is not an error.
     assert_eq!(run_raw(&["--help"]).await.status.code(), Some(0));
 }

@@ -12,41 +12,15 @@ use std::time::{Duration, Instant};
 
 use cachenode::{CacheNode, Ttl};
 use redis::Commands;
-use support::{clients, eventually, Proxy, TestRedis};
+use support::{bus_seq, clients, eventually, in_ram, Nodes, Proxy, TestRedis};
 
 const NS: &str = "edges";
 const LONG: Duration = Duration::from_secs(15);
 /// Slack on top of the stated bound, as in tests/staleness.rs.
 const MARGIN: Duration = Duration::from_millis(100);
 
-async fn node(url: &str, every: Duration) -> CacheNode {
-    CacheNode::builder()
-        .redis_url(url)
-        .namespace(NS)
-        .op_timeout(Duration::from_secs(2))
-        .deletion_check_frequency(every)
-        .build()
-        .await
-        .expect("node connects")
-}
-
-async fn in_ram(node: &CacheNode, key: &str) -> Option<u64> {
-    node.ram_only().get::<u64>(key).await.expect("RAM read")
-}
-
-fn bus_seq(redis: &TestRedis) -> u64 {
-    let seq: Option<u64> = redis.conn().get(format!("{NS}:{{bus}}:seq")).unwrap();
-    seq.unwrap_or(0)
-}
-
-fn port_of(proxy: &Proxy) -> u16 {
-    proxy
-        .url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("proxy port")
-}
+/// Every node here: 2 s per Redis call; each test sets the check period.
+const NODES: Nodes = Nodes::new(NS, Duration::from_secs(2));
 
 /// Waits for the next successful deletion check of `node`.
 async fn next_check(node: &CacheNode) {
@@ -75,12 +49,12 @@ async fn a_failover_without_a_partition_keeps_the_new_primarys_first_invalidatio
     let primary = TestRedis::start();
     let replication = Proxy::start(primary.port());
     let replica = TestRedis::start();
-    replica.replicate_from(port_of(&replication));
+    replica.replicate_from(replication.port());
     let px = Proxy::start(primary.port());
-    let w1 = node(&primary.url(), every).await;
-    let x = node(&px.url(), every).await;
+    let w1 = NODES.checking_every(every).node(&primary.url()).await;
+    let x = NODES.checking_every(every).node(&px.url()).await;
     w1.set("k", &1u64, Ttl::Default).await.unwrap();
-    let s0 = bus_seq(&primary);
+    let s0 = bus_seq(&primary, NS);
     assert!(
         eventually(LONG, || async {
             x.bus_health().unwrap().last_applied_seq == s0
@@ -88,10 +62,10 @@ async fn a_failover_without_a_partition_keeps_the_new_primarys_first_invalidatio
         .await
     );
     assert_eq!(x.get::<u64>("k").await.unwrap(), Some(1));
-    assert_eq!(in_ram(&x, "k").await, Some(1));
+    assert_eq!(in_ram::<u64>(&x, "k").await, Some(1));
     assert!(
         eventually(LONG, || async {
-            replica.replica_synced() && bus_seq(&replica) == s0
+            replica.replica_synced() && bus_seq(&replica, NS) == s0
         })
         .await,
         "replica synced"
@@ -131,7 +105,7 @@ async fn a_failover_without_a_partition_keeps_the_new_primarys_first_invalidatio
     for other in ["d", "e", "f"] {
         w2.invalidate_keys(&[other]).await.unwrap();
     }
-    assert_eq!(bus_seq(&replica), s0 + 4);
+    assert_eq!(bus_seq(&replica, NS), s0 + 4);
     // x's next checks succeed against the new primary...
     next_check(&x).await;
     next_check(&x).await;
@@ -140,7 +114,7 @@ async fn a_failover_without_a_partition_keeps_the_new_primarys_first_invalidatio
     assert!(!h.suspended && h.last_applied_seq == s0 + 4, "{h:?}");
     // ...and, past the bound, it still serves the value the new primary's
     // s0 + 1 replaced.
-    let stale = in_ram(&x, "k").await;
+    let stale = in_ram::<u64>(&x, "k").await;
     assert_ne!(
         stale,
         Some(1),
@@ -160,8 +134,8 @@ async fn a_call_joining_a_flight_after_an_invalidation_never_gets_the_replaced_v
     use std::sync::atomic::{AtomicU64, Ordering};
     let redis = TestRedis::start();
     let every = Duration::from_millis(300);
-    let x = node(&redis.url(), every).await;
-    let w = node(&redis.url(), every).await;
+    let x = NODES.checking_every(every).node(&redis.url()).await;
+    let w = NODES.checking_every(every).node(&redis.url()).await;
     let fx = x.func::<(u64,), u64>("slow").build().unwrap();
     let fw = w.func::<(u64,), u64>("slow").build().unwrap();
     // The source of truth the function reads.
@@ -215,7 +189,7 @@ async fn ram_only_values_and_memory_fns_stay_served_while_redis_is_unreachable()
     let redis = TestRedis::start();
     let every = Duration::from_millis(300);
     let px = Proxy::start(redis.port());
-    let x = node(&px.url(), every).await;
+    let x = NODES.checking_every(every).node(&px.url()).await;
     let runs = Arc::new(AtomicU64::new(0));
     let m = x.memory_fn::<(u64,), u64>("local", None).unwrap();
     let call = || {
@@ -232,7 +206,7 @@ async fn ram_only_values_and_memory_fns_stay_served_while_redis_is_unreachable()
         .set("session", &7u64, Ttl::Default)
         .await
         .unwrap();
-    assert_eq!(in_ram(&x, "session").await, Some(7));
+    assert_eq!(in_ram::<u64>(&x, "session").await, Some(7));
 
     px.cut();
     assert!(
@@ -244,7 +218,7 @@ async fn ram_only_values_and_memory_fns_stay_served_while_redis_is_unreachable()
         assert_eq!(call().await.unwrap(), 42);
     }
     assert_eq!(
-        in_ram(&x, "session").await,
+        in_ram::<u64>(&x, "session").await,
         Some(7),
         "a value written to this process's RAM only reads as missing"
     );
@@ -264,7 +238,10 @@ async fn a_foreign_log_does_not_stop_writes_under_the_readme_acl() {
     let redis = TestRedis::start();
     support::create_user(&redis, NS, &[]);
     let url = support::user_url(&redis);
-    let n = node(&url, Duration::from_millis(500)).await;
+    let n = NODES
+        .checking_every(Duration::from_millis(500))
+        .node(&url)
+        .await;
     n.set("k", &1u64, Ttl::Default).await.unwrap();
     let _: () = redis
         .conn()

@@ -8,23 +8,21 @@
 //! stream `t:jobs` (consumer group `builders`).
 //!
 //! Two tests need an instance to die mid-computation with SIGKILL: the test
-//! binary runs itself again as a child process (see [`Child`]) executing one
-//! of the `child_*` tests, which are `#[ignore]`d and do nothing unless the
-//! parent set [`CHILD_REDIS`].
+//! binary runs itself again as a child process (`support::child`) executing
+//! one of the `child_*` tests, which are `#[ignore]`d and do nothing unless
+//! the parent set [`CHILD_REDIS`].
 
 mod support;
 
 use std::convert::Infallible;
 use std::future::ready;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cachenode::{AtomicWrites, CacheNode, CacheNodeBuilder, CachedFn, Error, Lookup};
+use cachenode::{AtomicWrites, CacheNode, CachedFn, Error, Lookup};
 use redis::Commands;
-use support::{eventually, TestRedis};
+use support::{eventually, ChildTest, Nodes, TestRedis};
 
 /// How long a RAM invalidation may take to reach another node (one pub/sub
 /// hop, at worst the bus's deletion-check period), with margin.
@@ -48,28 +46,8 @@ const RECONNECT: Duration = Duration::from_secs(1);
 /// URL of the parent's test server.
 const CHILD_REDIS: &str = "CACHENODE_COMPUTE_CHILD_REDIS";
 
-fn base(redis_url: &str) -> CacheNodeBuilder {
-    CacheNode::builder()
-        .redis_url(redis_url)
-        .namespace("t")
-        .op_timeout(Duration::from_secs(1))
-}
-
-async fn node(redis: &TestRedis) -> CacheNode {
-    base(&redis.url()).build().await.expect("node connects")
-}
-
-/// A node with the builder role: consumes build jobs and refreshes, with
-/// refresh periods down to 1 s looked at every 100 ms.
-async fn builder_node(redis_url: &str) -> CacheNode {
-    base(redis_url)
-        .builder_role(true)
-        .min_refresh_period(Duration::from_secs(1))
-        .refresh_granularity(Duration::from_millis(100))
-        .build()
-        .await
-        .expect("builder node connects")
-}
+/// Every node here: namespace `t`, 1 s per Redis call.
+const NODES: Nodes = Nodes::new("t", Duration::from_secs(1));
 
 fn lock_of(value_key: &str) -> String {
     format!("{{{value_key}}}:lock")
@@ -77,10 +55,6 @@ fn lock_of(value_key: &str) -> String {
 
 fn marker_of(value_key: &str) -> String {
     format!("{{{value_key}}}:job")
-}
-
-fn exists(redis: &TestRedis, key: &str) -> bool {
-    redis.conn().exists(key).unwrap()
 }
 
 fn xlen(redis: &TestRedis) -> usize {
@@ -151,81 +125,6 @@ fn must_not_compute() -> std::future::Ready<Result<String, &'static str>> {
 }
 
 // ---------------------------------------------------------------------------
-// Child processes
-// ---------------------------------------------------------------------------
-
-/// This test binary run again as a child process, executing the ignored
-/// test `name` against the parent's server. Killed (SIGKILL) and reaped on
-/// drop, whatever happens to the parent test.
-struct Child {
-    process: std::process::Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl Child {
-    fn spawn(name: &str, redis: &TestRedis) -> Self {
-        let exe = std::env::current_exe().expect("test binary path");
-        let mut process = Command::new(exe)
-            .args([
-                "--exact",
-                name,
-                "--nocapture",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(CHILD_REDIS, redis.url())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn child test process");
-        let stdout = process.stdout.take().expect("child stdout");
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Child { process, lines }
-    }
-
-    /// Waits until the child prints the line `marker`.
-    async fn wait_for(&mut self, marker: &str, within: Duration) {
-        let seen = tokio::time::timeout(within, async {
-            while let Some(line) = self.lines.recv().await {
-                // libtest prints "test <name> ... " before the test's own
-                // output, on the same line.
-                if line.contains(marker) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        match seen {
-            Ok(true) => {}
-            Ok(false) => panic!("the child process exited before printing {marker:?}"),
-            Err(_) => panic!("the child process did not print {marker:?} within {within:?}"),
-        }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-// ---------------------------------------------------------------------------
 // At most once
 // ---------------------------------------------------------------------------
 
@@ -237,7 +136,7 @@ async fn at_most_once_200_callers_on_4_nodes_compute_a_cold_key_once() {
     let mut nodes = Vec::new();
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let n = node(&redis).await;
+        let n = NODES.node(&redis.url()).await;
         let f = n
             .func::<(u32,), String>("report")
             .atomic_writes(AtomicWrites::AtMostOnce)
@@ -270,8 +169,8 @@ async fn at_most_once_200_callers_on_4_nodes_compute_a_cold_key_once() {
     );
     let f = nodes[0].func::<(u32,), String>("report").build().unwrap();
     let key = f.cache_key(&(7,)).unwrap();
-    assert!(exists(&redis, &key), "the value is stored");
-    assert!(!exists(&redis, &lock_of(&key)), "the lock is released");
+    assert!(redis.exists(&key), "the value is stored");
+    assert!(!redis.exists(&lock_of(&key)), "the lock is released");
     assert_eq!(
         probe(&redis_probe(&nodes[3], "report"), 7).await.as_deref(),
         Some("computed")
@@ -293,14 +192,21 @@ fn held_fn(n: &CacheNode) -> CachedFn<(u32,), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_once_holder_killed_mid_computation_is_replaced_once_its_lock_expires() {
     let redis = TestRedis::start();
-    let (p, q) = (node(&redis).await, node(&redis).await);
+    let (p, q) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     let (fp, fq) = (held_fn(&p), held_fn(&q));
     let key = fp.cache_key(&(1,)).unwrap();
     let lock = lock_of(&key);
 
-    let mut child = Child::spawn("child_computes_under_the_lock_until_killed", &redis);
-    child.wait_for("@computing", Duration::from_secs(30)).await;
-    assert!(exists(&redis, &lock), "the child computes under the lock");
+    let mut child = ChildTest::spawn(
+        "child_computes_under_the_lock_until_killed",
+        CHILD_REDIS,
+        &redis.url(),
+    );
+    child.line_with("@computing", Duration::from_secs(30)).await;
+    assert!(redis.exists(&lock), "the child computes under the lock");
 
     // Callers on two nodes of this process wait for the child's value.
     let starts = Arc::new(Mutex::new(Vec::<Instant>::new()));
@@ -320,7 +226,7 @@ async fn at_most_once_holder_killed_mid_computation_is_replaced_once_its_lock_ex
     }
     // A live holder keeps its lock past its TTL: nobody takes over.
     tokio::time::sleep(HELD_LOCK_TTL * 3 / 2).await;
-    assert!(exists(&redis, &lock), "the keep-alive extends the lock");
+    assert!(redis.exists(&lock), "the keep-alive extends the lock");
     assert!(
         starts.lock().unwrap().is_empty(),
         "no one computes meanwhile"
@@ -334,7 +240,7 @@ async fn at_most_once_holder_killed_mid_computation_is_replaced_once_its_lock_ex
         left > 0 && left <= HELD_LOCK_TTL.as_millis() as i64,
         "the dead holder's lock outlives it until its TTL: PTTL {left}"
     );
-    assert!(!exists(&redis, &key), "the dead holder wrote nothing");
+    assert!(!redis.exists(&key), "the dead holder wrote nothing");
     let left = Duration::from_millis(left as u64);
 
     let results = tokio::time::timeout(Duration::from_secs(20), callers.join_all())
@@ -359,9 +265,9 @@ async fn at_most_once_holder_killed_mid_computation_is_replaced_once_its_lock_ex
         "computed {:?} after the lock expired",
         starts[0] - (answered + left)
     );
-    assert!(!exists(&redis, &lock), "the new holder released its lock");
+    assert!(!redis.exists(&lock), "the new holder released its lock");
     assert_eq!(
-        probe(&redis_probe(&node(&redis).await, "held"), 1)
+        probe(&redis_probe(&NODES.node(&redis.url()).await, "held"), 1)
             .await
             .as_deref(),
         Some("parent"),
@@ -377,7 +283,11 @@ async fn child_computes_under_the_lock_until_killed() {
     let Ok(url) = std::env::var(CHILD_REDIS) else {
         return;
     };
-    let n = base(&url).build().await.expect("child node connects");
+    let n = NODES
+        .builder(&url)
+        .build()
+        .await
+        .expect("child node connects");
     let f = held_fn(&n);
     let _ = f
         .call(&(1,), || async {
@@ -392,7 +302,11 @@ async fn child_computes_under_the_lock_until_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_once_a_holder_that_lost_its_lock_cannot_overwrite_the_next_holders_value() {
     let redis = TestRedis::start();
-    let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
+    let (a, b, c) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     let fenced = |n: &CacheNode| {
         n.func::<(u32,), String>("fenced")
             .atomic_writes(AtomicWrites::AtMostOnce)
@@ -447,7 +361,7 @@ async fn at_most_once_a_holder_that_lost_its_lock_cannot_overwrite_the_next_hold
         "v2",
         "A did not keep its refused value in RAM either"
     );
-    assert!(!exists(&redis, &lock), "no lock left behind");
+    assert!(!redis.exists(&lock), "no lock left behind");
 
     // Same without a successor: a holder whose lock is gone stores nothing.
     let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
@@ -507,7 +421,11 @@ fn gated_call(f: &CachedFn<(u32,), String>, arg: u32, value: &str) -> Gated {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_stores_the_value_of_the_computation_that_started_last() {
     let redis = TestRedis::start();
-    let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
+    let (a, b, c) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     let f = |n: &CacheNode| {
         n.func::<(u32,), String>("latest")
             .atomic_writes(AtomicWrites::AtLeastOnce)
@@ -539,7 +457,7 @@ async fn at_least_once_stores_the_value_of_the_computation_that_started_last() {
         "A did not keep its refused value in RAM"
     );
     let key = fa.cache_key(&(1,)).unwrap();
-    assert!(exists(&redis, &format!("{{{key}}}:ver")), "versioned");
+    assert!(redis.exists(&format!("{{{key}}}:ver")), "versioned");
 
     // 2. The newer computation finishes last: it replaces the older value.
     let mut older = gated_call(&fa, 2, "older");
@@ -576,10 +494,10 @@ const HOUR_MS: i64 = 3_600_000;
 async fn at_least_once_orders_by_start_on_redis_whatever_the_hosts_clocks_say() {
     let redis = TestRedis::start();
     let (a, b, c, d) = (
-        node(&redis).await,
-        node(&redis).await,
-        node(&redis).await,
-        node(&redis).await,
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
     );
     let f = |n: &CacheNode, skew_ms: i64| {
         n.func::<(u32,), String>("skewed")
@@ -629,7 +547,7 @@ async fn at_least_once_orders_by_start_on_redis_whatever_the_hosts_clocks_say() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_leaves_no_version_key_once_its_value_expires_or_is_deleted() {
     let redis = TestRedis::start();
-    let n = node(&redis).await;
+    let n = NODES.node(&redis.url()).await;
     let f = |name: &str, ttl: Duration| {
         n.func::<(u32,), String>(name)
             .atomic_writes(AtomicWrites::AtLeastOnce)
@@ -643,10 +561,10 @@ async fn at_least_once_leaves_no_version_key_once_its_value_expires_or_is_delete
     let brief = f("brief", Duration::from_millis(300));
     brief.call(&(1,), || value(1)).await.unwrap();
     let key = brief.cache_key(&(1,)).unwrap();
-    assert!(exists(&redis, &version_of(&key)), "versioned");
-    assert!(eventually(Duration::from_secs(1), || async { !exists(&redis, &key) }).await);
+    assert!(redis.exists(&version_of(&key)), "versioned");
+    assert!(eventually(Duration::from_secs(1), || async { !redis.exists(&key) }).await);
     assert!(
-        !exists(&redis, &version_of(&key)),
+        !redis.exists(&version_of(&key)),
         "the version outlived its value"
     );
 
@@ -660,17 +578,17 @@ async fn at_least_once_leaves_no_version_key_once_its_value_expires_or_is_delete
     }
     assert!(forever.clear(&(1,)).await.unwrap());
     let key = forever.cache_key(&(1,)).unwrap();
-    assert!(!exists(&redis, &key));
+    assert!(!redis.exists(&key));
     assert!(
-        !exists(&redis, &version_of(&key)),
+        !redis.exists(&version_of(&key)),
         "clear left the version behind"
     );
     assert_eq!(forever.clear_all().await.unwrap(), 2);
     for x in 2..=3 {
         let key = forever.cache_key(&(x,)).unwrap();
-        assert!(!exists(&redis, &key));
+        assert!(!redis.exists(&key));
         assert!(
-            !exists(&redis, &version_of(&key)),
+            !redis.exists(&version_of(&key)),
             "clear_all left the version of {x} behind"
         );
     }
@@ -682,7 +600,7 @@ async fn at_least_once_leaves_no_version_key_once_its_value_expires_or_is_delete
     let key = forever.cache_key(&(4,)).unwrap();
     let _: () = redis.conn().del(&key).unwrap();
     let _: () = redis.conn().set(version_of(&key), u64::MAX / 2).unwrap();
-    let other = node(&redis).await;
+    let other = NODES.node(&redis.url()).await;
     let fo = other
         .func::<(u32,), String>("forever")
         .atomic_writes(AtomicWrites::AtLeastOnce)
@@ -716,7 +634,10 @@ fn set_calls(redis: &TestRedis) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_once_with_an_unbounded_wait_timeout_waits_for_the_holder() {
     let redis = TestRedis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     let f = |n: &CacheNode| {
         n.func::<(u32,), String>("patient")
             .atomic_writes(AtomicWrites::AtMostOnce)
@@ -730,7 +651,7 @@ async fn at_most_once_with_an_unbounded_wait_timeout_waits_for_the_holder() {
         panic!("the holder's call failed: {:?}", holder.call.await);
     }
     let lock = lock_of(&fa.cache_key(&(1,)).unwrap());
-    assert!(exists(&redis, &lock), "A computes under the lock");
+    assert!(redis.exists(&lock), "A computes under the lock");
     let sets = set_calls(&redis);
     let waiter = tokio::spawn({
         let fb = fb.clone();
@@ -755,7 +676,7 @@ async fn at_most_once_with_an_unbounded_wait_timeout_waits_for_the_holder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_arriving_after_an_invalidation_does_not_share_the_flight_begun_before_it() {
     let redis = TestRedis::start();
-    let n = node(&redis).await;
+    let n = NODES.node(&redis.url()).await;
     let f = n.func::<(u32,), String>("flight").build().unwrap();
 
     // The leader computes from data read before the invalidation.
@@ -819,7 +740,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_or_build_queues_one_job_that_a_builder_node_builds_once() {
     let redis = TestRedis::start();
-    let client = node(&redis).await;
+    let client = NODES.node(&redis.url()).await;
     let fc = report_fn(&client, |_| async {
         Err::<String, _>("the client is not a builder".to_string())
     });
@@ -829,12 +750,12 @@ async fn get_or_build_queues_one_job_that_a_builder_node_builds_once() {
     assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
     assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
     assert_eq!(xlen(&redis), 1, "one job for two lookups");
-    assert!(exists(&redis, &marker_of(&key)));
+    assert!(redis.exists(&marker_of(&key)));
 
     // A builder node starts with the job pending; its build waits for a gate.
     let builds = Arc::new(AtomicUsize::new(0));
     let (open, gate) = tokio::sync::watch::channel(false);
-    let b = builder_node(&redis.url()).await;
+    let b = NODES.builder_node(&redis.url()).await;
     let _fb = report_fn(&b, {
         let builds = builds.clone();
         move |(x,)| {
@@ -865,20 +786,20 @@ async fn get_or_build_queues_one_job_that_a_builder_node_builds_once() {
         "the built value is served"
     );
     assert_eq!(builds.load(SeqCst), 1, "built once");
-    assert!(exists(&redis, &key));
+    assert!(redis.exists(&key));
     // The builder cleans up after writing the value: marker, job, lock.
     assert!(
         eventually(BLOCK, || async {
-            !exists(&redis, &marker_of(&key))
+            !redis.exists(&marker_of(&key))
                 && pending_jobs(&redis) == 0
                 && xlen(&redis) == 0
-                && !exists(&redis, &lock_of(&key))
+                && !redis.exists(&lock_of(&key))
         })
         .await,
         "the job is acknowledged and removed, its marker and lock released"
     );
     // A plain call on any node now reads the built value.
-    let other = node(&redis).await;
+    let other = NODES.node(&redis.url()).await;
     let fo = report_fn(&other, |_| async { Err::<String, _>("no".to_string()) });
     assert_eq!(fo.call(&(1,), must_not_compute).await.unwrap(), "built 1");
     // Nothing is built again.
@@ -889,7 +810,7 @@ async fn get_or_build_queues_one_job_that_a_builder_node_builds_once() {
 #[tokio::test]
 async fn async_compute_misuse_is_a_config_error() {
     let redis = TestRedis::start();
-    let n = node(&redis).await;
+    let n = NODES.node(&redis.url()).await;
     let plain = n.func::<(u32,), String>("plain").build().unwrap();
     let err = plain.get_or_build(&(1,)).await.unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
@@ -917,7 +838,7 @@ async fn async_compute_misuse_is_a_config_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_read_before_its_function_is_registered_waits_for_it_and_unknown_ones_expire() {
     let redis = TestRedis::start();
-    let client = node(&redis).await;
+    let client = NODES.node(&redis.url()).await;
     let fc = report_fn(&client, |_| async { Err::<String, _>("no".to_string()) });
     let nobody = client
         .func::<(u32,), String>("nobody")
@@ -933,7 +854,7 @@ async fn a_job_read_before_its_function_is_registered_waits_for_it_and_unknown_o
 
     // A builder node that reads both jobs before `report` is registered on
     // it (as at start-up, with jobs queued), and never knows `nobody`.
-    let b = builder_node(&redis.url()).await;
+    let b = NODES.builder_node(&redis.url()).await;
     assert!(
         eventually(BLOCK, || async { pending_jobs(&redis) == 2 }).await,
         "the builder reads the jobs"
@@ -983,34 +904,38 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_compute_job_of_a_killed_builder_process_is_reclaimed_and_built_once() {
     let redis = TestRedis::start();
-    let mut child = Child::spawn("child_builder_builds_until_killed", &redis);
-    child.wait_for("@ready", Duration::from_secs(30)).await;
+    let mut child = ChildTest::spawn(
+        "child_builder_builds_until_killed",
+        CHILD_REDIS,
+        &redis.url(),
+    );
+    child.line_with("@ready", Duration::from_secs(30)).await;
 
-    let client = node(&redis).await;
+    let client = NODES.node(&redis.url()).await;
     let fc = job_fn(&client, |_| async {
         Err::<String, _>("the client is not a builder".to_string())
     });
     let key = fc.cache_key(&(1,)).unwrap();
     assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
-    child.wait_for("@building", Duration::from_secs(10)).await;
+    child.line_with("@building", Duration::from_secs(10)).await;
     assert!(
-        exists(&redis, &lock_of(&key)),
+        redis.exists(&lock_of(&key)),
         "the child builds under the lock"
     );
     child.kill();
-    assert!(!exists(&redis, &key), "the dead builder stored nothing");
+    assert!(!redis.exists(&key), "the dead builder stored nothing");
     assert_eq!(pending_jobs(&redis), 1, "its job is pending");
     // Its marker expires with the job timeout: a lookup then queues a
     // duplicate job, as an application asking again would.
     assert!(
-        eventually(JOB_TIMEOUT, || async { !exists(&redis, &marker_of(&key)) }).await,
+        eventually(JOB_TIMEOUT, || async { !redis.exists(&marker_of(&key)) }).await,
         "the marker expires with the job timeout"
     );
     assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
     assert_eq!(jobs_added(&redis), 2, "a duplicate is queued");
 
     let builds = Arc::new(AtomicUsize::new(0));
-    let b = builder_node(&redis.url()).await;
+    let b = NODES.builder_node(&redis.url()).await;
     let _fb = job_fn(&b, {
         let builds = builds.clone();
         move |(x,)| {
@@ -1036,7 +961,7 @@ async fn async_compute_job_of_a_killed_builder_process_is_reclaimed_and_built_on
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(builds.load(SeqCst), 1, "built once, duplicates included");
     assert_eq!(pending_jobs(&redis), 0, "every job is acknowledged");
-    assert!(exists(&redis, &key), "the value is stored");
+    assert!(redis.exists(&key), "the value is stored");
     assert_eq!(
         probe(&redis_probe(&client, "job"), 1).await.as_deref(),
         Some("parent 1")
@@ -1051,7 +976,7 @@ async fn child_builder_builds_until_killed() {
     let Ok(url) = std::env::var(CHILD_REDIS) else {
         return;
     };
-    let b = builder_node(&url).await;
+    let b = NODES.builder_node(&url).await;
     let _f = job_fn(&b, |_| async {
         println!("@building");
         tokio::time::sleep(Duration::from_secs(120)).await;
@@ -1124,9 +1049,9 @@ async fn is_built(f: &CachedFn<(u32,), String>, x: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_queued_while_the_builder_waits_is_built_at_once_not_after_a_reclaim() {
     let redis = TestRedis::start();
-    let client = node(&redis).await;
+    let client = NODES.node(&redis.url()).await;
     let fc = report_fn(&client, |_| async { Err::<String, _>("no".to_string()) });
-    let b = builder_node(&redis.url()).await;
+    let b = NODES.builder_node(&redis.url()).await;
     let deliveries = Arc::new(Mutex::new(Vec::new()));
     let _fb = counting_report_fn(&b, &redis, &deliveries);
     // Jobs queued at several points of a block period: each is delivered
@@ -1160,9 +1085,9 @@ async fn a_job_queued_while_the_builder_waits_is_built_at_once_not_after_a_recla
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_builder_takes_jobs_again_after_the_namespace_is_cleared() {
     let redis = TestRedis::start();
-    let client = node(&redis).await;
+    let client = NODES.node(&redis.url()).await;
     let fc = report_fn(&client, |_| async { Err::<String, _>("no".to_string()) });
-    let b = builder_node(&redis.url()).await;
+    let b = NODES.builder_node(&redis.url()).await;
     let deliveries = Arc::new(Mutex::new(Vec::new()));
     let _fb = counting_report_fn(&b, &redis, &deliveries);
     assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
@@ -1209,9 +1134,9 @@ async fn a_builder_takes_jobs_again_after_the_namespace_is_cleared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_builder_takes_jobs_again_after_redis_restarts() {
     let mut redis = TestRedis::start();
-    let client = node(&redis).await;
+    let client = NODES.node(&redis.url()).await;
     let fc = report_fn(&client, |_| async { Err::<String, _>("no".to_string()) });
-    let b = builder_node(&redis.url()).await;
+    let b = NODES.builder_node(&redis.url()).await;
     let deliveries = Arc::new(Mutex::new(Vec::new()));
     let _fb = counting_report_fn(&b, &redis, &deliveries);
     assert!(eventually(BLOCK, || async { builder_blocked(&redis) }).await);
@@ -1257,11 +1182,12 @@ async fn refresh_rebuilds_once_per_period_across_three_builders_and_readers_neve
     };
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(builder_node(&redis.url()).await);
+        nodes.push(NODES.builder_node(&redis.url()).await);
     }
     // A reader that is not a builder.
     nodes.push(
-        base(&redis.url())
+        NODES
+            .builder(&redis.url())
             .min_refresh_period(REFRESH_PERIOD)
             .build()
             .await
@@ -1372,7 +1298,10 @@ async fn refresh_rebuilds_once_per_period_across_three_builders_and_readers_neve
 #[tokio::test]
 async fn warm_up_computes_and_stores_the_calls_marked_for_it() {
     let redis = TestRedis::start();
-    let (n, other) = (node(&redis).await, node(&redis).await);
+    let (n, other) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     let builds = Arc::new(AtomicUsize::new(0));
     let f = n
         .func::<(u32,), String>("rates")
@@ -1392,7 +1321,7 @@ async fn warm_up_computes_and_stores_the_calls_marked_for_it() {
     assert!(report.unfinished.is_empty(), "{report:?}");
     assert_eq!(builds.load(SeqCst), 2);
     for x in [1, 2] {
-        assert!(exists(&redis, &f.cache_key(&(x,)).unwrap()));
+        assert!(redis.exists(&f.cache_key(&(x,)).unwrap()));
     }
     // Another node reads the warmed values without computing.
     let fo = other.func::<(u32,), String>("rates").build().unwrap();
@@ -1405,7 +1334,7 @@ async fn warm_up_computes_and_stores_the_calls_marked_for_it() {
 #[tokio::test]
 async fn warm_up_does_not_wait_for_a_slow_function_past_its_timeout_and_reports_it() {
     let redis = TestRedis::start();
-    let n = node(&redis).await;
+    let n = NODES.node(&redis.url()).await;
     let fast = n
         .func::<(u32,), String>("fast")
         .computed_by(|(x,): (u32,)| ready(Ok::<_, Infallible>(format!("fast {x}"))))
@@ -1432,8 +1361,8 @@ async fn warm_up_does_not_wait_for_a_slow_function_past_its_timeout_and_reports_
     assert_eq!(report.warmed, 1, "{report:?}");
     assert_eq!(report.unfinished.len(), 1, "{report:?}");
     assert_eq!(report.unfinished[0].0, "slow");
-    assert!(exists(&redis, &fast.cache_key(&(1,)).unwrap()));
-    assert!(!exists(&redis, &slow.cache_key(&(1,)).unwrap()));
+    assert!(redis.exists(&fast.cache_key(&(1,)).unwrap()));
+    assert!(!redis.exists(&slow.cache_key(&(1,)).unwrap()));
 }
 
 // ---------------------------------------------------------------------------

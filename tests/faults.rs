@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cachenode::{CacheNode, Ttl};
-use support::{Proxy, TestRedis};
+use support::{Nodes, Proxy, TestRedis};
 
 /// The nodes' deletion-check period: the staleness bound, before slack.
 const CHECK: Duration = Duration::from_millis(500);
@@ -129,17 +129,11 @@ impl History {
     }
 }
 
-async fn node(url: &str) -> CacheNode {
-    CacheNode::builder()
-        .redis_url(url)
-        .namespace("faults")
-        .deletion_check_frequency(CHECK)
-        .op_timeout(OP_TIMEOUT)
-        .connect_timeout(OP_TIMEOUT)
-        .build()
-        .await
-        .expect("node")
-}
+/// Every node here: a call or a connection attempt that takes longer than
+/// [`OP_TIMEOUT`] fails; RAM is checked against the bus every [`CHECK`].
+const NODES: Nodes = Nodes::new("faults", OP_TIMEOUT)
+    .connect_timeout(OP_TIMEOUT)
+    .checking_every(CHECK);
 
 /// Runs the workload on `nodes` until `stop`; writes are serialized per key.
 /// With `spin`, readers never pause or yield between reads: RAM hits run
@@ -376,7 +370,7 @@ where
 async fn four_nodes(url: &str) -> Vec<CacheNode> {
     let mut v = Vec::new();
     for _ in 0..4 {
-        v.push(node(url).await);
+        v.push(NODES.node(url).await);
     }
     v
 }
@@ -458,9 +452,9 @@ async fn staleness_holds_when_redis_pauses_longer_than_the_call_timeout() {
 async fn staleness_holds_when_one_node_is_cut_off_past_the_bound_then_heals() {
     let redis = TestRedis::start();
     let proxy = Proxy::start(redis.port());
-    let mut nodes = vec![node(&proxy.url()).await];
+    let mut nodes = vec![NODES.node(&proxy.url()).await];
     for _ in 0..3 {
-        nodes.push(node(&redis.url()).await);
+        nodes.push(NODES.node(&redis.url()).await);
     }
     let cut_node = nodes[0].clone();
     let counter = redis.client();
@@ -502,9 +496,9 @@ async fn staleness_holds_when_one_node_is_cut_off_past_the_bound_then_heals() {
 async fn staleness_holds_when_one_node_sees_200ms_of_latency() {
     let redis = TestRedis::start();
     let proxy = Proxy::start(redis.port());
-    let mut nodes = vec![node(&proxy.url()).await];
+    let mut nodes = vec![NODES.node(&proxy.url()).await];
     for _ in 0..3 {
-        nodes.push(node(&redis.url()).await);
+        nodes.push(NODES.node(&redis.url()).await);
     }
     let slow_node = nodes[0].clone();
     let slow = |_| async move {
@@ -545,9 +539,9 @@ async fn staleness_holds_when_redis_restarts_from_an_older_snapshot() {
     let redis = Arc::new(Mutex::new(TestRedis::start()));
     let url = redis.lock().unwrap().url();
     let px = Proxy::start(redis.lock().unwrap().port());
-    let mut nodes = vec![node(&px.url()).await];
+    let mut nodes = vec![NODES.node(&px.url()).await];
     for _ in 0..3 {
-        nodes.push(node(&url).await);
+        nodes.push(NODES.node(&url).await);
     }
     let server = redis.clone();
     let burster = nodes[1].clone();
@@ -596,7 +590,7 @@ async fn staleness_holds_when_a_lagging_replica_is_promoted() {
     let primary = TestRedis::start();
     let replica = TestRedis::start();
     let replication = Proxy::start(primary.port());
-    replica.replicate_from(port_of(&replication.url()));
+    replica.replicate_from(replication.port());
     assert!(
         support::eventually(Duration::from_secs(10), || async {
             replica.replica_synced()
@@ -605,9 +599,9 @@ async fn staleness_holds_when_a_lagging_replica_is_promoted() {
     );
     let front = Arc::new(Proxy::start(primary.port()));
     let late = Arc::new(Proxy::start(primary.port()));
-    let mut nodes = vec![node(&late.url()).await];
+    let mut nodes = vec![NODES.node(&late.url()).await];
     for _ in 0..3 {
-        nodes.push(node(&front.url()).await);
+        nodes.push(NODES.node(&front.url()).await);
     }
     let (f, l) = (front.clone(), late.clone());
     let replica_port = replica.port();
@@ -662,7 +656,7 @@ fn writers_apart(
             .build()
             .unwrap();
         rt.block_on(async move {
-            let writer = node(&url).await;
+            let writer = NODES.node(&url).await;
             let mut rng = fastrand::Rng::with_seed(99);
             let mut version = 1_000_000u64;
             while !stop.load(Ordering::Relaxed) {
@@ -750,10 +744,6 @@ async fn staleness_holds_when_readers_never_yield_on_a_busy_runtime() {
 #[tokio::test]
 async fn staleness_holds_when_readers_never_yield_on_current_thread() {
     readers_never_yield("readers never yield, current_thread").await;
-}
-
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

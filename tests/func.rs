@@ -19,29 +19,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cachenode::{
-    with_request, Args, AtomicWrites, CacheNode, CachedFn, Computed, Error, KeyArgs, Lookup,
-    Progress, RequestCached, RequestContext, ThreadLocalFn,
+    with_request, Args, AtomicWrites, CacheNode, CachedFn, Computed, Error, Lookup, Progress,
+    RequestCached, RequestContext, ThreadLocalFn,
 };
 use redis::Commands;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use support::{eventually, TestRedis};
+use support::{bus_seq, caught_up, eventually, node, ram_value, TestRedis, PLAIN};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// How long a RAM invalidation may take to reach another node: normally one
 /// pub/sub hop, at worst the bus's deletion-check period (1 s) plus a round
 /// trip; the rest is margin for loaded test machines.
 const PROPAGATION: Duration = Duration::from_secs(5);
-
-async fn node(redis: &TestRedis) -> CacheNode {
-    CacheNode::builder()
-        .redis_url(redis.url())
-        .namespace("t")
-        .op_timeout(Duration::from_millis(500))
-        .build()
-        .await
-        .expect("node connects")
-}
 
 async fn nodes3(redis: &TestRedis) -> (CacheNode, CacheNode, CacheNode) {
     (node(redis).await, node(redis).await, node(redis).await)
@@ -56,20 +44,6 @@ where
         runs.fetch_add(1, SeqCst);
         ready(Ok(v))
     }
-}
-
-/// The value `probe` (a RAM-only handle) finds in its node's RAM for `args`,
-/// without side effects.
-async fn in_ram<A, V>(probe: &CachedFn<A, V>, args: &A) -> Option<V>
-where
-    A: KeyArgs + ?Sized,
-    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-{
-    probe.call(args, || ready(Err::<V, ()>(()))).await.ok()
-}
-
-fn exists(redis: &TestRedis, key: &str) -> bool {
-    redis.conn().exists(key).unwrap()
 }
 
 fn pttl(redis: &TestRedis, key: &str) -> i64 {
@@ -148,13 +122,13 @@ async fn expire_in_expires_values_in_redis_and_in_the_ram_of_every_node() {
         "v"
     );
     assert_eq!(runs.load(SeqCst), 1);
-    assert_eq!(in_ram(&pa, &(1,)).await.as_deref(), Some("v"));
-    assert_eq!(in_ram(&pb, &(1,)).await.as_deref(), Some("v"));
+    assert_eq!(ram_value(&pa, &(1,)).await.as_deref(), Some("v"));
+    assert_eq!(ram_value(&pb, &(1,)).await.as_deref(), Some("v"));
 
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert!(!exists(&redis, &key), "expired in Redis");
-    assert_eq!(in_ram(&pa, &(1,)).await, None, "expired in A's RAM");
-    assert_eq!(in_ram(&pb, &(1,)).await, None, "expired in B's RAM");
+    assert!(!redis.exists(&key), "expired in Redis");
+    assert_eq!(ram_value(&pa, &(1,)).await, None, "expired in A's RAM");
+    assert_eq!(ram_value(&pb, &(1,)).await, None, "expired in B's RAM");
     assert_eq!(
         fb.call(&(1,), counted(&runs, "w".to_string()))
             .await
@@ -247,7 +221,7 @@ async fn unless_skips_both_reading_and_writing_the_cache() {
         .await
         .unwrap();
     assert_eq!(runs.load(SeqCst), 4);
-    assert!(exists(&redis, &guarded.cache_key(&(2,)).unwrap()));
+    assert!(redis.exists(&guarded.cache_key(&(2,)).unwrap()));
 }
 
 #[tokio::test]
@@ -314,8 +288,8 @@ async fn shared_redis_cache_only_leaves_ram_empty() {
         "v"
     );
     let key = f.cache_key(&(1,)).unwrap();
-    assert!(exists(&redis, &key));
-    assert_eq!(in_ram(&probe, &(1,)).await, None, "not written to RAM");
+    assert!(redis.exists(&key));
+    assert_eq!(ram_value(&probe, &(1,)).await, None, "not written to RAM");
     assert_eq!(n.stats().ram_entries, 0);
     assert_eq!(
         f.call(&(1,), counted(&runs, "x".to_string()))
@@ -325,7 +299,7 @@ async fn shared_redis_cache_only_leaves_ram_empty() {
     );
     assert_eq!(runs.load(SeqCst), 1, "served from Redis");
     assert_eq!(
-        in_ram(&probe, &(1,)).await,
+        ram_value(&probe, &(1,)).await,
         None,
         "a Redis hit does not fill RAM"
     );
@@ -374,7 +348,7 @@ async fn static_prefix_changes_the_key() {
         "old"
     );
     assert_eq!(runs.load(SeqCst), 2);
-    assert!(exists(&redis, &k_v2));
+    assert!(redis.exists(&k_v2));
     // A prefix that would break the key layout is refused.
     for bad in ["a|b", "a;b"] {
         let err = n
@@ -416,7 +390,7 @@ async fn dynamic_prefix_is_computed_per_call() {
         "a"
     );
     assert_eq!(runs.load(SeqCst), 2);
-    assert!(exists(&redis, &k_acme) && exists(&redis, &k_beta));
+    assert!(redis.exists(&k_acme) && redis.exists(&k_beta));
 }
 
 #[tokio::test]
@@ -663,7 +637,7 @@ async fn cache_none_values_caches_none() {
         "from Redis"
     );
     assert_eq!(runs.load(SeqCst), 1);
-    assert!(exists(&redis, &fa.cache_key(&(1,)).unwrap()));
+    assert!(redis.exists(&fa.cache_key(&(1,)).unwrap()));
 }
 
 #[tokio::test]
@@ -705,7 +679,7 @@ async fn on_cache_computed_keeps_replaces_or_vetoes_the_value() {
     assert_eq!(fa.call(&(3,), counted(&runs, -1)).await.unwrap(), -1);
     assert_eq!(fa.call(&(3,), counted(&runs, -2)).await.unwrap(), -2);
     assert_eq!(runs.load(SeqCst), 4);
-    assert!(!exists(&redis, &fa.cache_key(&(3,)).unwrap()));
+    assert!(!redis.exists(&fa.cache_key(&(3,)).unwrap()));
     assert_eq!(fa.key_set_size().await.unwrap(), 2);
 
     // The callback sees each computed value with the call's cache key, and
@@ -1018,7 +992,7 @@ async fn redis_down_calls_compute_and_recover_after_restart() {
             .await
             .unwrap();
         assert_eq!(v, i);
-        exists(&redis, &f.cache_key(&(i,)).unwrap())
+        redis.exists(&f.cache_key(&(i,)).unwrap())
     })
     .await;
     assert!(back, "values reach Redis again after a restart");
@@ -1094,27 +1068,30 @@ async fn clear_removes_one_value_from_redis_and_the_ram_of_every_node() {
     }
     assert_eq!(runs.load(SeqCst), 2);
     for p in &ps {
-        assert_eq!(in_ram(p, &(1,)).await.as_deref(), Some("v1"));
+        assert_eq!(ram_value(p, &(1,)).await.as_deref(), Some("v1"));
     }
     let key1 = fs[0].cache_key(&(1,)).unwrap();
 
     assert!(fs[0].clear(&(1,)).await.unwrap(), "it existed");
-    assert!(!exists(&redis, &key1));
+    assert!(!redis.exists(&key1));
     assert!(!key_set_members(&redis, "one").contains(&key1));
     assert_eq!(fs[0].key_set_size().await.unwrap(), 1);
     let started = Instant::now();
     for p in &ps {
         assert!(
-            eventually(PROPAGATION, || async { in_ram(p, &(1,)).await.is_none() }).await,
+            eventually(PROPAGATION, || async {
+                ram_value(p, &(1,)).await.is_none()
+            })
+            .await,
             "dropped from every node's RAM"
         );
     }
     assert!(started.elapsed() < PROPAGATION);
     // The other value is untouched everywhere.
     for p in &ps {
-        assert_eq!(in_ram(p, &(2,)).await.as_deref(), Some("v2"));
+        assert_eq!(ram_value(p, &(2,)).await.as_deref(), Some("v2"));
     }
-    assert!(exists(&redis, &fs[0].cache_key(&(2,)).unwrap()));
+    assert!(redis.exists(&fs[0].cache_key(&(2,)).unwrap()));
     assert!(!fs[1].clear(&(1,)).await.unwrap(), "already gone");
     // The next call computes it again.
     assert_eq!(
@@ -1183,7 +1160,7 @@ async fn clear_all_removes_every_value_of_the_function_and_spares_others() {
     for p in &user_probes {
         let gone = eventually(PROPAGATION, || async {
             for i in 0..20u32 {
-                if in_ram(p, &(i,)).await.is_some() {
+                if ram_value(p, &(i,)).await.is_some() {
                     return false;
                 }
             }
@@ -1197,7 +1174,7 @@ async fn clear_all_removes_every_value_of_the_function_and_spares_others() {
     assert_eq!(orders[0].key_set_size().await.unwrap(), 5);
     for p in &order_probes {
         for i in 0..5u32 {
-            assert_eq!(in_ram(p, &(i,)).await, Some(1000 + i));
+            assert_eq!(ram_value(p, &(i,)).await, Some(1000 + i));
         }
     }
     // The cleared function computes again.
@@ -1386,14 +1363,14 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
     for user in 0..60u32 {
         for lang in LANGS {
             let key = fa.cache_key(&ul(user, lang)).unwrap();
-            assert_eq!(exists(&redis, &key), lang != "fr", "{user} {lang}");
+            assert_eq!(redis.exists(&key), lang != "fr", "{user} {lang}");
         }
     }
     assert_eq!(fa.key_set_size().await.unwrap(), 120);
     // ...and from B's RAM, while B keeps the others.
     let dropped = eventually(PROPAGATION, || async {
         for user in 0..60u32 {
-            if in_ram(&pb, &ul(user, "fr")).await.is_some() {
+            if ram_value(&pb, &ul(user, "fr")).await.is_some() {
                 return false;
             }
         }
@@ -1404,7 +1381,7 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
     for user in 0..60u32 {
         for lang in ["en", "de"] {
             assert_eq!(
-                in_ram(&pb, &ul(user, lang)).await,
+                ram_value(&pb, &ul(user, lang)).await,
                 Some(format!("{lang}-{user}"))
             );
         }
@@ -1432,9 +1409,9 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
             finished: true
         })
     );
-    assert!(!exists(&redis, &fa.cache_key(&ul(5, "de")).unwrap()));
-    assert!(exists(&redis, &fa.cache_key(&ul(5, "en")).unwrap()));
-    assert!(exists(&redis, &fa.cache_key(&ul(6, "de")).unwrap()));
+    assert!(!redis.exists(&fa.cache_key(&ul(5, "de")).unwrap()));
+    assert!(redis.exists(&fa.cache_key(&ul(5, "en")).unwrap()));
+    assert!(redis.exists(&fa.cache_key(&ul(6, "de")).unwrap()));
     // By user: the remaining value of user 7 (en; fr is already gone, de).
     let n = fa
         .clear_some(&Args::new().arg("user", &7u32).unwrap())
@@ -1481,25 +1458,6 @@ async fn clear_some_needs_full_args_keys() {
         "{text}"
     );
     assert_eq!(redis.keys("t:f:hashed_only:*").len(), 1, "nothing deleted");
-}
-
-/// The bus counter: the number of the last invalidation published.
-fn bus_seq(redis: &TestRedis) -> u64 {
-    let seq: Option<u64> = redis.conn().get("t:{bus}:seq").unwrap();
-    seq.unwrap_or(0)
-}
-
-/// Waits until every node has applied everything published so far.
-async fn caught_up(redis: &TestRedis, nodes: &[&CacheNode]) {
-    let seq = bus_seq(redis);
-    let ok = eventually(PROPAGATION, || async {
-        nodes
-            .iter()
-            .all(|n| n.bus_health().unwrap().last_applied_seq >= seq)
-    })
-    .await;
-    let health: Vec<_> = nodes.iter().map(|n| n.bus_health()).collect();
-    assert!(ok, "nodes did not apply seq {seq}: {health:?}");
 }
 
 fn greet(n: &CacheNode, name: &str) -> CachedFn<Args, String> {
@@ -1558,7 +1516,7 @@ async fn clear_some_drops_values_from_every_ram_even_when_redis_had_lost_them() 
         assert_eq!(removed, 1);
     }
     for p in [&pa, &pb] {
-        assert_eq!(in_ram(p, &ul(0, "fr")).await.as_deref(), Some("fr-0"));
+        assert_eq!(ram_value(p, &ul(0, "fr")).await.as_deref(), Some("fr-0"));
     }
 
     let deleted = fa
@@ -1569,17 +1527,17 @@ async fn clear_some_drops_values_from_every_ram_even_when_redis_had_lost_them() 
         .unwrap();
     assert_eq!(deleted, 3, "the count is of the keys Redis still held");
     assert_eq!(fa.key_set_size().await.unwrap(), 12);
-    caught_up(&redis, &[&a, &b]).await;
+    caught_up([&a, &b], bus_seq(&redis, "t")).await;
     for (who, p) in [("a", &pa), ("b", &pb)] {
         for user in 0..6 {
             assert_eq!(
-                in_ram(p, &ul(user, "fr")).await,
+                ram_value(p, &ul(user, "fr")).await,
                 None,
                 "{who} still serves fr-{user}"
             );
             for lang in ["en", "de"] {
                 assert_eq!(
-                    in_ram(p, &ul(user, lang)).await,
+                    ram_value(p, &ul(user, lang)).await,
                     Some(format!("{lang}-{user}")),
                     "{who} keeps {lang}-{user}"
                 );
@@ -1595,11 +1553,11 @@ async fn clear_some_drops_values_from_every_ram_even_when_redis_had_lost_them() 
         .unwrap();
     assert_eq!(removed, 1);
     assert_eq!(fa.clear_all().await.unwrap(), 11);
-    caught_up(&redis, &[&a, &b]).await;
+    caught_up([&a, &b], bus_seq(&redis, "t")).await;
     for (who, p) in [("a", &pa), ("b", &pb)] {
         for user in 0..6 {
             for lang in LANGS {
-                assert_eq!(in_ram(p, &ul(user, lang)).await, None, "{who}");
+                assert_eq!(ram_value(p, &ul(user, lang)).await, None, "{who}");
             }
         }
     }
@@ -1613,10 +1571,8 @@ async fn clear_some_step_that_could_not_announce_is_retried_without_losing_keys(
     let a = node(&redis).await;
     // B hears invalidations through pub/sub only during the test: a periodic
     // check would read the bus counter broken below.
-    let b = CacheNode::builder()
-        .redis_url(redis.url())
-        .namespace("t")
-        .op_timeout(Duration::from_millis(500))
+    let b = PLAIN
+        .builder(&redis.url())
         .deletion_check_frequency(Duration::from_secs(600))
         .build()
         .await
@@ -1662,22 +1618,22 @@ async fn clear_some_step_that_could_not_announce_is_retried_without_losing_keys(
             finished: true
         }
     );
-    caught_up(&redis, &[&a, &b]).await;
+    caught_up([&a, &b], bus_seq(&redis, "t")).await;
     let h = b.bus_health().unwrap();
     assert!(
         h.gap_flushes == 0 && !h.suspended,
         "nothing hid B's RAM: {h:?}"
     );
     for user in 0..8 {
-        assert!(!exists(&redis, &fa.cache_key(&ul(user, "fr")).unwrap()));
+        assert!(!redis.exists(&fa.cache_key(&ul(user, "fr")).unwrap()));
         assert_eq!(
-            in_ram(&pb, &ul(user, "fr")).await,
+            ram_value(&pb, &ul(user, "fr")).await,
             None,
             "b still serves fr-{user}"
         );
         for lang in ["en", "de"] {
             assert_eq!(
-                in_ram(&pb, &ul(user, lang)).await,
+                ram_value(&pb, &ul(user, lang)).await,
                 Some(format!("{lang}-{user}"))
             );
         }
@@ -1731,7 +1687,7 @@ async fn computation_started_before_clear_all(
     started_rx.await.expect("the computation started");
     assert_eq!(fa.clear_all().await.unwrap(), 1, "{name}");
     if wait_for_fence {
-        caught_up(redis, &[writer]).await;
+        caught_up([writer], bus_seq(redis, "t")).await;
     }
     release_tx.send(()).unwrap();
     let got = call.await.unwrap().unwrap();
@@ -1740,7 +1696,7 @@ async fn computation_started_before_clear_all(
         "{name}: its caller has it"
     );
     assert!(
-        !exists(redis, &key),
+        !redis.exists(&key),
         "{name}: a value computed before clear_all reached Redis after it"
     );
     // No node serves it.
@@ -1755,17 +1711,15 @@ async fn computation_started_before_clear_all(
     fw.call(&(2,), || ready(Ok::<_, Infallible>("after".to_string())))
         .await
         .unwrap();
-    assert!(exists(redis, &fw.cache_key(&(2,)).unwrap()), "{name}");
+    assert!(redis.exists(&fw.cache_key(&(2,)).unwrap()), "{name}");
     assert_eq!(fa.key_set_size().await.unwrap(), 2, "{name}");
 }
 
 #[tokio::test]
 async fn clear_all_keeps_out_values_computed_before_it_by_a_node_without_ram() {
     let redis = TestRedis::start();
-    let writer = CacheNode::builder()
-        .redis_url(redis.url())
-        .namespace("t")
-        .op_timeout(Duration::from_millis(500))
+    let writer = PLAIN
+        .builder(&redis.url())
         .without_ram()
         .build()
         .await
@@ -1794,10 +1748,8 @@ async fn clear_all_keeps_out_values_computed_before_it_by_a_node_that_missed_the
     let redis = TestRedis::start();
     // A node whose invalidations are late (here: never come): its RAM check
     // cannot refuse the value, so Redis must.
-    let writer = CacheNode::builder()
-        .redis_url(redis.url())
-        .namespace("t")
-        .op_timeout(Duration::from_millis(500))
+    let writer = PLAIN
+        .builder(&redis.url())
         .without_bus()
         .build()
         .await
@@ -1810,21 +1762,6 @@ async fn clear_all_keeps_out_values_computed_before_it_by_a_node_that_heard_the_
     let redis = TestRedis::start();
     let writer = node(&redis).await;
     computation_started_before_clear_all(&redis, &writer, "heard", None, true).await;
-}
-
-/// A builder node: consumes build jobs and refreshes, with refresh periods
-/// down to 1 s looked at every 100 ms.
-async fn builder_node(redis: &TestRedis) -> CacheNode {
-    CacheNode::builder()
-        .redis_url(redis.url())
-        .namespace("t")
-        .op_timeout(Duration::from_millis(500))
-        .builder_role(true)
-        .min_refresh_period(Duration::from_secs(1))
-        .refresh_granularity(Duration::from_millis(100))
-        .build()
-        .await
-        .unwrap()
 }
 
 /// A build function that counts its runs and waits for `gate` to open.
@@ -1850,7 +1787,7 @@ fn gated_build(
 async fn clear_all_keeps_out_a_value_a_builder_started_building_before_it() {
     let redis = TestRedis::start();
     let client = node(&redis).await;
-    let builder = builder_node(&redis).await;
+    let builder = PLAIN.builder_node(&redis.url()).await;
     let builds = Arc::new(AtomicUsize::new(0));
     let (open, gate) = tokio::sync::watch::channel(false);
     let report = |n: &CacheNode| {
@@ -1868,10 +1805,10 @@ async fn clear_all_keeps_out_a_value_a_builder_started_building_before_it() {
     assert_eq!(fc.clear_all().await.unwrap(), 0);
     open.send(true).unwrap();
     // The builder's write is done once it has removed the job's marker.
-    let written = eventually(PROPAGATION, || async { !exists(&redis, &marker) }).await;
+    let written = eventually(PROPAGATION, || async { !redis.exists(&marker) }).await;
     assert!(written, "the build ends");
     assert!(
-        !exists(&redis, &key),
+        !redis.exists(&key),
         "a value built from before clear_all reached Redis after it"
     );
     // Asked again, it is built again and served.
@@ -1893,7 +1830,7 @@ async fn clear_all_keeps_out_a_value_a_refresh_started_rebuilding_before_it() {
         .build()
         .await
         .unwrap();
-    let builder = builder_node(&redis).await;
+    let builder = PLAIN.builder_node(&redis.url()).await;
     let builds = Arc::new(AtomicUsize::new(0));
     let (open, gate) = tokio::sync::watch::channel(false);
     let prices = |n: &CacheNode| {
@@ -1920,7 +1857,7 @@ async fn clear_all_keeps_out_a_value_a_refresh_started_rebuilding_before_it() {
         .await
         .unwrap();
     assert_eq!(v, "fresh");
-    assert!(exists(&redis, &key));
+    assert!(redis.exists(&key));
     open.send(true).unwrap();
     // The refresh has written (or not) once it records its run.
     let done = eventually(PROPAGATION, || async { last_run() != before }).await;
@@ -1977,7 +1914,7 @@ async fn clear_funcs_clears_several_functions_everywhere_with_progress() {
         .build()
         .unwrap();
     fill(&b, "f_two", 12).await;
-    assert_eq!(in_ram(&p2, &(11,)).await, Some(11));
+    assert_eq!(ram_value(&p2, &(11,)).await, Some(11));
 
     let mut reports: Vec<(String, Progress)> = Vec::new();
     let total = a
@@ -2015,11 +1952,11 @@ async fn clear_funcs_clears_several_functions_everywhere_with_progress() {
     assert_eq!(first_two.last(), Some(&"f_two"));
     // B's RAM drops both functions and keeps the third.
     let dropped = eventually(PROPAGATION, || async {
-        in_ram(&p1, &(0,)).await.is_none() && in_ram(&p2, &(11,)).await.is_none()
+        ram_value(&p1, &(0,)).await.is_none() && ram_value(&p2, &(11,)).await.is_none()
     })
     .await;
     assert!(dropped);
-    assert_eq!(in_ram(&p3, &(6,)).await, Some(6));
+    assert_eq!(ram_value(&p3, &(6,)).await, Some(6));
     assert_eq!(fb1.key_set_size().await.unwrap(), 0);
     assert_eq!(fb3.key_set_size().await.unwrap(), 7);
     // Invalid names are refused.
@@ -2042,7 +1979,7 @@ async fn clear_funcs_in_background_reports_progress_and_the_total() {
         .build()
         .unwrap();
     fill(&b, "bg_two", 25).await;
-    assert_eq!(in_ram(&probe, &(3,)).await, Some(3));
+    assert_eq!(ram_value(&probe, &(3,)).await, Some(3));
 
     let clear = a.clear_funcs_in_background(vec!["bg_one".into(), "bg_two".into()]);
     let mut seen = vec![clear.progress()];
@@ -2074,7 +2011,7 @@ async fn clear_funcs_in_background_reports_progress_and_the_total() {
     assert_eq!(keep.key_set_size().await.unwrap(), 4);
     assert!(
         eventually(PROPAGATION, || async {
-            in_ram(&probe, &(3,)).await.is_none()
+            ram_value(&probe, &(3,)).await.is_none()
         })
         .await
     );

@@ -7,20 +7,10 @@ use std::time::Duration;
 
 use cachenode::{Args, CacheNode, CachedFn, Progress, Ttl};
 use redis::Commands;
-use support::{eventually, TestRedis};
+use support::{eventually, Nodes, TestRedis};
 
-fn exists(redis: &TestRedis, key: &str) -> bool {
-    redis.conn().exists(key).unwrap()
-}
-
-async fn node(redis: &TestRedis) -> CacheNode {
-    CacheNode::builder()
-        .redis_url(redis.url())
-        .namespace("h")
-        .build()
-        .await
-        .unwrap()
-}
+/// Every node here: namespace `h`, the default 2 s per Redis call.
+const NODES: Nodes = Nodes::new("h", Duration::from_secs(2));
 
 fn hostile_keys() -> Vec<String> {
     vec![
@@ -41,7 +31,10 @@ fn hostile_keys() -> Vec<String> {
 #[tokio::test]
 async fn plain_keys_with_any_bytes_round_trip_and_invalidate_across_nodes() {
     let redis = TestRedis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     for (i, key) in hostile_keys().iter().enumerate() {
         a.set(key, &(i as u64), Ttl::Default).await.unwrap();
         assert_eq!(b.get::<u64>(key).await.unwrap(), Some(i as u64), "{key:?}");
@@ -67,7 +60,10 @@ async fn plain_keys_with_any_bytes_round_trip_and_invalidate_across_nodes() {
 #[tokio::test]
 async fn function_arguments_with_any_bytes_get_distinct_keys_and_clear_by_value() {
     let redis = TestRedis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     let f = |n: &CacheNode| {
         n.func::<Args, String>("hostile")
             .cache_key_with_full_args(true)
@@ -140,7 +136,10 @@ fn raw_set(redis: &TestRedis, key: &str, bytes: &[u8]) {
 #[tokio::test]
 async fn a_value_read_as_another_type_is_a_counted_miss_never_a_misread() {
     let redis = TestRedis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     // bincode writes a u64 0 as the byte 0, which is also an empty String.
     a.set("n", &0u64, Ttl::Default).await.unwrap();
     assert_eq!(b.get::<String>("n").await.unwrap(), None);
@@ -160,7 +159,10 @@ async fn a_value_read_as_another_type_is_a_counted_miss_never_a_misread() {
 #[tokio::test]
 async fn a_cached_function_whose_value_type_changed_recomputes() {
     let redis = TestRedis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     // Release 1 stored a u64 under the function's name...
     let old = a.func::<(u64,), u64>("stored").build().unwrap();
     assert_eq!(old.call(&(1,), || async { Ok::<_, ()>(0) }).await, Ok(0));
@@ -183,7 +185,7 @@ async fn a_cached_function_whose_value_type_changed_recomputes() {
 #[tokio::test]
 async fn a_value_in_the_older_envelope_format_is_a_counted_miss_and_removed() {
     let redis = TestRedis::start();
-    let n = node(&redis).await;
+    let n = NODES.node(&redis.url()).await;
     // Version 1: magic, version, codec, flags, expiry (8 bytes, 0 = never),
     // then the payload: the u64 5.
     let mut v1 = vec![0xCB, 1, 1, 0];
@@ -198,7 +200,10 @@ async fn a_value_in_the_older_envelope_format_is_a_counted_miss_and_removed() {
 #[tokio::test]
 async fn removing_an_undecodable_value_is_announced_to_nodes_holding_it_in_ram() {
     let redis = TestRedis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     a.set("k", &"value".to_owned(), Ttl::Default).await.unwrap();
     // The bytes under k are damaged behind the nodes' backs (cut short), as
     // a foreign writer or a failing disk would leave them.
@@ -225,7 +230,10 @@ async fn removing_an_undecodable_value_is_announced_to_nodes_holding_it_in_ram()
 #[tokio::test]
 async fn removing_an_undecodable_function_value_is_announced_too() {
     let redis = TestRedis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     let f = |n: &CacheNode| n.func::<(u64,), String>("damaged").build().unwrap();
     let (fa, fb) = (f(&a), f(&b));
     let value = |v: &'static str| move || async move { Ok::<_, ()>(v.to_owned()) };
@@ -250,7 +258,7 @@ async fn removing_an_undecodable_function_value_is_announced_too() {
 #[tokio::test]
 async fn removing_an_undecodable_value_drops_the_readers_own_ram_copy() {
     let redis = TestRedis::start();
-    let a = node(&redis).await;
+    let a = NODES.node(&redis.url()).await;
     a.set("k", &"value".to_owned(), Ttl::Default).await.unwrap();
     let good = raw_get(&redis, "h:k:k").unwrap();
     raw_set(&redis, "h:k:k", &good[..good.len() - 1]);
@@ -318,7 +326,7 @@ fn plant_member(redis: &TestRedis, shard: u64, member: &[u8]) {
 #[tokio::test]
 async fn key_set_members_shaped_like_the_namespace_do_not_panic_a_clear() {
     let redis = TestRedis::start();
-    let a = node(&redis).await;
+    let a = NODES.node(&redis.url()).await;
     let f = victim(&a);
     victim_values(&f, 3).await;
     let lang_fr = part_of(&f.cache_key(&va(0, "fr")).unwrap(), "lang");
@@ -351,14 +359,14 @@ async fn key_set_members_shaped_like_the_namespace_do_not_panic_a_clear() {
     };
     assert_eq!(last, counted, "the two that carry the part are met");
     for user in 0..3 {
-        assert!(!exists(&redis, &f.cache_key(&va(user, "fr")).unwrap()));
-        assert!(exists(&redis, &f.cache_key(&va(user, "en")).unwrap()));
+        assert!(!redis.exists(&f.cache_key(&va(user, "fr")).unwrap()));
+        assert!(redis.exists(&f.cache_key(&va(user, "en")).unwrap()));
     }
     assert_eq!(f.clear_all_with(|p| last = p).await.unwrap(), 3);
     assert_eq!(last, counted, "then the other two");
     assert!(redis.keys("h:f:victim:*").is_empty());
     for m in &planted {
-        assert!(exists(&redis, m), "{m:?} is not the victim's to delete");
+        assert!(redis.exists(m), "{m:?} is not the victim's to delete");
     }
     assert_eq!(f.key_set_size().await.unwrap(), 0);
 }
@@ -366,7 +374,7 @@ async fn key_set_members_shaped_like_the_namespace_do_not_panic_a_clear() {
 #[tokio::test]
 async fn a_clear_never_deletes_keys_a_key_set_names_that_the_function_does_not_own() {
     let redis = TestRedis::start();
-    let a = node(&redis).await;
+    let a = NODES.node(&redis.url()).await;
     let f = victim(&a);
     victim_values(&f, 3).await;
     let other = a
@@ -401,7 +409,7 @@ async fn a_clear_never_deletes_keys_a_key_set_names_that_the_function_does_not_o
     for (shard, m) in (0u64..).zip(&planted) {
         plant_member(&redis, shard % 16, m);
     }
-    assert!(exists(&redis, "h:{bus}:seq") && exists(&redis, "h:{bus}:log"));
+    assert!(redis.exists("h:{bus}:seq") && redis.exists("h:{bus}:log"));
 
     let mut last = Progress::default();
     let deleted = f
@@ -417,9 +425,9 @@ async fn a_clear_never_deletes_keys_a_key_set_names_that_the_function_does_not_o
     assert!(redis.keys("h:f:victim:*").is_empty());
     // Everything else is still there.
     assert_eq!(a.get::<u32>(&plain).await.unwrap(), Some(7));
-    assert!(exists(&redis, &other_key));
-    assert!(exists(&redis, &elsewhere));
-    assert!(exists(&redis, "h:{bus}:seq") && exists(&redis, "h:{bus}:log"));
+    assert!(redis.exists(&other_key));
+    assert!(redis.exists(&elsewhere));
+    assert!(redis.exists("h:{bus}:seq") && redis.exists("h:{bus}:log"));
     assert_eq!(
         other
             .call(&va(0, "fr"), || async {
@@ -436,7 +444,7 @@ async fn a_clear_never_deletes_keys_a_key_set_names_that_the_function_does_not_o
 #[tokio::test]
 async fn a_key_set_of_the_wrong_type_makes_clear_fail_clearly_until_it_is_removed() {
     let redis = TestRedis::start();
-    let a = node(&redis).await;
+    let a = NODES.node(&redis.url()).await;
     let f = victim(&a);
     victim_values(&f, 3).await;
     // A string where shard 5 of the key set belongs (any members it had are
@@ -478,7 +486,10 @@ async fn a_key_set_of_the_wrong_type_makes_clear_fail_clearly_until_it_is_remove
 #[tokio::test]
 async fn corrupt_or_wrong_typed_values_under_function_keys_are_recomputed_and_cleared() {
     let redis = TestRedis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     let (fa, fb) = (victim(&a), victim(&b));
     victim_values(&fa, 1).await;
     let garbage = fa.cache_key(&va(0, "fr")).unwrap();
@@ -505,7 +516,7 @@ async fn corrupt_or_wrong_typed_values_under_function_keys_are_recomputed_and_cl
     );
     // What B stored over them is real: a third node reads both without
     // computing.
-    let c = node(&redis).await;
+    let c = NODES.node(&redis.url()).await;
     let fc = victim(&c);
     for (args, v) in [(va(0, "fr"), "fr-new"), (va(0, "en"), "en-new")] {
         let got = fc
@@ -525,7 +536,7 @@ async fn corrupt_or_wrong_typed_values_under_function_keys_are_recomputed_and_cl
 #[tokio::test]
 async fn pruning_removes_members_that_are_not_utf8_or_gone_and_rehomes_misplaced_ones() {
     let redis = TestRedis::start();
-    let a = node(&redis).await;
+    let a = NODES.node(&redis.url()).await;
     let f = victim(&a);
     victim_values(&f, 2).await;
     // Not UTF-8; a key that is gone; a live key in a shard not its own.
@@ -556,7 +567,10 @@ async fn pruning_removes_members_that_are_not_utf8_or_gone_and_rehomes_misplaced
 #[tokio::test]
 async fn a_clear_generation_of_the_wrong_type_stops_storing_until_clear_all_replaces_it() {
     let redis = TestRedis::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (
+        NODES.node(&redis.url()).await,
+        NODES.node(&redis.url()).await,
+    );
     let (fa, fb) = (victim(&a), victim(&b));
     victim_values(&fa, 1).await;
     let _: () = redis
@@ -579,7 +593,7 @@ async fn a_clear_generation_of_the_wrong_type_stops_storing_until_clear_all_repl
         .unwrap();
     assert_eq!(got, "fr-5");
     let key5 = fb.cache_key(&va(5, "fr")).unwrap();
-    assert!(!exists(&redis, &key5));
+    assert!(!redis.exists(&key5));
     // clear_all replaces it with a generation of its own; storing resumes.
     assert_eq!(fa.clear_all().await.unwrap(), 2);
     let kind: String = redis::cmd("TYPE")
@@ -594,5 +608,5 @@ async fn a_clear_generation_of_the_wrong_type_stops_storing_until_clear_all_repl
         .await
         .unwrap();
     assert_eq!(got, "fr-5 again");
-    assert!(exists(&redis, &key5));
+    assert!(redis.exists(&key5));
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cachenode::{CacheNode, Error, Layers, Ttl};
 use redis::Commands;
 use serde::{Deserialize, Serialize};
-use support::{eventually, TestRedis};
+use support::{eventually, node, node_in, TestRedis};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct User {
@@ -21,16 +21,6 @@ fn user(id: u64) -> User {
         id,
         name: format!("user-{id}"),
     }
-}
-
-async fn node(redis: &TestRedis) -> CacheNode {
-    CacheNode::builder()
-        .redis_url(redis.url())
-        .namespace("t")
-        .op_timeout(Duration::from_millis(500))
-        .build()
-        .await
-        .expect("node connects")
 }
 
 #[tokio::test]
@@ -47,15 +37,6 @@ async fn set_then_get_reads_ram_and_redis_holds_the_value() {
     // A second node has no RAM copy and now misses.
     let other = node_in(&redis, "t").await;
     assert_eq!(other.get::<User>("user:1").await.unwrap(), None);
-}
-
-async fn node_in(redis: &TestRedis, ns: &str) -> CacheNode {
-    CacheNode::builder()
-        .redis_url(redis.url())
-        .namespace(ns)
-        .build()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -19,37 +19,33 @@ use std::time::Duration;
 
 use cachenode::{AtomicWrites, CacheNode, CacheNodeBuilder, CachedFn, Lookup};
 use redis::Commands;
-use support::{eventually, TestRedis};
+use support::{connect, eventually, Nodes, TestRedis};
 
 /// The refresh period of the tests' functions.
 const PERIOD: Duration = Duration::from_secs(1);
 
-fn base(redis_url: &str) -> CacheNodeBuilder {
-    CacheNode::builder()
-        .redis_url(redis_url)
-        .namespace("t")
-        .op_timeout(Duration::from_secs(1))
+/// Every node here: namespace `t`, 1 s per Redis call, refresh periods down
+/// to [`PERIOD`].
+fn base(redis: &TestRedis) -> CacheNodeBuilder {
+    Nodes::new("t", Duration::from_secs(1))
+        .builder(&redis.url())
         .min_refresh_period(PERIOD)
 }
 
 /// A node with the builder role: refreshes functions due, looking every
 /// 50 ms.
-async fn builder_node(redis: &TestRedis) -> CacheNode {
-    base(&redis.url())
-        .builder_role(true)
-        .refresh_granularity(Duration::from_millis(50))
-        .build()
-        .await
-        .expect("builder node connects")
+async fn refreshing_node(redis: &TestRedis) -> CacheNode {
+    connect(
+        base(redis)
+            .builder_role(true)
+            .refresh_granularity(Duration::from_millis(50)),
+    )
+    .await
 }
 
 /// A node that does not refresh (no builder role).
 async fn plain_node(redis: &TestRedis) -> CacheNode {
-    base(&redis.url()).build().await.expect("node connects")
-}
-
-fn exists(redis: &TestRedis, key: &str) -> bool {
-    redis.conn().exists(key).unwrap()
+    connect(base(redis)).await
 }
 
 /// The keys whose arguments `{t}:args:{func}` records.
@@ -109,7 +105,7 @@ fn rates(n: &CacheNode, ttl: Duration, builds: &Arc<Mutex<Vec<u32>>>) -> CachedF
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_rebuilds_live_values_only_and_never_brings_back_an_expired_or_deleted_one() {
     let redis = TestRedis::start();
-    let n = builder_node(&redis).await;
+    let n = refreshing_node(&redis).await;
     let builds = Arc::new(Mutex::new(Vec::new()));
     // A TTL far above the period: only a refresh pass or a deletion can
     // change what Redis holds during the test.
@@ -129,15 +125,15 @@ async fn refresh_rebuilds_live_values_only_and_never_brings_back_an_expired_or_d
     let _: () = redis.conn().pexpire(key(1), 1).unwrap();
     let _: () = redis.conn().unlink(key(2)).unwrap();
     assert!(f.clear(&(3,)).await.unwrap());
-    assert!(eventually(PERIOD, || async { !exists(&redis, &key(1)) }).await);
+    assert!(eventually(PERIOD, || async { !redis.exists(&key(1)) }).await);
 
     passes(&redis, "rates", 1).await;
     let after: Vec<u32> = builds.lock().unwrap()[before.len()..].to_vec();
     assert_eq!(after, [4], "one pass rebuilt the live value, and it alone");
     for x in 1..=3 {
-        assert!(!exists(&redis, &key(x)), "value {x} stays gone");
+        assert!(!redis.exists(&key(x)), "value {x} stays gone");
     }
-    assert!(exists(&redis, &key(4)));
+    assert!(redis.exists(&key(4)));
     let live = BTreeSet::from([key(4)]);
     assert_eq!(
         key_set(&redis, "rates"),
@@ -148,13 +144,13 @@ async fn refresh_rebuilds_live_values_only_and_never_brings_back_an_expired_or_d
 
     // Still gone a pass later; a caller asking again brings a value back.
     passes(&redis, "rates", 1).await;
-    assert!((1..=3).all(|x| !exists(&redis, &key(x))));
+    assert!((1..=3).all(|x| !redis.exists(&key(x))));
     assert_eq!(
         f.call(&(2,), || ready(Ok::<_, Infallible>(7))).await,
         Ok(7),
         "a gone value is computed again by the next caller"
     );
-    assert!(exists(&redis, &key(2)));
+    assert!(redis.exists(&key(2)));
     passes(&redis, "rates", 1).await;
     assert_eq!(
         args_record(&redis, "rates"),
@@ -165,18 +161,18 @@ async fn refresh_rebuilds_live_values_only_and_never_brings_back_an_expired_or_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_does_not_rebuild_a_value_whose_ttl_ran_out_between_passes() {
     let redis = TestRedis::start();
-    let n = builder_node(&redis).await;
+    let n = refreshing_node(&redis).await;
     let builds = Arc::new(Mutex::new(Vec::new()));
     // A TTL below the period: each value outlives at most one pass.
     let f = rates(&n, Duration::from_millis(300), &builds);
     let key = f.cache_key(&(1,)).unwrap();
     assert_eq!(f.call(&(1,), || ready(Ok::<_, Infallible>(0))).await, Ok(0));
-    assert!(eventually(PERIOD * 2, || async { !exists(&redis, &key) }).await);
+    assert!(eventually(PERIOD * 2, || async { !redis.exists(&key) }).await);
     let built = builds.lock().unwrap().len();
 
     // Two whole passes run after it expired.
     passes(&redis, "rates", 2).await;
-    assert!(!exists(&redis, &key), "the expired value stays gone");
+    assert!(!redis.exists(&key), "the expired value stays gone");
     assert_eq!(builds.lock().unwrap().len(), built, "nothing was rebuilt");
     assert_eq!(key_set(&redis, "rates"), BTreeSet::new());
     assert_eq!(args_record(&redis, "rates"), BTreeSet::new());
@@ -212,7 +208,7 @@ async fn recorded_arguments_shrink_to_the_live_keys_on_prune_clear_and_clear_all
     // 1 expires, 2 is evicted: the sweep (prune) forgets both.
     let _: () = redis.conn().pexpire(key(1), 1).unwrap();
     let _: () = redis.conn().unlink(key(2)).unwrap();
-    assert!(eventually(PERIOD, || async { !exists(&redis, &key(1)) }).await);
+    assert!(eventually(PERIOD, || async { !redis.exists(&key(1)) }).await);
     assert_eq!(n.prune_key_sets().await.unwrap(), 2);
     let live: BTreeSet<String> = (3..=5).map(key).collect();
     assert_eq!(
@@ -243,9 +239,9 @@ async fn recorded_arguments_shrink_to_the_live_keys_on_prune_clear_and_clear_all
 
     // Clearing the whole function forgets every argument.
     assert_eq!(f.clear_all().await.unwrap(), 2);
-    assert!(!exists(&redis, "t:args:rates"), "no arguments left");
+    assert!(!redis.exists("t:args:rates"), "no arguments left");
     assert_eq!(g.clear_all().await.unwrap(), 1);
-    assert!(!exists(&redis, "t:args:grid"));
+    assert!(!redis.exists("t:args:grid"));
     assert_eq!(builds.lock().unwrap().len(), 0, "nothing was refreshed");
 }
 
@@ -266,7 +262,7 @@ async fn namespace_clear_all_leaves_only_the_bus_the_build_queue_and_new_generat
     };
     // A builder that ran one refresh pass of `full` (its registry entry
     // and period lock), then stopped, so nothing writes them again.
-    let c = builder_node(&redis).await;
+    let c = refreshing_node(&redis).await;
     let _fc = full(&c);
     assert!(
         eventually(PERIOD * 5, || async {
@@ -315,10 +311,10 @@ async fn namespace_clear_all_leaves_only_the_bus_the_build_queue_and_new_generat
         }
     });
     let amo_lock = format!("{{{amo_key}}}:lock");
-    assert!(eventually(PERIOD * 5, || async { exists(&redis, &amo_lock) }).await);
+    assert!(eventually(PERIOD * 5, || async { redis.exists(&amo_lock) }).await);
     // An async computation queued for a builder that does not know the
     // function yet: its job and marker.
-    let b = builder_node(&redis).await;
+    let b = refreshing_node(&redis).await;
     let job = |n: &CacheNode| {
         n.func::<(u32,), String>("job")
             .async_compute(|(x,): (u32,)| ready(Ok::<_, Infallible>(format!("built {x}"))))
@@ -373,7 +369,7 @@ async fn namespace_clear_all_leaves_only_the_bus_the_build_queue_and_new_generat
     // The computation whose lock was cleared does not store its value.
     open.send(true).unwrap();
     assert_eq!(computing.await.unwrap(), Ok(1));
-    assert!(!exists(&redis, &amo_key), "written after the clear");
+    assert!(!redis.exists(&amo_key), "written after the clear");
     // The queued job is built once a builder knows its function.
     let _fb = job(&b);
     assert!(
@@ -389,7 +385,7 @@ async fn namespace_clear_all_leaves_only_the_bus_the_build_queue_and_new_generat
 async fn async_compute_still_builds_after_a_namespace_clear_all() {
     let redis = TestRedis::start();
     let a = plain_node(&redis).await;
-    let b = builder_node(&redis).await;
+    let b = refreshing_node(&redis).await;
     let job = |n: &CacheNode| {
         n.func::<(u32,), String>("job")
             .async_compute(|(x,): (u32,)| ready(Ok::<_, Infallible>(format!("built {x}"))))
@@ -398,7 +394,7 @@ async fn async_compute_still_builds_after_a_namespace_clear_all() {
     };
     let (fj, _fb) = (job(&a), job(&b));
     // The builder has created the queue and its consumer group.
-    assert!(eventually(PERIOD * 5, || async { exists(&redis, "t:jobs") }).await);
+    assert!(eventually(PERIOD * 5, || async { redis.exists("t:jobs") }).await);
     a.clear_all().await.unwrap();
     assert_eq!(fj.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
     assert!(

@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cachenode::{AtomicWrites, BusHealth, CacheNode, Lookup, Ttl};
+use cachenode::{AtomicWrites, CacheNode, Lookup, Ttl};
 use redis::Commands;
-use support::{create_user, eventually, user_url, TestRedis, ACL_COMMANDS};
+use support::{
+    create_user, eventually, health, in_ram, subscribed, user_url, Nodes, TestRedis, ACL_COMMANDS,
+};
 
 /// A deletion check period so long that, after the one at start-up, no
 /// periodic check runs during a test: what reaches other nodes quickly came
@@ -20,41 +22,13 @@ const NO_CHECK: Duration = Duration::from_secs(60);
 /// For what may take a while on a slow machine (subscribing, one hop).
 const LONG: Duration = Duration::from_secs(10);
 
-fn health(node: &CacheNode) -> BusHealth {
-    node.bus_health().expect("node has a bus")
-}
-
-async fn ready(nodes: &[&CacheNode]) {
-    let ok = eventually(LONG, || async { nodes.iter().all(|n| health(n).connected) }).await;
-    assert!(
-        ok,
-        "listeners did not subscribe: {:?}",
-        nodes.iter().map(|n| health(n)).collect::<Vec<_>>()
-    );
-}
-
-/// What `node` holds in its own RAM under `key`.
-async fn in_ram<T>(node: &CacheNode, key: &str) -> Option<T>
-where
-    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
-{
-    node.ram_only().get::<T>(key).await.expect("RAM read")
-}
-
-async fn node_at(url: &str, ns: &str) -> CacheNode {
-    CacheNode::builder()
-        .redis_url(url)
-        .namespace(ns)
-        .op_timeout(Duration::from_secs(2))
-        .deletion_check_frequency(NO_CHECK)
-        .build()
-        .await
-        .expect("node connects")
-}
+/// Every node here: namespace `ns` unless a test says another, the default
+/// 2 s per Redis call, no periodic check.
+const NODES: Nodes = Nodes::new("ns", Duration::from_secs(2)).checking_every(NO_CHECK);
 
 /// Reads `key` through `node` until the value is also in its RAM (a fill is
 /// refused while an invalidation of the key is still on its way).
-async fn fill<T>(node: &CacheNode, key: &str, expected: T)
+async fn read_into_ram<T>(node: &CacheNode, key: &str, expected: T)
 where
     T: serde::Serialize
         + serde::de::DeserializeOwned
@@ -76,11 +50,11 @@ where
 /// Writes through `a`, reads through `b` (filling its RAM), invalidates
 /// through `a` and checks the invalidation reaches `b`'s RAM over pub/sub.
 async fn set_get_and_invalidate_across(a: &CacheNode, b: &CacheNode) {
-    ready(&[a, b]).await;
+    subscribed([a, b]).await;
     a.set("user:1", &"alice".to_string(), Ttl::Default)
         .await
         .unwrap();
-    fill(b, "user:1", "alice".to_string()).await;
+    read_into_ram(b, "user:1", "alice".to_string()).await;
     let applied = health(b).applied;
     a.set("user:1", &"bob".to_string(), Ttl::Default)
         .await
@@ -93,7 +67,7 @@ async fn set_get_and_invalidate_across(a: &CacheNode, b: &CacheNode) {
     })
     .await;
     assert!(dropped, "the invalidation did not reach B: {:?}", health(b));
-    fill(b, "user:1", "bob".to_string()).await;
+    read_into_ram(b, "user:1", "bob".to_string()).await;
     assert!(a.delete("user:1").await.unwrap());
     let dropped = eventually(LONG, || async {
         in_ram::<String>(b, "user:1").await.is_none()
@@ -124,8 +98,8 @@ mod tls {
         // has only one TLS test: another server's CA file, deleted with it,
         // would make every TLS connection fail).
         std::env::set_var("SSL_CERT_FILE", redis.ca_file());
-        let a = node_at(&redis.verified_url(), "tls").await;
-        let b = node_at(&redis.insecure_url(), "tls").await;
+        let a = NODES.in_namespace("tls").node(&redis.verified_url()).await;
+        let b = NODES.in_namespace("tls").node(&redis.insecure_url()).await;
         set_get_and_invalidate_across(&a, &b).await;
         set_get_and_invalidate_across(&b, &a).await;
 
@@ -140,7 +114,7 @@ mod tls {
 
         // clear_all goes through TLS as well and reaches the other RAM.
         a.set("x", &1u32, Ttl::Default).await.unwrap();
-        fill(&b, "x", 1u32).await;
+        read_into_ram(&b, "x", 1u32).await;
         a.clear_all().await.unwrap();
         let dropped = eventually(LONG, || async { in_ram::<u32>(&b, "x").await.is_none() }).await;
         assert!(dropped, "clear_all did not reach B");
@@ -216,8 +190,8 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
     create_user(&redis, "ns", &[]);
     reset_acl_log(&redis);
     let url = user_url(&redis);
-    let a = node_at(&url, "ns").await;
-    let b = node_at(&url, "ns").await;
+    let a = NODES.node(&url).await;
+    let b = NODES.node(&url).await;
     set_get_and_invalidate_across(&a, &b).await;
 
     // get_many, has, delete_many.
@@ -233,7 +207,7 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
     assert_eq!(b.delete_many(&["m1"]).await.unwrap(), vec!["m1"]);
 
     // clear_all: SCAN + UNLINK of the namespace only, reaching B's RAM.
-    fill(&b, "m2", 2u32).await;
+    read_into_ram(&b, "m2", 2u32).await;
     a.clear_all().await.unwrap();
     assert!(
         eventually(LONG, || async { in_ram::<u32>(&b, "m2").await.is_none() }).await,
@@ -371,7 +345,7 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
 
     // Broadcast invalidations.
     a.set("k", &1u32, Ttl::Default).await.unwrap();
-    fill(&b, "k", 1u32).await;
+    read_into_ram(&b, "k", 1u32).await;
     a.invalidate_keys(&["k"]).await.unwrap();
     assert!(
         eventually(LONG, || async { in_ram::<u32>(&b, "k").await.is_none() }).await,
@@ -418,7 +392,7 @@ async fn lock_keys_need_the_braced_key_pattern() {
         .arg(ACL_COMMANDS.to_vec())
         .query(&mut redis.conn())
         .unwrap();
-    let node = node_at(&user_url(&redis), "ns").await;
+    let node = NODES.node(&user_url(&redis)).await;
     // Plain values work with `~ns:*` alone.
     node.set("x", &1u32, Ttl::Default).await.unwrap();
     let once = node
@@ -517,7 +491,7 @@ async fn keyspace_watching_says_it_cannot_read_the_config() {
         health(&watcher),
         acl_denials(&redis)
     );
-    let other = node_at(&user_url(&redis), "ns").await;
+    let other = NODES.node(&user_url(&redis)).await;
     set_get_and_invalidate_across(&other, &watcher).await;
 }
 
@@ -531,10 +505,10 @@ async fn keyspace_watching_says_it_cannot_read_the_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_never_see_each_other() {
     let redis = TestRedis::start();
-    let a = node_at(&redis.url(), "iso").await;
-    let b = node_at(&redis.url(), "iso2").await;
-    let b2 = node_at(&redis.url(), "iso2").await;
-    ready(&[&a, &b, &b2]).await;
+    let a = NODES.in_namespace("iso").node(&redis.url()).await;
+    let b = NODES.in_namespace("iso2").node(&redis.url()).await;
+    let b2 = NODES.in_namespace("iso2").node(&redis.url()).await;
+    subscribed([&a, &b, &b2]).await;
 
     // Same key names and function names in both.
     for n in [&a, &b] {
@@ -542,9 +516,9 @@ async fn namespaces_never_see_each_other() {
             .await
             .unwrap();
     }
-    fill(&a, "shared", "iso".to_string()).await;
-    fill(&b, "shared", "iso2".to_string()).await;
-    fill(&b2, "shared", "iso2".to_string()).await;
+    read_into_ram(&a, "shared", "iso".to_string()).await;
+    read_into_ram(&b, "shared", "iso2".to_string()).await;
+    read_into_ram(&b2, "shared", "iso2".to_string()).await;
     let fa = a.func::<(u64,), String>("f").build().unwrap();
     let fb = b.func::<(u64,), String>("f").build().unwrap();
     for x in 0..5u64 {

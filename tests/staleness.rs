@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cachenode::{CacheNode, CacheNodeBuilder, Error, Ttl};
+use cachenode::{CacheNode, Error, Ttl};
 use redis::Commands;
-use support::{eventually, Proxy, TestRedis};
+use support::{bus_seq, caught_up, eventually, in_ram, Nodes, Proxy, TestRedis};
 
 const NS: &str = "st";
 /// Slack on top of the stated bound: the polling of the checks below and
@@ -26,38 +26,8 @@ const MARGIN: Duration = Duration::from_millis(100);
 /// For what has no tight bound (reconnecting after a restart).
 const LONG: Duration = Duration::from_secs(15);
 
-fn builder(url: &str, every: Duration) -> CacheNodeBuilder {
-    CacheNode::builder()
-        .redis_url(url)
-        .namespace(NS)
-        .op_timeout(Duration::from_secs(2))
-        .deletion_check_frequency(every)
-}
-
-async fn node(url: &str, every: Duration) -> CacheNode {
-    builder(url, every).build().await.expect("node connects")
-}
-
-async fn in_ram(node: &CacheNode, key: &str) -> Option<u64> {
-    node.ram_only().get::<u64>(key).await.expect("RAM read")
-}
-
-fn bus_seq(redis: &TestRedis) -> u64 {
-    let seq: Option<u64> = redis.conn().get(format!("{NS}:{{bus}}:seq")).unwrap();
-    seq.unwrap_or(0)
-}
-
-/// Waits until `node` has applied everything published on `redis` so far,
-/// so that a read does not race the last invalidation's delivery (which
-/// would keep the value it reads out of RAM).
-async fn caught_up(node: &CacheNode, redis: &TestRedis) {
-    let seq = bus_seq(redis);
-    let ok = eventually(LONG, || async {
-        node.bus_health().unwrap().last_applied_seq >= seq
-    })
-    .await;
-    assert!(ok, "node reached {seq}: {:?}", node.bus_health());
-}
+/// Every node here: 2 s per Redis call; each test sets the check period.
+const NODES: Nodes = Nodes::new(NS, Duration::from_secs(2));
 
 /// A writer node on a runtime of its own, on its own thread: it keeps
 /// working whatever the test's runtime is doing.
@@ -75,7 +45,7 @@ impl Writer {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let w = node(&url, every).await;
+                let w = NODES.checking_every(every).node(&url).await;
                 ready_tx.send(()).unwrap();
                 while let Ok((value, done)) = rx.recv() {
                     w.set("k", &value, Ttl::Default).await.unwrap();
@@ -134,9 +104,9 @@ async fn reader_that_never_yields_on_current_thread_sees_a_write_within_the_boun
     let every = Duration::from_millis(500);
     let writer = Writer::start(redis.url(), every);
     writer.set(1);
-    let reader = node(&redis.url(), every).await;
+    let reader = NODES.checking_every(every).node(&redis.url()).await;
     assert_eq!(reader.get::<u64>("k").await.unwrap(), Some(1));
-    assert_eq!(in_ram(&reader, "k").await, Some(1));
+    assert_eq!(in_ram::<u64>(&reader, "k").await, Some(1));
 
     let acked = Arc::new(Mutex::new(None));
     let a = acked.clone();
@@ -165,7 +135,7 @@ async fn readers_on_every_worker_that_never_yield_see_a_write_within_the_bound()
     let every = Duration::from_millis(500);
     let writer = Writer::start(redis.url(), every);
     writer.set(1);
-    let reader = node(&redis.url(), every).await;
+    let reader = NODES.checking_every(every).node(&redis.url()).await;
     assert_eq!(reader.get::<u64>("k").await.unwrap(), Some(1));
 
     let acked = Arc::new(Mutex::new(None));
@@ -202,18 +172,25 @@ async fn readers_on_every_worker_that_never_yield_see_a_write_within_the_bound()
 #[tokio::test]
 async fn redis_only_writes_and_deletes_drop_the_writers_own_ram_copy() {
     let redis = TestRedis::start();
-    let n = node(&redis.url(), Duration::from_millis(500)).await;
+    let n = NODES
+        .checking_every(Duration::from_millis(500))
+        .node(&redis.url())
+        .await;
     n.set("k", &1u64, Ttl::Default).await.unwrap();
     assert_eq!(n.get::<u64>("k").await.unwrap(), Some(1));
     n.redis_only().set("k", &2u64, Ttl::Default).await.unwrap();
     assert_eq!(n.get::<u64>("k").await.unwrap(), Some(2));
 
-    assert_eq!(in_ram(&n, "k").await, Some(2), "filled again from Redis");
+    assert_eq!(
+        in_ram::<u64>(&n, "k").await,
+        Some(2),
+        "filled again from Redis"
+    );
     assert!(n.redis_only().delete("k").await.unwrap());
     assert_eq!(n.get::<u64>("k").await.unwrap(), None);
 
     n.set("k", &3u64, Ttl::Default).await.unwrap();
-    assert_eq!(in_ram(&n, "k").await, Some(3));
+    assert_eq!(in_ram::<u64>(&n, "k").await, Some(3));
     n.redis_only().clear_all().await.unwrap();
     assert_eq!(n.get::<u64>("k").await.unwrap(), None);
 }
@@ -226,10 +203,10 @@ async fn redis_slow_enough_to_fail_checks_but_not_reads_never_serves_past_the_bo
     let redis = TestRedis::start();
     let every = Duration::from_millis(500);
     let rtt = Duration::from_millis(300);
-    let writer = node(&redis.url(), every).await;
+    let writer = NODES.checking_every(every).node(&redis.url()).await;
     writer.set("k", &1u64, Ttl::Default).await.unwrap();
     let px = Proxy::start(redis.port());
-    let x = node(&px.url(), every).await;
+    let x = NODES.checking_every(every).node(&px.url()).await;
     px.set_delay(rtt / 2);
     // x notices that its checks do not complete in time...
     let suspended = eventually(LONG, || async { x.bus_health().unwrap().suspended }).await;
@@ -250,7 +227,7 @@ async fn redis_slow_enough_to_fail_checks_but_not_reads_never_serves_past_the_bo
     let bound = every + rtt + MARGIN;
     let mut last_old = None;
     while acked.elapsed() < bound + Duration::from_secs(2) {
-        if in_ram(&x, "k").await == Some(1) {
+        if in_ram::<u64>(&x, "k").await == Some(1) {
             last_old = Some(acked.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -287,16 +264,16 @@ async fn node_comes_back_to_a_server_that_lost_what_it_applied(how: Replaced) {
     replica.replicate_from(replication_port(&replication));
     let pw = Proxy::start(primary.port());
     let px = Proxy::start(primary.port());
-    let w = node(&pw.url(), every).await;
-    let x = node(&px.url(), every).await;
+    let w = NODES.checking_every(every).node(&pw.url()).await;
+    let x = NODES.checking_every(every).node(&px.url()).await;
     w.set("k", &1u64, Ttl::Default).await.unwrap();
-    caught_up(&x, &primary).await;
+    caught_up([&x], bus_seq(&primary, NS)).await;
     assert_eq!(x.get::<u64>("k").await.unwrap(), Some(1));
-    assert_eq!(in_ram(&x, "k").await, Some(1));
-    let s0 = bus_seq(&primary);
+    assert_eq!(in_ram::<u64>(&x, "k").await, Some(1));
+    let s0 = bus_seq(&primary, NS);
     assert!(
         eventually(LONG, || async {
-            replica.replica_synced() && bus_seq(&replica) == s0
+            replica.replica_synced() && bus_seq(&replica, NS) == s0
         })
         .await,
         "replica synced"
@@ -329,7 +306,7 @@ async fn node_comes_back_to_a_server_that_lost_what_it_applied(how: Replaced) {
         Replaced::Snapshot => &primary,
         Replaced::Replica => &replica,
     };
-    assert_eq!(bus_seq(server), s0, "the new server's bus is at s0");
+    assert_eq!(bus_seq(server, NS), s0, "the new server's bus is at s0");
     pw.restore();
     // The writer's first calls may meet its old connection.
     assert!(
@@ -342,7 +319,7 @@ async fn node_comes_back_to_a_server_that_lost_what_it_applied(how: Replaced) {
     for other in ["d", "e", "f", "g"] {
         w.invalidate_keys(&[other]).await.unwrap();
     }
-    let target = bus_seq(server);
+    let target = bus_seq(server, NS);
     assert!(target > s0 + 3, "the new history passed x's position");
 
     px.restore();
@@ -353,7 +330,7 @@ async fn node_comes_back_to_a_server_that_lost_what_it_applied(how: Replaced) {
     .await;
     assert!(back, "x came back: {:?}", x.bus_health());
     assert_eq!(
-        in_ram(&x, "k").await,
+        in_ram::<u64>(&x, "k").await,
         None,
         "x serves the value invalidated as s0 + 1 of the new history: {:?}",
         x.bus_health()
@@ -388,15 +365,15 @@ async fn node_cut_off_while_a_lagging_replica_is_promoted_drops_what_it_cannot_k
 async fn foreign_log_entries_do_not_block_publishing() {
     let redis = TestRedis::start();
     let every = Duration::from_millis(500);
-    let a = node(&redis.url(), every).await;
-    let b = node(&redis.url(), every).await;
+    let a = NODES.checking_every(every).node(&redis.url()).await;
+    let b = NODES.checking_every(every).node(&redis.url()).await;
     let log = format!("{NS}:{{bus}}:log");
     for (round, plant) in ["entry", "type"].into_iter().enumerate() {
         let v = round as u64 * 10;
         a.set("k", &(v + 1), Ttl::Default).await.unwrap();
-        caught_up(&b, &redis).await;
+        caught_up([&b], bus_seq(&redis, NS)).await;
         assert_eq!(b.get::<u64>("k").await.unwrap(), Some(v + 1));
-        assert_eq!(in_ram(&b, "k").await, Some(v + 1));
+        assert_eq!(in_ram::<u64>(&b, "k").await, Some(v + 1));
         match plant {
             "entry" => {
                 let _: String = redis
@@ -413,7 +390,7 @@ async fn foreign_log_entries_do_not_block_publishing() {
             .unwrap_or_else(|e| panic!("set after a foreign {plant}: {e}"));
         let acked = Instant::now();
         let dropped = eventually(every + MARGIN, || async {
-            in_ram(&b, "k").await != Some(v + 1)
+            in_ram::<u64>(&b, "k").await != Some(v + 1)
         })
         .await;
         assert!(
@@ -468,9 +445,9 @@ async fn bus_health_reports_suspension_when_no_check_completes() {
     let redis = TestRedis::start();
     let every = Duration::from_millis(300);
     let px = Proxy::start(redis.port());
-    let x = node(&px.url(), every).await;
+    let x = NODES.checking_every(every).node(&px.url()).await;
     x.set("k", &1u64, Ttl::Default).await.unwrap();
-    assert_eq!(in_ram(&x, "k").await, Some(1));
+    assert_eq!(in_ram::<u64>(&x, "k").await, Some(1));
     assert!(!x.bus_health().unwrap().suspended);
     px.set_delay(every);
     let suspended = eventually(every * 2 + MARGIN, || async {
@@ -478,11 +455,11 @@ async fn bus_health_reports_suspension_when_no_check_completes() {
     })
     .await;
     assert!(suspended, "{:?}", x.bus_health());
-    assert_eq!(in_ram(&x, "k").await, None);
+    assert_eq!(in_ram::<u64>(&x, "k").await, None);
     px.set_delay(Duration::ZERO);
     let back = eventually(LONG, || async { !x.bus_health().unwrap().suspended }).await;
     assert!(back);
-    assert_eq!(in_ram(&x, "k").await, Some(1));
+    assert_eq!(in_ram::<u64>(&x, "k").await, Some(1));
 }
 
 /// A link slower than the period: the node still builds (its first position
@@ -494,7 +471,9 @@ async fn a_node_on_a_link_slower_than_the_period_builds_and_never_serves_ram() {
     let every = Duration::from_millis(500);
     let px = Proxy::start(redis.port());
     px.set_delay(Duration::from_millis(300));
-    let x = builder(&px.url(), every)
+    let x = NODES
+        .checking_every(every)
+        .builder(&px.url())
         .op_timeout(Duration::from_secs(3))
         .build()
         .await
@@ -502,7 +481,7 @@ async fn a_node_on_a_link_slower_than_the_period_builds_and_never_serves_ram() {
     x.set("k", &1u64, Ttl::Default).await.unwrap();
     for _ in 0..3 {
         assert_eq!(x.get::<u64>("k").await.unwrap(), Some(1));
-        assert_eq!(in_ram(&x, "k").await, None, "RAM is never served");
+        assert_eq!(in_ram::<u64>(&x, "k").await, None, "RAM is never served");
     }
     assert!(x.bus_health().unwrap().suspended);
 }
