@@ -128,7 +128,7 @@ async fn main() {
         .unwrap();
     let target = node.func::<(u64,), u8>("target").build().unwrap();
     let t = Instant::now();
-    let deleted = target.clear_all().await.unwrap();
+    let deleted = target.delete_all().await.unwrap();
     let keysets = t.elapsed();
     assert_eq!(
         deleted as usize, func,

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cachenode::Layers;
 use cachenode::{CacheNode, Ttl};
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
@@ -101,7 +102,7 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
-    let redis_only = node.redis_only();
+    let redis_only = node.with_layers(Layers::Redis);
     g.bench_function("cachenode_get_arc_redis_only", |b| {
         b.to_async(&rt).iter(|| {
             let node = redis_only.clone();

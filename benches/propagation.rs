@@ -126,7 +126,7 @@ async fn cachenode_run(url: &str, receivers: usize, rate: usize, count: usize) -
         let p = p.clone();
         async move {
             let key = format!("k{}", i % 100);
-            p.invalidate_keys(&[key.as_str()]).await.unwrap();
+            p.invalidate_many(&[key.as_str()]).await.unwrap();
         }
     })
     .await;

@@ -38,7 +38,7 @@ async fn main() -> cachenode::Result<()> {
                 .build()
                 .await?
         }
-        Err(_) => CacheNode::builder().ram_only().build().await?,
+        Err(_) => CacheNode::builder().without_redis().build().await?,
     };
     println!("node: {node:?}");
 

@@ -13,7 +13,7 @@
 //!     .await?;
 //! // Every value of full-args function `get_profile` called with user = 42.
 //! let filter = Args::new().arg("user", &42u64)?;
-//! let deleted = node.clear_func_some("get_profile", &filter)?.run(|_| {}).await?;
+//! let deleted = node.delete_function_some("get_profile", &filter)?.run(|_| {}).await?;
 //! let stats = node.namespace_stats().await?;
 //! println!("deleted {deleted}; bus at seq {}", stats.bus_seq);
 //! # Ok(()) }
@@ -25,7 +25,7 @@ use crate::bus::message::{decode_channel_payload_with, BusAuth};
 use crate::bus::{BusMessage, MalformedMessage};
 use crate::core::Core;
 use crate::func::key::{self, Args};
-use crate::func::ClearSome;
+use crate::func::DeleteSome;
 use crate::keysets::{KeySets, Walk};
 use crate::{Error, Result};
 
@@ -100,15 +100,19 @@ impl BusTail {
     }
 }
 
-/// See [`CacheNode::clear_func_some`](crate::CacheNode::clear_func_some).
-pub(crate) fn clear_func_some(core: &Core, funcname: &str, filter: &Args) -> Result<ClearSome> {
+/// See [`CacheNode::delete_function_some`](crate::CacheNode::delete_function_some).
+pub(crate) fn delete_function_some(
+    core: &Core,
+    funcname: &str,
+    filter: &Args,
+) -> Result<DeleteSome> {
     core.check_open()?;
     key::check_funcname(funcname)?;
     let encoded = key::encode_args(filter)?;
     if encoded.parts().is_empty() {
         return Err(Error::Config(format!(
-            "clear_func_some on {funcname:?} needs at least one argument; \
-             clear_funcs deletes every value"
+            "delete_function_some on {funcname:?} needs at least one argument; \
+             delete_functions deletes every value"
         )));
     }
     let parts = encoded
@@ -116,7 +120,7 @@ pub(crate) fn clear_func_some(core: &Core, funcname: &str, filter: &Args) -> Res
         .iter()
         .map(|(name, bytes)| key::arg_part(name, bytes))
         .collect();
-    Ok(ClearSome::new(core.clone(), Walk::new(funcname, parts)))
+    Ok(DeleteSome::new(core.clone(), Walk::new(funcname, parts)))
 }
 
 /// See [`CacheNode::func_key_set_size`](crate::CacheNode::func_key_set_size).

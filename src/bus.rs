@@ -18,7 +18,7 @@
 //! 3. after every (re)connect, catches up from the log; when the log no longer
 //!    reaches back far enough, or Redis lost its state (the epoch marker
 //!    changed), drops its whole RAM layer;
-//! 4. every half [`deletion_check_frequency`](crate::CacheNodeBuilder::deletion_check_frequency)
+//! 4. every half [`deletion_check_period`](crate::CacheNodeBuilder::deletion_check_period)
 //!    reads the counter and catches up if behind: the safety net when pub/sub
 //!    silently loses messages. The same read checks that the log still holds
 //!    the entry the node applied last, so a server restarted from an older
@@ -46,7 +46,7 @@
 //! stop publishing (see `PUBLISH_SCRIPT`).
 //!
 //! **Guarantee.** Once an invalidation call returns `Ok`, no node serves the
-//! old value from RAM later than `deletion_check_frequency` plus one Redis
+//! old value from RAM later than `deletion_check_period` plus one Redis
 //! round trip, whatever messages are lost and whatever the node's tasks do;
 //! normally within one pub/sub hop. (The lease alone gives one period; the
 //! round trip is the slack for a read that began before the lease ran out.)
@@ -85,7 +85,7 @@ pub const DEFAULT_LOG_LEN: usize = 100_000;
 /// Bus settings.
 #[derive(Debug, Clone)]
 pub(crate) struct BusConfig {
-    pub(crate) deletion_check_frequency: Duration,
+    pub(crate) deletion_check_period: Duration,
     pub(crate) log_len: usize,
     pub(crate) watch_keyspace: bool,
     /// The shared secret that signs and verifies messages.
@@ -172,7 +172,7 @@ pub struct BusHealth {
     /// a gap or Redis lost the bus's state.
     pub gap_flushes: u64,
     /// Whether RAM is not being served now: no deletion check has succeeded
-    /// within the last [`deletion_check_frequency`](crate::CacheNodeBuilder::deletion_check_frequency)
+    /// within the last [`deletion_check_period`](crate::CacheNodeBuilder::deletion_check_period)
     /// (Redis unreachable or too slow, or the listener could not run), so
     /// every read goes to Redis until one does.
     pub suspended: bool,

@@ -26,7 +26,7 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
 /// Default period of the bus's deletion check (the seed's
 /// `DELETION_CHECK_FREQUENCY_SECS`): the upper bound, past one Redis round
 /// trip, on how long a lost invalidation can leave a stale RAM entry.
-pub const DEFAULT_DELETION_CHECK_FREQUENCY: Duration = Duration::from_secs(1);
+pub const DEFAULT_DELETION_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// A hook run on a Redis hit between reading the value and putting it in
 /// RAM; tests use it to drive the read/invalidate race deterministically.

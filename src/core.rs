@@ -33,22 +33,20 @@ use crate::registry::{JobRegistry, RefreshRegistry};
 use crate::shared::SharedLayer;
 use crate::{Error, Result};
 
-/// Which layers a call uses.
-///
-/// [`CacheNode::ram_only`](crate::CacheNode::ram_only) and
-/// [`CacheNode::redis_only`](crate::CacheNode::redis_only) give a handle whose
-/// calls use one layer (the seed's `local_ram_cache_only` and
-/// `shared_redis_cache_only`). RAM-only writes and deletes stay on this
-/// instance: other instances are not told.
+/// Which layers a call uses: the one way to choose them, on a node
+/// ([`CacheNode::with_layers`](crate::CacheNode::with_layers)) and on a
+/// cached function ([`FuncBuilder::layers`](crate::FuncBuilder::layers)).
+/// RAM-only writes and deletes stay on this instance: other instances are
+/// not told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layers {
     /// RAM first, then Redis (the default).
     #[default]
     Both,
     /// This process's RAM only.
-    RamOnly,
+    Ram,
     /// Redis only; RAM is neither read nor filled.
-    RedisOnly,
+    Redis,
 }
 
 /// A point-in-time view of a node's counters, for health checks and tests.
@@ -138,7 +136,7 @@ impl Core {
             let period = shared
                 .as_ref()
                 .and(config.bus.as_ref())
-                .map(|bus| bus.deletion_check_frequency);
+                .map(|bus| bus.deletion_check_period);
             let local = config.ram_capacity_bytes.map(|bytes| {
                 Arc::new(match period {
                     Some(period) => LocalLayer::leased(bytes, period),
@@ -212,11 +210,6 @@ impl Core {
             parts: self.parts.clone(),
             layers,
         }
-    }
-
-    /// The same node, its calls using RAM only.
-    pub(crate) fn ram_only(&self) -> Core {
-        self.with_layers(Layers::RamOnly)
     }
 
     /// The layers this handle's calls use.
@@ -335,8 +328,8 @@ impl Core {
     #[inline]
     pub(crate) fn ram(&self) -> Option<&LocalLayer> {
         match self.layers {
-            Layers::Both | Layers::RamOnly => self.parts.local.as_deref(),
-            Layers::RedisOnly => None,
+            Layers::Both | Layers::Ram => self.parts.local.as_deref(),
+            Layers::Redis => None,
         }
     }
 
@@ -345,9 +338,9 @@ impl Core {
     /// caller asked for Redis only on a node without it.
     pub(crate) fn redis(&self, op: &'static str) -> Result<Option<&SharedLayer>> {
         match (self.layers, &self.parts.shared) {
-            (Layers::RamOnly, _) => Ok(None),
+            (Layers::Ram, _) => Ok(None),
             (_, Some(shared)) => Ok(Some(shared)),
-            (Layers::RedisOnly, None) if !self.parts.config.disabled => {
+            (Layers::Redis, None) if !self.parts.config.disabled => {
                 Err(Error::NoSharedLayer { op })
             }
             (_, None) => Ok(None),
@@ -418,7 +411,7 @@ impl Core {
 
     /// Drops every value of cached function `funcname` from the RAM of every
     /// instance. Returns once durable in Redis.
-    pub(crate) async fn invalidate_func(&self, funcname: &str) -> Result<()> {
+    pub(crate) async fn invalidate_function(&self, funcname: &str) -> Result<()> {
         self.check_open()?;
         if let Some(local) = self.parts.local.as_deref() {
             local.remove_group(funcname);

@@ -8,12 +8,12 @@
 //! use std::time::Duration;
 //! let get_user = node
 //!     .func::<(u64,), User>("get_user")
-//!     .expire_in(Duration::from_secs(1800))
+//!     .ttl(Duration::from_secs(1800))
 //!     .build()?;
 //! let user_id = 42;
 //! let user = get_user.call(&(user_id,), || fetch_user(user_id)).await;
-//! get_user.clear(&(user_id,)).await?; // this call's value, everywhere
-//! get_user.clear_all().await?;        // every value of get_user, everywhere
+//! get_user.delete(&(user_id,)).await?; // this call's value, everywhere
+//! get_user.delete_all().await?;        // every value of get_user, everywhere
 //! # Ok(()) }
 //! ```
 //!
@@ -44,8 +44,10 @@ pub(crate) mod refresh;
 
 pub use builder::{Computed, FuncBuilder};
 pub use call::Lookup;
-pub(crate) use clear::{clear_funcs, clear_funcs_in_background, key_sets, prune_key_sets};
-pub use clear::{BackgroundClear, ClearSome};
+pub(crate) use clear::{
+    delete_functions, delete_functions_in_background, key_sets, prune_key_sets,
+};
+pub use clear::{BackgroundDelete, DeleteSome};
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -78,7 +80,7 @@ impl<A: ?Sized, V> std::fmt::Debug for CachedFn<A, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CachedFn")
             .field("name", &self.inner.name)
-            .field("expire_in", &self.inner.opts.expire_in)
+            .field("ttl", &self.inner.opts.ttl)
             .finish()
     }
 }
@@ -118,9 +120,9 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
         &self.inner.name
     }
 
-    /// The configured expiry (`None`: the node's default).
-    pub fn expire_in(&self) -> Option<Duration> {
-        self.inner.opts.expire_in
+    /// The configured TTL ([`Ttl::Default`]: the node's default).
+    pub fn ttl(&self) -> Ttl {
+        self.inner.opts.ttl
     }
 
     /// The Redis key of the call with `args` (the seed's `make_cache_key`).
@@ -209,7 +211,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
         let rebuild = crate::registry::Rebuild {
             func: inner.name.clone(),
             build: spec.build.clone(),
-            ttl: self.ttl(),
+            ttl: self.resolved_ttl(),
             ram_prefix: inner.ram_prefix.clone(),
             redis_prefix: inner.redis_prefix.clone(),
         };
@@ -228,7 +230,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
             registry.add_warmup(crate::registry::Warmup {
                 rebuild,
                 calls,
-                timeout: o.warmup_timeout,
+                timeout: o.warm_up_timeout,
             });
         }
         Ok(())
@@ -243,13 +245,10 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
         format!("{}{}", self.inner.redis_prefix, key.suffix)
     }
 
-    fn ttl(&self) -> Option<Duration> {
+    /// How long this function's values live, the node's default resolved.
+    fn resolved_ttl(&self) -> Option<Duration> {
         let default = self.inner.node.config().default_ttl;
-        self.inner
-            .opts
-            .expire_in
-            .map_or(default, Ttl::from)
-            .resolve(default)
+        self.inner.opts.ttl.resolve(default)
     }
 }
 

@@ -28,7 +28,7 @@
 //!   applies the announcements to its RAM, catches up from the log after a
 //!   gap, and serves RAM only under a lease its checks renew. Once an
 //!   invalidation returns `Ok`, no node serves the old value from RAM later
-//!   than [`deletion_check_frequency`](CacheNodeBuilder::deletion_check_frequency)
+//!   than [`deletion_check_period`](CacheNodeBuilder::deletion_check_period)
 //!   plus one round trip ([`BusHealth`] reports its state; optional HMAC
 //!   signatures with [`bus_secret`](CacheNodeBuilder::bus_secret)).
 //! * **Function caching**, [`CachedFn`] from [`CacheNode::func`]
@@ -41,8 +41,8 @@
 //!   ([`WarmupReport`]).
 //! * **Key sets**: every key a function writes is recorded in its sharded
 //!   key set in Redis, so clearing a function walks its own keys, never the
-//!   keyspace ([`CachedFn::clear_all`], [`ClearSome`] by argument,
-//!   [`BackgroundClear`], [`Progress`]); a sweep prunes expired members.
+//!   keyspace ([`CachedFn::clear_all`], [`DeleteSome`] by argument,
+//!   [`BackgroundDelete`], [`Progress`]); a sweep prunes expired members.
 //! * **Narrower caches**: the **request scope** ([`with_request`], or the
 //!   tower `RequestScopeLayer`) puts a request's path and query string in
 //!   keys and holds [`RequestCached`] memos; [`MemoryFn`] caches in this
@@ -62,7 +62,7 @@
 //! ## Example
 //! ```no_run
 //! use std::time::Duration;
-//! use cachenode::{CacheNode, Ttl};
+//! use cachenode::{CacheNode, Layers, Ttl};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,16 +93,16 @@
 //!     // A cached function: RAM, then Redis, then one computation.
 //!     let get_user = node
 //!         .func::<(u64,), User>("get_user")
-//!         .expire_in(Duration::from_secs(600))
+//!         .ttl(Duration::from_secs(600))
 //!         .build()?;
 //!     let user = get_user.call(&(7,), || load_user(7)).await;
 //!     println!("{user:?}");
-//!     get_user.clear(&(7,)).await?; // this call's value, on every instance
-//!     get_user.clear_all().await?; // every value of the function
+//!     get_user.delete(&(7,)).await?; // this call's value, on every instance
+//!     get_user.delete_all().await?; // every value of the function
 //!
 //!     // One layer per handle, and no Redis at all for a program without one.
-//!     node.ram_only().set("session", &ada, Duration::from_secs(60)).await?;
-//!     let _ram = CacheNode::builder().ram_only().build().await?;
+//!     node.with_layers(Layers::Ram).set("session", &ada, Duration::from_secs(60)).await?;
+//!     let _ram = CacheNode::builder().without_redis().build().await?;
 //!
 //!     println!("bus: {:?}", node.bus_health());
 //!     node.shutdown().await;
@@ -144,17 +144,17 @@ pub use codec::{Bincode, Codec};
 #[doc(hidden)]
 pub use config::FillHook;
 pub use config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELETION_CHECK_FREQUENCY, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELETION_CHECK_PERIOD, DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_NAMESPACE, DEFAULT_OP_TIMEOUT, DEFAULT_RAM_CAPACITY_BYTES, DEFAULT_TTL,
 };
 pub use error::{Error, Result};
 pub use func::atomic::{AtomicWrites, DEFAULT_LOCK_TTL, DEFAULT_WAIT_TIMEOUT};
 pub use func::jobs::DEFAULT_JOB_TIMEOUT;
-pub use func::key::{Args, ArgsWriter, KeyArgs};
+pub use func::key::{Args, ArgsInKey, ArgsWriter, KeyArgs};
 pub use func::refresh::{
     WarmupReport, DEFAULT_MIN_REFRESH_PERIOD, DEFAULT_REFRESH_GRANULARITY, DEFAULT_WARMUP_TIMEOUT,
 };
-pub use func::{BackgroundClear, CachedFn, ClearSome, Computed, FuncBuilder, Lookup};
+pub use func::{BackgroundDelete, CachedFn, Computed, DeleteSome, FuncBuilder, Lookup};
 pub use keys::MAX_NAMESPACE_LEN;
 pub use keysets::{Progress, DEFAULT_SWEEP_EVERY, SHARDS};
 pub use memory_fn::{MemoryFn, OwnerToken};
@@ -170,6 +170,11 @@ pub use ttl::Ttl;
 pub use cachenode_macros::{cached, cached_for};
 
 /// Entry points for the fuzz targets in `fuzz/`; not a public API.
+/// The examples of `MIGRATING.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../MIGRATING.md")]
+struct MigratingExamples;
+
 #[doc(hidden)]
 pub mod __fuzz {
     use serde::Deserialize;
@@ -332,21 +337,41 @@ pub mod __private {
     /// Deletes the value of a call everywhere; `args` is the call's
     /// arguments, or why they could not be encoded. Owns both, so the
     /// future is `Send` and `'static`.
-    pub async fn invalidate<V>(
+    pub async fn delete<V>(
         handles: Option<&'static Handles<V>>,
         args: Result<OwnedArgs>,
     ) -> Result<bool> {
         match handles {
-            Some(h) => h.owned.clear(&args?.0).await,
+            Some(h) => h.owned.delete(&args?.0).await,
             None => Ok(false),
         }
     }
 
     /// Deletes every value of a function everywhere.
-    pub async fn invalidate_all<V>(handles: Option<&'static Handles<V>>) -> Result<u64> {
+    pub async fn delete_all<V>(handles: Option<&'static Handles<V>>) -> Result<u64> {
         match handles {
-            Some(h) => h.calls.clear_all().await,
+            Some(h) => h.calls.delete_all().await,
             None => Ok(0),
+        }
+    }
+
+    /// Drops the value of a call from the RAM of every instance (Redis
+    /// keeps it); owns its arguments, as [`delete`].
+    pub async fn invalidate<V>(
+        handles: Option<&'static Handles<V>>,
+        args: Result<OwnedArgs>,
+    ) -> Result<()> {
+        match handles {
+            Some(h) => h.owned.invalidate(&args?.0).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Drops every value of a function from the RAM of every instance.
+    pub async fn invalidate_all<V>(handles: Option<&'static Handles<V>>) -> Result<()> {
+        match handles {
+            Some(h) => h.calls.invalidate_all().await,
+            None => Ok(()),
         }
     }
 

@@ -31,7 +31,7 @@
 //! # The lease
 //!
 //! On a node with a bus, RAM is served only under a [`Lease`]: a deadline
-//! that the bus listener moves to `start + deletion_check_frequency` after
+//! that the bus listener moves to `start + deletion_check_period` after
 //! each deletion check that *started* at `start` and brought the node up to
 //! Redis's sequence number. Every invalidation acknowledged before `start` is
 //! then applied, so an entry served before the deadline is not older than any

@@ -7,6 +7,7 @@
 //! Both live in the node's RAM layer (so its byte budget and invalidations
 //! apply), which they reach through the [core](crate::core).
 
+use crate::Layers;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::core::Core;
-use crate::func::key::{self, ArgsMode, KeyArgs};
+use crate::func::key::{self, ArgsInKey, KeyArgs};
 use crate::local::{Expiry, Fence, Fill, LocalLayer};
 use crate::Result;
 
@@ -50,7 +51,7 @@ impl<A: KeyArgs + ?Sized, V: Clone + Send + Sync + 'static> MemoryFn<A, V> {
     }
 
     /// Leaves these arguments out of the key.
-    pub fn args_to_ignore<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+    pub fn ignore_args<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.ignore.extend(names.into_iter().map(Into::into));
         self
     }
@@ -61,7 +62,7 @@ impl<A: KeyArgs + ?Sized, V: Clone + Send + Sync + 'static> MemoryFn<A, V> {
         Ok(format!(
             "{}{}",
             crate::keys::func_ram_prefix(&self.name),
-            key::suffix(&prefix, None, ArgsMode::Hashed, &encoded, &self.ignore)
+            key::suffix(&prefix, None, ArgsInKey::Hashed, &encoded, &self.ignore)
         ))
     }
 
@@ -131,7 +132,7 @@ impl<A: KeyArgs + ?Sized, V: Clone + Send + Sync + 'static> MemoryFn<A, V> {
     }
 
     /// Drops every value of this function from this process's RAM.
-    pub fn clear_all(&self) {
+    pub fn clear(&self) {
         if let Some(local) = self.node.ram() {
             local.remove_group(&self.name);
         }
@@ -170,7 +171,7 @@ pub(crate) fn memory_fn<A: KeyArgs + ?Sized, V>(
 ) -> Result<MemoryFn<A, V>> {
     key::check_funcname(name)?;
     Ok(MemoryFn {
-        node: core.ram_only(),
+        node: core.with_layers(Layers::Ram),
         name: Arc::from(name),
         ttl,
         ignore: Vec::new(),

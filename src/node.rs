@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::core::{Core, Layers, NodeStats, WeakCore};
 use crate::func::key::{Args, KeyArgs};
 use crate::func::refresh::WarmupReport;
-use crate::func::{BackgroundClear, ClearSome, FuncBuilder};
+use crate::func::{BackgroundDelete, DeleteSome, FuncBuilder};
 use crate::keysets::{KeySets, Progress};
 use crate::memory_fn::{MemoryFn, OwnerToken};
 use crate::metrics;
@@ -112,17 +112,10 @@ impl CacheNode {
         Ok(CacheNode { core })
     }
 
-    /// A handle on the same node whose calls use RAM only.
-    pub fn ram_only(&self) -> CacheNode {
-        self.with_layers(Layers::RamOnly)
-    }
-
-    /// A handle on the same node whose calls use Redis only.
-    pub fn redis_only(&self) -> CacheNode {
-        self.with_layers(Layers::RedisOnly)
-    }
-
-    /// A handle on the same node whose calls use `layers`.
+    /// A handle on the same node whose calls use `layers`: `Layers::Ram`
+    /// for this process's RAM only (writes and deletes stay on this
+    /// instance, other instances are not told), `Layers::Redis` for Redis
+    /// only, `Layers::Both` (the default) for both.
     pub fn with_layers(&self, layers: Layers) -> CacheNode {
         CacheNode {
             core: self.core.with_layers(layers),
@@ -181,19 +174,19 @@ impl CacheNode {
     ///
     /// # Errors
     /// When Redis fails or a name is invalid.
-    pub async fn clear_funcs(
+    pub async fn delete_functions(
         &self,
         funcnames: &[&str],
         progress: impl FnMut(&str, Progress),
     ) -> Result<u64> {
-        crate::func::clear_funcs(&self.core, funcnames, progress).await
+        crate::func::delete_functions(&self.core, funcnames, progress).await
     }
 
-    /// [`clear_funcs`](Self::clear_funcs) as a background task (the seed's
+    /// [`delete_functions`](Self::delete_functions) as a background task (the seed's
     /// `delete_shared_then_local_cache_funcnames_async`); the handle tells
     /// the progress and waits for the end.
-    pub fn clear_funcs_in_background(&self, funcnames: Vec<String>) -> BackgroundClear {
-        crate::func::clear_funcs_in_background(&self.core, funcnames)
+    pub fn delete_functions_in_background(&self, funcnames: Vec<String>) -> BackgroundDelete {
+        crate::func::delete_functions_in_background(&self.core, funcnames)
     }
 
     /// Names of the functions that have key sets in this namespace, with the
@@ -215,7 +208,7 @@ impl CacheNode {
     }
 
     /// Computes the values marked for warm-up
-    /// ([`FuncBuilder::warmup_on_startup`](crate::FuncBuilder::warmup_on_startup))
+    /// ([`FuncBuilder::warm_up_with`](crate::FuncBuilder::warm_up_with))
     /// on handles built so far, all functions at once, each bounded by its
     /// warm-up timeout. Never takes longer than the largest timeout; what
     /// did not finish is logged and reported.
@@ -245,12 +238,12 @@ impl CacheNode {
 
     /// Starts deleting the values of cached function `funcname` whose
     /// arguments match `filter`, knowing only the function's name: what
-    /// [`CachedFn::clear_some`](crate::CachedFn::clear_some) does from a
+    /// [`CachedFn::delete_some`](crate::CachedFn::delete_some) does from a
     /// handle. Each value is removed from Redis, the key set and the RAM of
     /// every instance.
     ///
     /// Only functions built with
-    /// [`cache_key_with_full_args`](crate::FuncBuilder::cache_key_with_full_args)
+    /// [`key_args(ArgsInKey::Each)`](crate::FuncBuilder::key_args)
     /// have per-argument keys; for any other function, for an argument name
     /// the function does not have or ignores, or a value that does not
     /// encode as the function's argument does (values are compared by their
@@ -260,10 +253,10 @@ impl CacheNode {
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid function name or an empty `filter`
-    /// (use [`clear_funcs`](Self::clear_funcs) to delete every value);
+    /// (use [`delete_functions`](Self::delete_functions) to delete every value);
     /// [`Error::Shutdown`] after [`shutdown`](Self::shutdown).
-    pub fn clear_func_some(&self, funcname: &str, filter: &Args) -> Result<ClearSome> {
-        crate::admin::clear_func_some(&self.core, funcname, filter)
+    pub fn delete_function_some(&self, funcname: &str, filter: &Args) -> Result<DeleteSome> {
+        crate::admin::delete_function_some(&self.core, funcname, filter)
     }
 
     /// How many keys function `funcname`'s key set records (expired ones

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::func::key::{self, ArgsMode, KeyArgs};
+use crate::func::key::{self, ArgsInKey, KeyArgs};
 use crate::scope::current;
 use crate::Result;
 
@@ -62,7 +62,7 @@ impl<A: KeyArgs + ?Sized, V: Clone + Send + Sync + 'static> RequestCached<A, V> 
         let k = format!(
             "{}:{}",
             self.name,
-            key::suffix("", None, ArgsMode::Hashed, &encoded, &[])
+            key::suffix("", None, ArgsInKey::Hashed, &encoded, &[])
         );
         let hit = ctx
             .memo

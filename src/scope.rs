@@ -4,7 +4,7 @@
 //! * A **request scope** ([`with_request`], or the tower
 //!   [`RequestScopeLayer`] for axum and other tower services) makes the
 //!   request's path and query string available to keys
-//!   ([`cache_key_with_request_path`](crate::FuncBuilder::cache_key_with_request_path))
+//!   ([`key_with_request_path`](crate::FuncBuilder::key_with_request_path))
 //!   and holds the memo of [`RequestCached`](crate::RequestCached)
 //!   functions (in `request_cached`), dropped with the request.
 //!

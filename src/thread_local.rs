@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::func::key::{self, ArgsMode, KeyArgs};
+use crate::func::key::{self, ArgsInKey, KeyArgs};
 use crate::Result;
 
 /// Entries a thread-local memo holds before it starts over.
@@ -54,7 +54,7 @@ impl<A: KeyArgs + ?Sized, V: Clone + 'static> ThreadLocalFn<A, V> {
         let k = format!(
             "{}:{}",
             self.name,
-            key::suffix("", None, ArgsMode::Hashed, &encoded, &[])
+            key::suffix("", None, ArgsInKey::Hashed, &encoded, &[])
         );
         let hit = THREAD_MEMO.with(|m| {
             let m = m.borrow();

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cachenode::Layers;
 use cachenode::{CacheNode, Error, Ttl};
 use futures::future::BoxFuture;
 use redis::{AsyncCommands, Commands};
@@ -27,7 +28,7 @@ const NS: &str = "t";
 /// periodic check runs during a test: what reaches other nodes quickly then
 /// came through pub/sub.
 const NO_CHECK: Duration = Duration::from_secs(60);
-/// Slack on top of the stated staleness bound (`deletion_check_frequency`
+/// Slack on top of the stated staleness bound (`deletion_check_period`
 /// plus one round trip, well under a millisecond on loopback): the 5 ms
 /// polling of `time_until` and the test task's own scheduling on a loaded
 /// 2-core machine. The worst measured on such a machine, with the whole
@@ -136,7 +137,7 @@ async fn invalidate_keys_drops_ram_copies_everywhere_and_leaves_redis_alone() {
         fill(&redis, NS, others, key, i as u32).await;
     }
 
-    a.invalidate_keys(&["k1", "k2"]).await.unwrap();
+    a.invalidate_many(&["k1", "k2"]).await.unwrap();
 
     assert_eq!(in_ram::<u32>(a, "k1").await, None, "and on the caller");
     dropped_within_a_hop(others, "k1").await;
@@ -160,7 +161,7 @@ async fn invalidate_func_is_published_and_applied_by_every_other_node() {
     caught_up(&all, seq).await;
     let before: Vec<u64> = others.iter().map(|n| health(n).applied).collect();
 
-    a.invalidate_func("get_user").await.unwrap();
+    a.invalidate_function("get_user").await.unwrap();
 
     assert_eq!(bus_seq(&redis, NS), seq + 1, "one message published");
     let body = last_logged_body(&redis, NS);
@@ -194,7 +195,7 @@ async fn invalidate_all_and_clear_all_flush_the_ram_of_every_other_node() {
     fill(&redis, NS, others, "k1", 0).await;
     fill(&redis, NS, others, "k2", 1).await;
 
-    assert_eq!(a.clear_all().await.unwrap(), 2);
+    assert_eq!(a.delete_all().await.unwrap(), 2);
     dropped_within_a_hop(others, "k1").await;
     dropped_within_a_hop(others, "k2").await;
     for n in others {
@@ -214,8 +215,8 @@ async fn publisher_ignores_its_own_messages() {
 
     a.set("k", &2u32, Ttl::Default).await.unwrap();
     a.set("other", &3u32, Ttl::Default).await.unwrap();
-    a.invalidate_keys(&["x"]).await.unwrap();
-    a.invalidate_func("f").await.unwrap();
+    a.invalidate_many(&["x"]).await.unwrap();
+    a.invalidate_function("f").await.unwrap();
     a.delete("gone").await.unwrap();
     let seq = bus_seq(&redis, NS);
     caught_up([a, b], seq).await;
@@ -238,11 +239,14 @@ async fn long_key_lists_are_split_into_several_messages_and_all_are_applied() {
     let keys: Vec<String> = (0..2500).map(|i| format!("key{i}")).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     for key in &keys {
-        b.ram_only().set(key, &1u8, Ttl::Default).await.unwrap();
+        b.with_layers(Layers::Ram)
+            .set(key, &1u8, Ttl::Default)
+            .await
+            .unwrap();
     }
     let seq = bus_seq(&redis, NS);
 
-    a.invalidate_keys(&keys).await.unwrap();
+    a.invalidate_many(&keys).await.unwrap();
 
     assert_eq!(bus_seq(&redis, NS), seq + 3, "1000 keys per message");
     caught_up([b], seq + 3).await;
@@ -292,7 +296,7 @@ async fn invalidation_logged_but_never_published_is_applied_by_the_periodic_chec
     let all = nodes(&redis, 2, every).await;
     let (a, b) = (&all[0], &all[1]);
     // A real message from a, invalidating "k": captured from the log.
-    a.invalidate_keys(&["k"]).await.unwrap();
+    a.invalidate_many(&["k"]).await.unwrap();
     let body = last_logged_body(&redis, NS);
     a.set("k", &1u32, Ttl::Default).await.unwrap();
     fill(&redis, NS, &all[1..], "k", 1).await;
@@ -338,7 +342,7 @@ async fn redis_restarted_empty_makes_every_node_drop_its_ram_even_after_a_writer
         fill(&redis, NS, [n], "k", 1).await;
         fill(&redis, NS, [n], "other", 10).await;
     }
-    a.invalidate_keys(&["x"]).await.unwrap();
+    a.invalidate_many(&["x"]).await.unwrap();
     let old_seq = bus_seq(&redis, NS);
     caught_up([&a, &b, &c], old_seq).await;
 
@@ -354,7 +358,7 @@ async fn redis_restarted_empty_makes_every_node_drop_its_ram_even_after_a_writer
     .await;
     assert!(back, "a writes again once Redis is back");
     for i in 0..old_seq + 3 {
-        a.invalidate_keys(&[&format!("unrelated{i}")])
+        a.invalidate_many(&[&format!("unrelated{i}")])
             .await
             .unwrap();
     }
@@ -415,7 +419,7 @@ async fn node_that_missed_more_messages_than_the_log_keeps_drops_its_whole_ram()
     pb.cut();
     a.set("k", &3u32, Ttl::Default).await.unwrap();
     for i in 0..200 {
-        a.invalidate_keys(&[&format!("unrelated{i}")])
+        a.invalidate_many(&[&format!("unrelated{i}")])
             .await
             .unwrap();
     }
@@ -507,7 +511,7 @@ async fn node_cut_off_withholds_old_entries_within_the_bound_then_catches_up_wit
     // A value written to b's RAM alone has no other copy: it is served
     // outside the lease. (Values b fills from Redis while its checks fail
     // are not: tests/staleness.rs.)
-    b.ram_only()
+    b.with_layers(Layers::Ram)
         .set("fresh", &5u32, Ttl::Default)
         .await
         .unwrap();
@@ -728,8 +732,8 @@ async fn race(racer: Racer) -> (Option<u32>, Option<u32>) {
     match racer {
         Racer::Set => a.set("race", &2u32, Ttl::Default).await.unwrap(),
         Racer::Delete => assert!(a.delete("race").await.unwrap()),
-        Racer::ClearAll => assert_eq!(a.clear_all().await.unwrap(), 1),
-        Racer::OtherKey => a.invalidate_keys(&["unrelated"]).await.unwrap(),
+        Racer::ClearAll => assert_eq!(a.delete_all().await.unwrap(), 1),
+        Racer::OtherKey => a.invalidate_many(&["unrelated"]).await.unwrap(),
     }
     caught_up([&b], bus_seq(&redis, NS)).await;
     assert_eq!(health(&b).applied, before + 1, "b applied it: {racer:?}");
@@ -908,7 +912,11 @@ mod property {
             }
             Op::RamGet(key) => {
                 let start = now();
-                let result = node.ram_only().get::<u64>(&key_name(key)).await.unwrap();
+                let result = node
+                    .with_layers(Layers::Ram)
+                    .get::<u64>(&key_name(key))
+                    .await
+                    .unwrap();
                 Event::RamGet {
                     node: i,
                     key,
@@ -917,7 +925,7 @@ mod property {
                 }
             }
             Op::Invalidate(key) => {
-                node.invalidate_keys(&[&key_name(key)]).await.unwrap();
+                node.invalidate_many(&[&key_name(key)]).await.unwrap();
                 Event::Invalidate {
                     node: i,
                     key: Some(key),
@@ -1086,7 +1094,7 @@ mod property {
             let node = CacheNode::builder()
                 .redis_url(redis.url())
                 .namespace(ns)
-                .deletion_check_frequency(EVERY)
+                .deletion_check_period(EVERY)
                 .build()
                 .await
                 .unwrap();
@@ -1354,7 +1362,11 @@ async fn shutdown_stops_the_listener_and_every_later_call_fails() {
 
     assert!(!health(a).connected);
     assert!(eventually(LONG, || async { clients(&redis, "pubsub") == 1 }).await);
-    for handle in [a.clone(), a.ram_only(), a.redis_only()] {
+    for handle in [
+        a.clone(),
+        a.with_layers(Layers::Ram),
+        a.with_layers(Layers::Redis),
+    ] {
         let shut = |r: Result<(), Error>| assert!(matches!(r, Err(Error::Shutdown)), "{r:?}");
         shut(handle.get::<u32>("k").await.map(drop));
         shut(handle.get_many::<u32>(&["k"]).await.map(drop));
@@ -1362,9 +1374,9 @@ async fn shutdown_stops_the_listener_and_every_later_call_fails() {
         shut(handle.set("k", &2u32, Ttl::Default).await);
         shut(handle.delete("k").await.map(drop));
         shut(handle.delete_many(&["k"]).await.map(drop));
-        shut(handle.clear_all().await.map(drop));
-        shut(handle.invalidate_keys(&["k"]).await);
-        shut(handle.invalidate_func("f").await);
+        shut(handle.delete_all().await.map(drop));
+        shut(handle.invalidate_many(&["k"]).await);
+        shut(handle.invalidate_function("f").await);
         shut(handle.invalidate_all().await);
     }
     // Nothing was published by the refused calls; the other node carries on.
@@ -1382,7 +1394,7 @@ async fn dropping_every_handle_of_a_node_stops_its_listener_and_closes_its_conne
         .checking_every(Duration::from_millis(500))
         .node(&redis.url())
         .await;
-    let ram = node.ram_only();
+    let ram = node.with_layers(Layers::Ram);
     subscribed([&node]).await;
     node.set("k", &1u32, Ttl::Default).await.unwrap();
     assert_eq!(clients(&redis, "pubsub"), 1);
@@ -1586,7 +1598,11 @@ async fn concurrent_sets_of_one_key_leave_every_ram_agreeing_with_redis() {
             w.await.unwrap().unwrap();
         }
         caught_up(&all, bus_seq(&redis, NS)).await;
-        let truth = all[0].redis_only().get::<u64>("k").await.unwrap();
+        let truth = all[0]
+            .with_layers(Layers::Redis)
+            .get::<u64>("k")
+            .await
+            .unwrap();
         for (n, node) in all.iter().enumerate() {
             let ram = in_ram::<u64>(node, "k").await;
             filled[n] += u32::from(ram.is_some());

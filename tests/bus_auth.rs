@@ -113,7 +113,7 @@ async fn nodes_with_the_same_secret_propagate_every_kind_of_invalidation() {
     let keys: Vec<String> = (0..2500).map(|i| format!("x{i}")).collect();
     let mut refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     refs.push("j");
-    b.invalidate_keys(&refs).await.unwrap();
+    b.invalidate_many(&refs).await.unwrap();
     dropped_within_a_hop([&a], "j").await;
 
     assert_eq!(last_logged_body(&redis, NS)[0], 2);
@@ -461,7 +461,7 @@ mod cli {
         })
         .await;
         assert!(subscribed, "tail did not subscribe");
-        a.invalidate_keys(&["real"]).await.unwrap();
+        a.invalidate_many(&["real"]).await.unwrap();
         let signed = last_logged_body(&redis, NS);
         publish(&redis, NS, &[b"99:".to_vec(), bad_tag(&signed)].concat());
         let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())

@@ -11,6 +11,7 @@ use std::future::ready;
 use std::time::Duration;
 
 use cachenode::CacheNode;
+use cachenode::Layers;
 use redis::Commands;
 use support::{Nodes, Proxy, TestRedis};
 use tokio::sync::oneshot;
@@ -32,7 +33,7 @@ async fn redis_only_caller_after_clear_all_does_not_join_the_flight_begun_before
     let node = NODES.node(&redis.url()).await;
     let f = node
         .func::<(u64,), String>("so")
-        .shared_redis_cache_only()
+        .layers(Layers::Redis)
         .build()
         .unwrap();
     let (started_tx, started_rx) = oneshot::channel();
@@ -49,7 +50,7 @@ async fn redis_only_caller_after_clear_all_does_not_join_the_flight_begun_before
         }
     });
     started_rx.await.unwrap();
-    f.clear_all().await.expect("clear_all");
+    f.delete_all().await.expect("clear_all");
 
     // A caller that begins after clear_all returned Ok. Its first poll
     // reaches the flight table synchronously (no RAM, no await before it).
@@ -117,7 +118,7 @@ async fn a_value_from_before_clear_all_does_not_survive_a_concurrent_prune() {
     // out of the key set and put it back a round trip later), and clear_all
     // runs to the end in that round trip.
     monitor.next_with(&["EVAL", "t:ks:pr:", &key]).await;
-    fc.clear_all().await.expect("clear_all");
+    fc.delete_all().await.expect("clear_all");
     prune.await.unwrap().expect("prune");
 
     let stored: Option<Vec<u8>> = r.get(&key).unwrap();
@@ -146,7 +147,7 @@ async fn a_computation_from_before_the_namespace_clear_all_is_not_stored_after_i
     let node = NODES.node(&redis.url()).await;
     let f = node
         .func::<(u64,), String>("ns")
-        .shared_redis_cache_only()
+        .layers(Layers::Redis)
         .build()
         .unwrap();
     let (started_tx, started_rx) = oneshot::channel();
@@ -163,7 +164,7 @@ async fn a_computation_from_before_the_namespace_clear_all_is_not_stored_after_i
         }
     });
     started_rx.await.unwrap();
-    node.clear_all().await.expect("namespace clear_all");
+    node.delete_all().await.expect("namespace clear_all");
     release_tx.send(()).unwrap();
     slow.await.unwrap().unwrap();
 

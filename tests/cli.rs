@@ -4,7 +4,7 @@
 //! Every test starts its own server (see `support`); the binary addresses
 //! namespace `t` on it. What is in a node's RAM is read with a RAM-only
 //! handle whose computation fails (a *probe*, as in `tests/func.rs`), or
-//! with `node.ram_only()` for plain keys.
+//! with `node.with_layers(Layers::Ram)` for plain keys.
 #![cfg(feature = "cli")]
 
 mod support;
@@ -15,6 +15,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use cachenode::{Args, CacheNode};
+use cachenode::{ArgsInKey, Layers};
 use redis::Commands;
 use serde_json::Value;
 use support::cli::command;
@@ -102,7 +103,7 @@ async fn invalidate_key_drops_the_ram_copy_on_other_nodes_and_keeps_redis() {
         assert!(reader.get::<String>(key).await.unwrap().is_some());
         assert!(
             reader
-                .ram_only()
+                .with_layers(Layers::Ram)
                 .get::<String>(key)
                 .await
                 .unwrap()
@@ -116,7 +117,7 @@ async fn invalidate_key_drops_the_ram_copy_on_other_nodes_and_keeps_redis() {
 
     let dropped = eventually(PROPAGATION, || async {
         reader
-            .ram_only()
+            .with_layers(Layers::Ram)
             .get::<String>("user:1")
             .await
             .unwrap()
@@ -127,7 +128,7 @@ async fn invalidate_key_drops_the_ram_copy_on_other_nodes_and_keeps_redis() {
     for n in [&reader, &writer] {
         assert!(
             eventually(PROPAGATION, || async {
-                n.ram_only()
+                n.with_layers(Layers::Ram)
                     .get::<String>("user:1")
                     .await
                     .unwrap()
@@ -138,7 +139,11 @@ async fn invalidate_key_drops_the_ram_copy_on_other_nodes_and_keeps_redis() {
     }
     // Untouched: the other key's RAM copy, and both Redis values.
     assert_eq!(
-        reader.ram_only().get::<String>("user:2").await.unwrap(),
+        reader
+            .with_layers(Layers::Ram)
+            .get::<String>("user:2")
+            .await
+            .unwrap(),
         Some("bob".to_string())
     );
     assert!(redis.exists("t:k:user:1") && redis.exists("t:k:user:2"));
@@ -164,15 +169,7 @@ async fn invalidate_key_with_delete_removes_the_redis_values_too() {
 
     let out = run(
         &redis,
-        &[
-            "--json",
-            "invalidate",
-            "--key",
-            "a",
-            "--key",
-            "missing",
-            "--delete",
-        ],
+        &["--json", "delete", "--key", "a", "--key", "missing"],
     )
     .await;
     let v = json(&out);
@@ -183,7 +180,7 @@ async fn invalidate_key_with_delete_removes_the_redis_values_too() {
     assert!(
         eventually(PROPAGATION, || async {
             reader
-                .ram_only()
+                .with_layers(Layers::Ram)
                 .get::<String>("a")
                 .await
                 .unwrap()
@@ -206,7 +203,7 @@ async fn invalidate_func_deletes_every_value_of_the_function() {
     let other = n.func::<(u64,), String>("get_order").build().unwrap();
     let probe = n
         .func::<(u64,), String>("get_user")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap();
     for id in 1..=5u64 {
@@ -218,7 +215,7 @@ async fn invalidate_func_deletes_every_value_of_the_function() {
     assert_eq!(redis.keys("t:f:get_user:*").len(), 5);
     assert_eq!(ram_value(&probe, &(3,)).await, Some("user-3".to_string()));
 
-    let out = run(&redis, &["invalidate", "--func", "get_user"]).await;
+    let out = run(&redis, &["delete", "--func", "get_user"]).await;
     let text = ok(&out);
     assert!(text.contains("get_user: deleted 5 value(s)"), "{text}");
 
@@ -251,7 +248,7 @@ async fn invalidate_func_deletes_every_value_of_the_function() {
             &redis,
             &[
                 "--json",
-                "invalidate",
+                "delete",
                 "--func",
                 "get_user",
                 "--func",
@@ -272,11 +269,9 @@ async fn invalidate_func_with_args_deletes_only_the_matching_values() {
     let redis = TestRedis::start();
     let n = node(&redis).await;
     let build = |ram_only: bool| {
-        let b = n
-            .func::<Args, String>("profile")
-            .cache_key_with_full_args(true);
+        let b = n.func::<Args, String>("profile").key_args(ArgsInKey::Each);
         if ram_only {
-            b.local_ram_cache_only().build().unwrap()
+            b.layers(Layers::Ram).build().unwrap()
         } else {
             b.build().unwrap()
         }
@@ -295,7 +290,7 @@ async fn invalidate_func_with_args_deletes_only_the_matching_values() {
     let out = run(
         &redis,
         &[
-            "invalidate",
+            "delete",
             "--func",
             "profile",
             "--args",
@@ -328,7 +323,7 @@ async fn invalidate_func_with_args_deletes_only_the_matching_values() {
             &redis,
             &[
                 "--json",
-                "invalidate",
+                "delete",
                 "--func",
                 "profile",
                 "--args",
@@ -349,7 +344,7 @@ async fn invalidate_func_with_args_deletes_only_the_matching_values() {
             &redis,
             &[
                 "--json",
-                "invalidate",
+                "delete",
                 "--func",
                 "profile",
                 "--args",
@@ -383,7 +378,7 @@ async fn invalidate_all_drops_every_ram_and_delete_needs_yes() {
     caught_up([&reader], bus_seq(&redis, "t")).await;
     assert!(reader.get::<String>("a").await.unwrap().is_some());
     assert!(reader
-        .ram_only()
+        .with_layers(Layers::Ram)
         .get::<String>("a")
         .await
         .unwrap()
@@ -394,7 +389,11 @@ async fn invalidate_all_drops_every_ram_and_delete_needs_yes() {
     for n in [&reader, &writer] {
         assert!(
             eventually(PROPAGATION, || async {
-                n.ram_only().get::<String>("a").await.unwrap().is_none()
+                n.with_layers(Layers::Ram)
+                    .get::<String>("a")
+                    .await
+                    .unwrap()
+                    .is_none()
             })
             .await,
             "RAM dropped"
@@ -403,7 +402,7 @@ async fn invalidate_all_drops_every_ram_and_delete_needs_yes() {
     assert!(redis.exists("t:k:a"), "Redis values kept");
     assert!(
         elsewhere
-            .ram_only()
+            .with_layers(Layers::Ram)
             .get::<String>("a")
             .await
             .unwrap()
@@ -412,18 +411,12 @@ async fn invalidate_all_drops_every_ram_and_delete_needs_yes() {
     );
 
     // Deleting every value needs a confirmation.
-    let out = run(&redis, &["invalidate", "--all", "--delete"]).await;
+    let out = run(&redis, &["delete", "--all"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
     assert!(redis.exists("t:k:a"), "nothing deleted without --yes");
 
-    let v = json(
-        &run(
-            &redis,
-            &["--json", "invalidate", "--all", "--delete", "--yes"],
-        )
-        .await,
-    );
+    let v = json(&run(&redis, &["--json", "delete", "--all", "--yes"]).await);
     assert!(v["deleted"].as_u64().unwrap() >= 1, "{v}");
     assert!(!redis.exists("t:k:a"));
     assert!(redis.exists("other:k:a"), "other namespaces untouched");
@@ -489,7 +482,7 @@ async fn stats_reports_the_bus_keys_and_functions() {
     for key in ["a", "b"] {
         n.set(key, &1u8, Duration::from_secs(60)).await.unwrap();
     }
-    n.invalidate_func("get_user").await.unwrap();
+    n.invalidate_function("get_user").await.unwrap();
 
     let v = json(&run(&redis, &["--json", "stats"]).await);
     let mut conn = redis.conn();
@@ -572,8 +565,8 @@ async fn tail_prints_bus_messages_as_they_are_published() {
     let child = start_tail(&redis, &n, &["tail", "--count", "3"]).await;
     // Something else on the channel: shown as malformed, not a crash.
     let _: () = redis.conn().publish("t:bus", "not a message").unwrap();
-    n.invalidate_keys(&["user:1", "user:2"]).await.unwrap();
-    n.invalidate_func("get_user").await.unwrap();
+    n.invalidate_many(&["user:1", "user:2"]).await.unwrap();
+    n.invalidate_function("get_user").await.unwrap();
     let out = finish(child).await;
     let text = ok(&out);
     let lines: Vec<&str> = text.lines().collect();
@@ -615,7 +608,7 @@ async fn tail_json_decodes_function_keys_and_origin() {
 
     let child = start_tail(&redis, &n, &["--json", "tail", "--count", "2"]).await;
     let before = tokio::time::Instant::now();
-    assert!(f.clear(&(7,)).await.unwrap());
+    assert!(f.delete(&(7,)).await.unwrap());
     n.invalidate_all().await.unwrap();
     let out = finish(child).await;
     let text = ok(&out);
@@ -657,7 +650,7 @@ async fn bus_log_entries_decode_with_the_public_decoder() {
     // The log holds the same bodies as the channel: `{seq}:` + field `m`.
     let redis = TestRedis::start();
     let n = node(&redis).await;
-    n.invalidate_keys(&["k1"]).await.unwrap();
+    n.invalidate_many(&["k1"]).await.unwrap();
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg("t:{bus}:log")
         .arg("-")
@@ -725,21 +718,16 @@ async fn usage_errors_exit_2_without_touching_redis() {
         vec!["--bogus", "stats"],
         vec!["invalidate"],
         vec!["invalidate", "--key", "a", "--func", "f"],
-        vec!["invalidate", "--func", "f", "--delete"],
-        vec!["invalidate", "--key", "a", "--args", "x=u64:1"],
-        vec!["invalidate", "--func", "f", "--args", "x=f64:1"],
-        vec!["invalidate", "--func", "f", "--args", "x=u64:minus"],
-        vec![
-            "invalidate",
-            "--func",
-            "f",
-            "--func",
-            "g",
-            "--args",
-            "x=u64:1",
-        ],
+        vec!["invalidate", "--func", "f", "--args", "x=u64:1"],
+        vec!["delete"],
+        vec!["delete", "--all"],
+        vec!["delete", "--key", "a", "--args", "x=u64:1"],
+        vec!["delete", "--func", "f", "--args", "x=f64:1"],
+        vec!["delete", "--func", "f", "--args", "x=u64:minus"],
+        vec!["delete", "--func", "f", "--func", "g", "--args", "x=u64:1"],
         vec!["invalidate", "--all", "--yes"],
         vec!["invalidate", "--func", "bad name"],
+        vec!["delete", "--func", "bad name"],
         vec!["tail", "--count", "x"],
         vec!["nonsense"],
     ] {

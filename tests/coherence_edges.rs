@@ -1,6 +1,6 @@
 //! Interleavings at the edges of the staleness promise (once an
 //! invalidation call returns `Ok`, no node serves the old value from RAM
-//! later than `deletion_check_frequency` plus one Redis round trip): a
+//! later than `deletion_check_period` plus one Redis round trip): a
 //! failover the node never sees as an outage, a single flight joined after
 //! an invalidation, values that live in RAM alone, and a foreign log under
 //! the README's ACL. Each used to fail.
@@ -10,6 +10,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cachenode::Layers;
 use cachenode::{CacheNode, Ttl};
 use redis::Commands;
 use support::{bus_seq, clients, eventually, in_ram, Nodes, Proxy, TestRedis};
@@ -73,7 +74,7 @@ async fn a_failover_without_a_partition_keeps_the_new_primarys_first_invalidatio
     // The replica misses the last three invalidations; x applies them.
     replication.cut();
     for other in ["a", "b", "c"] {
-        w1.invalidate_keys(&[other]).await.unwrap();
+        w1.invalidate_many(&[other]).await.unwrap();
     }
     assert!(
         eventually(LONG, || async {
@@ -103,7 +104,7 @@ async fn a_failover_without_a_partition_keeps_the_new_primarys_first_invalidatio
     w2.set("k", &2u64, Ttl::Default).await.unwrap();
     let acked = Instant::now();
     for other in ["d", "e", "f"] {
-        w2.invalidate_keys(&[other]).await.unwrap();
+        w2.invalidate_many(&[other]).await.unwrap();
     }
     assert_eq!(bus_seq(&replica, NS), s0 + 4);
     // x's next checks succeed against the new primary...
@@ -156,7 +157,7 @@ async fn a_call_joining_a_flight_after_an_invalidation_never_gets_the_replaced_v
         started.notified().await;
         // The source changes and the change is announced.
         source.store(2, Ordering::SeqCst);
-        fw.clear(&(7,)).await.unwrap();
+        fw.delete(&(7,)).await.unwrap();
         let acked = Instant::now();
         tokio::time::sleep(every + MARGIN).await;
         // A call made past the bound.
@@ -202,7 +203,7 @@ async fn ram_only_values_and_memory_fns_stay_served_while_redis_is_unreachable()
     assert_eq!(call().await.unwrap(), 42);
     assert_eq!(call().await.unwrap(), 42);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    x.ram_only()
+    x.with_layers(Layers::Ram)
         .set("session", &7u64, Ttl::Default)
         .await
         .unwrap();

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cachenode::Layers;
 use cachenode::{AtomicWrites, CacheNode, CachedFn, Error, Lookup};
 use redis::Commands;
 use support::{eventually, ChildTest, Nodes, TestRedis};
@@ -101,7 +102,7 @@ fn jobs_added(redis: &TestRedis) -> i64 {
 /// A handle reading Redis only, whose computation fails: it answers what
 /// Redis holds for a call, and never stores anything.
 fn redis_probe(n: &CacheNode, name: &str) -> CachedFn<(u32,), String> {
-    n.func(name).shared_redis_cache_only().build().unwrap()
+    n.func(name).layers(Layers::Redis).build().unwrap()
 }
 
 /// A handle reading this node's RAM only, whose computation fails.
@@ -109,7 +110,7 @@ fn ram_probe<V>(n: &CacheNode, name: &str) -> CachedFn<(u32,), V>
 where
     V: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    n.func(name).local_ram_cache_only().build().unwrap()
+    n.func(name).layers(Layers::Ram).build().unwrap()
 }
 
 async fn probe<V>(p: &CachedFn<(u32,), V>, arg: u32) -> Option<V>
@@ -503,7 +504,7 @@ async fn at_least_once_orders_by_start_on_redis_whatever_the_hosts_clocks_say() 
         n.func::<(u32,), String>("skewed")
             .atomic_writes(AtomicWrites::AtLeastOnce)
             // No expiry: the skew then touches nothing but the ordering.
-            .expire_in(Duration::ZERO)
+            .ttl(Duration::ZERO)
             .skew_host_clock_for_tests(skew_ms)
             .build()
             .unwrap()
@@ -551,7 +552,7 @@ async fn at_least_once_leaves_no_version_key_once_its_value_expires_or_is_delete
     let f = |name: &str, ttl: Duration| {
         n.func::<(u32,), String>(name)
             .atomic_writes(AtomicWrites::AtLeastOnce)
-            .expire_in(ttl)
+            .ttl(ttl)
             .build()
             .unwrap()
     };
@@ -576,14 +577,14 @@ async fn at_least_once_leaves_no_version_key_once_its_value_expires_or_is_delete
         let left: i64 = redis.conn().pttl(version_of(&key)).unwrap();
         assert_eq!(left, -1, "no TTL, like its value");
     }
-    assert!(forever.clear(&(1,)).await.unwrap());
+    assert!(forever.delete(&(1,)).await.unwrap());
     let key = forever.cache_key(&(1,)).unwrap();
     assert!(!redis.exists(&key));
     assert!(
         !redis.exists(&version_of(&key)),
         "clear left the version behind"
     );
-    assert_eq!(forever.clear_all().await.unwrap(), 2);
+    assert_eq!(forever.delete_all().await.unwrap(), 2);
     for x in 2..=3 {
         let key = forever.cache_key(&(x,)).unwrap();
         assert!(!redis.exists(&key));
@@ -604,7 +605,7 @@ async fn at_least_once_leaves_no_version_key_once_its_value_expires_or_is_delete
     let fo = other
         .func::<(u32,), String>("forever")
         .atomic_writes(AtomicWrites::AtLeastOnce)
-        .expire_in(Duration::ZERO)
+        .ttl(Duration::ZERO)
         .build()
         .unwrap();
     assert_eq!(fo.call(&(4,), || value(40)).await.unwrap(), "v40");
@@ -682,7 +683,7 @@ async fn a_caller_arriving_after_an_invalidation_does_not_share_the_flight_begun
     // The leader computes from data read before the invalidation.
     let mut leader = gated_call(&f, 1, "before");
     (&mut leader.started).await.unwrap();
-    assert!(!f.clear(&(1,)).await.unwrap(), "nothing stored yet");
+    assert!(!f.delete(&(1,)).await.unwrap(), "nothing stored yet");
 
     // A caller arriving after it computes for itself.
     let computed = Arc::new(AtomicUsize::new(0));
@@ -818,12 +819,12 @@ async fn async_compute_misuse_is_a_config_error() {
 
     let err = n
         .func::<(u32,), Option<String>>("nones")
-        .cache_none_values(true)
+        .cache_none(true)
         .async_compute(|_| async { Ok::<_, Infallible>(None) })
         .build()
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Config(m) if m.contains("cache_none_values")),
+        matches!(&err, Error::Config(m) if m.contains("cache_none")),
         "{err:?}"
     );
     let err = n
@@ -1096,7 +1097,7 @@ async fn a_builder_takes_jobs_again_after_the_namespace_is_cleared() {
 
     // Clearing the namespace (which deletes the job stream and its group
     // here, and any node of a version that does so).
-    client.clear_all().await.unwrap();
+    client.delete_all().await.unwrap();
     assert_eq!(fc.get_or_build(&(2,)).await.unwrap(), Lookup::BeingBuilt);
     assert!(
         eventually(BLOCK, || is_built(&fc, 2)).await,
@@ -1170,13 +1171,13 @@ async fn refresh_rebuilds_once_per_period_across_three_builders_and_readers_neve
     let prices = |n: &CacheNode, who: usize| {
         let (generation, builds) = (generation.clone(), builds.clone());
         n.func::<(u32,), u64>("prices")
-            .expire_in(Duration::from_secs(60))
+            .ttl(Duration::from_secs(60))
             .computed_by(move |(_,): (u32,)| {
                 builds.lock().unwrap().push((Instant::now(), who));
                 let g = generation.fetch_add(1, SeqCst) + 1;
                 ready(Ok::<_, Infallible>(g))
             })
-            .async_refresh_every(REFRESH_PERIOD)
+            .refresh_every(REFRESH_PERIOD)
             .build()
             .unwrap()
     };
@@ -1266,7 +1267,7 @@ async fn refresh_rebuilds_once_per_period_across_three_builders_and_readers_neve
     // After a refresh, every node's RAM serves the new value.
     let stored = nodes[0]
         .func::<(u32,), u64>("prices")
-        .shared_redis_cache_only()
+        .layers(Layers::Redis)
         .build()
         .unwrap();
     let ram_probes: Vec<_> = nodes
@@ -1312,7 +1313,7 @@ async fn warm_up_computes_and_stores_the_calls_marked_for_it() {
                 ready(Ok::<_, Infallible>(format!("rate {x}")))
             }
         })
-        .warmup_on_startup([(1,), (2,)])
+        .warm_up_with([(1,), (2,)])
         .build()
         .unwrap();
     assert_eq!(builds.load(SeqCst), 0, "nothing runs before warm_up");
@@ -1338,7 +1339,7 @@ async fn warm_up_does_not_wait_for_a_slow_function_past_its_timeout_and_reports_
     let fast = n
         .func::<(u32,), String>("fast")
         .computed_by(|(x,): (u32,)| ready(Ok::<_, Infallible>(format!("fast {x}"))))
-        .warmup_on_startup([(1,)])
+        .warm_up_with([(1,)])
         .build()
         .unwrap();
     let slow = n
@@ -1347,8 +1348,8 @@ async fn warm_up_does_not_wait_for_a_slow_function_past_its_timeout_and_reports_
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok::<_, Infallible>(format!("slow {x}"))
         })
-        .warmup_on_startup([(1,)])
-        .warmup_timeout(Duration::from_millis(300))
+        .warm_up_with([(1,)])
+        .warm_up_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
     let started = Instant::now();
@@ -1388,36 +1389,36 @@ async fn refresh_and_warm_up_options_are_checked_when_the_function_is_built() {
     // Without computed_by there is nothing to rebuild values with.
     config_error(
         n.func::<(u32,), u32>("r")
-            .async_refresh_every(Duration::from_secs(1))
+            .refresh_every(Duration::from_secs(1))
             .build(),
         "computed_by",
     );
     config_error(
-        n.func::<(u32,), u32>("w").warmup_on_startup([(1,)]).build(),
+        n.func::<(u32,), u32>("w").warm_up_with([(1,)]).build(),
         "computed_by",
     );
     // Keys that depend on the request cannot be rebuilt outside it.
     config_error(
         n.func::<(u32,), u32>("r")
-            .cache_key_with_request_path(true)
+            .key_with_request_path(true)
             .computed_by(build)
-            .async_refresh_every(Duration::from_secs(1))
+            .refresh_every(Duration::from_secs(1))
             .build(),
         "request path",
     );
     config_error(
         n.func::<(u32,), u32>("r")
-            .cache_key_with_query_string(true)
+            .key_with_query_string(true)
             .computed_by(build)
-            .async_refresh_every(Duration::from_secs(1))
+            .refresh_every(Duration::from_secs(1))
             .build(),
         "request path",
     );
     config_error(
         n.func::<(u32,), u32>("w")
-            .cache_key_with_request_path(true)
+            .key_with_request_path(true)
             .computed_by(build)
-            .warmup_on_startup([(1,)])
+            .warm_up_with([(1,)])
             .build(),
         "request path",
     );
@@ -1425,13 +1426,13 @@ async fn refresh_and_warm_up_options_are_checked_when_the_function_is_built() {
     config_error(
         n.func::<(u32,), u32>("r")
             .computed_by(build)
-            .async_refresh_every(Duration::from_millis(999))
+            .refresh_every(Duration::from_millis(999))
             .build(),
         "minimum refresh period",
     );
     n.func::<(u32,), u32>("r")
         .computed_by(build)
-        .async_refresh_every(Duration::from_secs(1))
+        .refresh_every(Duration::from_secs(1))
         .build()
         .unwrap();
     // The default minimum is the seed's 5 minutes.
@@ -1440,14 +1441,14 @@ async fn refresh_and_warm_up_options_are_checked_when_the_function_is_built() {
         default
             .func::<(u32,), u32>("r")
             .computed_by(build)
-            .async_refresh_every(Duration::from_secs(299))
+            .refresh_every(Duration::from_secs(299))
             .build(),
         "minimum refresh period",
     );
     default
         .func::<(u32,), u32>("r")
         .computed_by(build)
-        .async_refresh_every(Duration::from_secs(300))
+        .refresh_every(Duration::from_secs(300))
         .build()
         .unwrap();
 }

@@ -19,7 +19,7 @@
 //! are left out of the check: the promise is about RAM agreeing with Redis,
 //! and no cache can serve what its store forgot.
 //!
-//! The bound asserted is the stated one, `deletion_check_frequency` plus one
+//! The bound asserted is the stated one, `deletion_check_period` plus one
 //! round trip, plus [`SLACK`].
 
 mod support;
@@ -188,7 +188,7 @@ async fn workload(
                             }
                         }
                         5 => {
-                            let r = node.invalidate_keys(&[name.as_str()]).await;
+                            let r = node.invalidate_many(&[name.as_str()]).await;
                             history.took(started.elapsed());
                             if r.is_err() {
                                 history.failed_calls.fetch_add(1, Ordering::Relaxed);
@@ -566,7 +566,7 @@ async fn staleness_holds_when_redis_restarts_from_an_older_snapshot() {
         // counter past its position, and it comes back.
         tokio::time::sleep(Duration::from_millis(300)).await;
         for i in 0..300 {
-            let _ = burster.invalidate_keys(&[&format!("burst{i}")]).await;
+            let _ = burster.invalidate_many(&[&format!("burst{i}")]).await;
         }
         px.restore();
     };

@@ -22,6 +22,7 @@ use cachenode::{
     with_request, Args, AtomicWrites, CacheNode, CachedFn, Computed, Error, Lookup, Progress,
     RequestCached, RequestContext, ThreadLocalFn,
 };
+use cachenode::{ArgsInKey, Layers, Ttl};
 use redis::Commands;
 use support::{bus_seq, caught_up, eventually, node, ram_value, TestRedis, PLAIN};
 use xxhash_rust::xxh3::xxh3_64;
@@ -78,31 +79,23 @@ fn ul(user: u32, lang: &str) -> Args {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn expire_in_expires_values_in_redis_and_in_the_ram_of_every_node() {
+async fn ttl_expires_values_in_redis_and_in_the_ram_of_every_node() {
     let redis = TestRedis::start();
     let (a, b) = (node(&redis).await, node(&redis).await);
     let ttl = Duration::from_millis(1000);
-    let fa = a
-        .func::<(u32,), String>("short")
-        .expire_in(ttl)
-        .build()
-        .unwrap();
-    let fb = b
-        .func::<(u32,), String>("short")
-        .expire_in(ttl)
-        .build()
-        .unwrap();
+    let fa = a.func::<(u32,), String>("short").ttl(ttl).build().unwrap();
+    let fb = b.func::<(u32,), String>("short").ttl(ttl).build().unwrap();
     let pa = a
         .func::<(u32,), String>("short")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap();
     let pb = b
         .func::<(u32,), String>("short")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap();
-    assert_eq!(fa.expire_in(), Some(ttl));
+    assert_eq!(fa.ttl(), Ttl::After(ttl));
     let runs = AtomicUsize::new(0);
 
     assert_eq!(
@@ -139,16 +132,16 @@ async fn expire_in_expires_values_in_redis_and_in_the_ram_of_every_node() {
 }
 
 #[tokio::test]
-async fn expire_in_zero_never_expires_and_no_expire_in_uses_the_node_default() {
+async fn ttl_zero_never_expires_and_no_ttl_uses_the_node_default() {
     let redis = TestRedis::start();
     let n = node(&redis).await;
     let never = n
         .func::<(u32,), u32>("never")
-        .expire_in(Duration::ZERO)
+        .ttl(Duration::ZERO)
         .build()
         .unwrap();
     let default = n.func::<(u32,), u32>("default").build().unwrap();
-    assert_eq!(default.expire_in(), None);
+    assert_eq!(default.ttl(), Ttl::Default);
     never
         .call(&(1,), || ready(Ok::<_, Infallible>(1)))
         .await
@@ -225,17 +218,17 @@ async fn unless_skips_both_reading_and_writing_the_cache() {
 }
 
 #[tokio::test]
-async fn local_ram_cache_only_writes_nothing_to_redis() {
+async fn ram_layer_function_writes_nothing_to_redis() {
     let redis = TestRedis::start();
     let (a, b) = (node(&redis).await, node(&redis).await);
     let fa = a
         .func::<(u32,), String>("ramf")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap();
     let fb = b
         .func::<(u32,), String>("ramf")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap();
     let runs = AtomicUsize::new(0);
@@ -267,17 +260,17 @@ async fn local_ram_cache_only_writes_nothing_to_redis() {
 }
 
 #[tokio::test]
-async fn shared_redis_cache_only_leaves_ram_empty() {
+async fn redis_layer_function_leaves_ram_empty() {
     let redis = TestRedis::start();
     let n = node(&redis).await;
     let f = n
         .func::<(u32,), String>("redisf")
-        .shared_redis_cache_only()
+        .layers(Layers::Redis)
         .build()
         .unwrap();
     let probe = n
         .func::<(u32,), String>("redisf")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap();
     let runs = AtomicUsize::new(0);
@@ -321,7 +314,7 @@ async fn static_prefix_changes_the_key() {
     let plain = n.func::<(u32,), String>("pre").build().unwrap();
     let v2 = n
         .func::<(u32,), String>("pre")
-        .cache_key_prefix("v2")
+        .key_prefix("v2")
         .build()
         .unwrap();
     let k_plain = plain.cache_key(&(1,)).unwrap();
@@ -353,7 +346,7 @@ async fn static_prefix_changes_the_key() {
     for bad in ["a|b", "a;b"] {
         let err = n
             .func::<(u32,), String>("pre")
-            .cache_key_prefix(bad)
+            .key_prefix(bad)
             .build()
             .unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err:?}");
@@ -366,7 +359,7 @@ async fn dynamic_prefix_is_computed_per_call() {
     let n = node(&redis).await;
     let f = n
         .func::<(String, u32), String>("dyn")
-        .cache_key_prefix_fn(|args: &(String, u32)| format!("tenant-{}", args.0))
+        .key_prefix_from_args(|args: &(String, u32)| format!("tenant-{}", args.0))
         .build()
         .unwrap();
     let k_acme = f.cache_key(&("acme".into(), 1)).unwrap();
@@ -399,7 +392,7 @@ async fn without_func_args_every_call_shares_one_value() {
     let n = node(&redis).await;
     let f = n
         .func::<(u32,), String>("noargs")
-        .cache_key_with_func_args(false)
+        .key_args(ArgsInKey::Omitted)
         .build()
         .unwrap();
     assert_eq!(f.cache_key(&(1,)).unwrap(), "t:f:noargs:|-");
@@ -430,7 +423,7 @@ async fn args_to_ignore_makes_calls_differing_only_there_share_a_value() {
     let n = node(&redis).await;
     let f = n
         .func::<Args, String>("ign")
-        .args_to_ignore(["db"])
+        .ignore_args(["db"])
         .build()
         .unwrap();
     let args = |db: &str, id: u32| Args::new().arg("db", db).unwrap().arg("id", &id).unwrap();
@@ -460,7 +453,7 @@ async fn args_to_ignore_makes_calls_differing_only_there_share_a_value() {
         "u8"
     );
     assert_eq!(runs.load(SeqCst), 2);
-    // Without args_to_ignore, db is part of the key.
+    // Without ignore_args, db is part of the key.
     let g = n.func::<Args, String>("ign").build().unwrap();
     assert_ne!(
         g.cache_key(&args("conn-1", 7)).unwrap(),
@@ -469,7 +462,7 @@ async fn args_to_ignore_makes_calls_differing_only_there_share_a_value() {
     // Tuple arguments are named by position.
     let t = n
         .func::<(String, u32), String>("ign_t")
-        .args_to_ignore(["0"])
+        .ignore_args(["0"])
         .build()
         .unwrap();
     t.call(&("conn-1".into(), 7), counted(&runs, "t7".to_string()))
@@ -514,19 +507,6 @@ async fn ignore_self_makes_calls_differing_only_in_self_share_a_value() {
         g.cache_key(&args("instance-1", 1)).unwrap(),
         g.cache_key(&args("instance-2", 1)).unwrap()
     );
-    // ignore_cls is the same for `cls`.
-    let c = n.func::<Args, String>("cm").ignore_cls().build().unwrap();
-    let cargs = |cls: &str| {
-        Args::new()
-            .arg("cls", cls)
-            .unwrap()
-            .arg("id", &1u8)
-            .unwrap()
-    };
-    assert_eq!(
-        c.cache_key(&cargs("A")).unwrap(),
-        c.cache_key(&cargs("B")).unwrap()
-    );
 }
 
 /// The `;name=hash` parts of a full-args key, checked for shape.
@@ -550,7 +530,7 @@ async fn full_args_keys_have_one_hashed_part_per_argument() {
     let n = node(&redis).await;
     let f = n
         .func::<Args, String>("full")
-        .cache_key_with_full_args(true)
+        .key_args(ArgsInKey::Each)
         .build()
         .unwrap();
     let fr = f.cache_key(&ul(1, "fr")).unwrap();
@@ -568,8 +548,8 @@ async fn full_args_keys_have_one_hashed_part_per_argument() {
     // Tuples: parts named by position; ignored arguments have no part.
     let t = n
         .func::<(u8, u8, u8), u8>("full_t")
-        .cache_key_with_full_args(true)
-        .args_to_ignore(["1"])
+        .key_args(ArgsInKey::Each)
+        .ignore_args(["1"])
         .build()
         .unwrap();
     let tk = t.cache_key(&(1, 2, 3)).unwrap();
@@ -620,12 +600,12 @@ async fn cache_none_values_caches_none() {
     let (a, b) = (node(&redis).await, node(&redis).await);
     let fa = a
         .func::<(u32,), Option<u32>>("none_cached")
-        .cache_none_values(true)
+        .cache_none(true)
         .build()
         .unwrap();
     let fb = b
         .func::<(u32,), Option<u32>>("none_cached")
-        .cache_none_values(true)
+        .cache_none(true)
         .build()
         .unwrap();
     let runs = AtomicUsize::new(0);
@@ -648,7 +628,7 @@ async fn on_cache_computed_keeps_replaces_or_vetoes_the_value() {
     let build = |n: &CacheNode| {
         let seen = seen.clone();
         n.func::<(i32,), i32>("occ")
-            .on_cache_computed(move |key: &str, v: &i32| {
+            .on_computed(move |key: &str, v: &i32| {
                 seen.lock().unwrap().push((key.to_string(), *v));
                 match *v {
                     v if v < 0 => Computed::DontCache,
@@ -698,7 +678,7 @@ async fn request_path_is_part_of_the_key_per_request_scope() {
     let n = node(&redis).await;
     let f = n
         .func::<(u32,), String>("by_path")
-        .cache_key_with_request_path(true)
+        .key_with_request_path(true)
         .build()
         .unwrap();
     let runs = AtomicUsize::new(0);
@@ -736,13 +716,13 @@ async fn query_string_is_part_of_the_key_per_request_scope() {
     let n = node(&redis).await;
     let f = n
         .func::<(u32,), String>("by_query")
-        .cache_key_with_query_string(true)
+        .key_with_query_string(true)
         .build()
         .unwrap();
     let both = n
         .func::<(u32,), String>("by_both")
-        .cache_key_with_request_path(true)
-        .cache_key_with_query_string(true)
+        .key_with_request_path(true)
+        .key_with_query_string(true)
         .build()
         .unwrap();
     let runs = AtomicUsize::new(0);
@@ -935,7 +915,7 @@ async fn a_cancelled_leader_does_not_strand_its_followers() {
     assert_eq!(v.unwrap(), "mine");
     // Single-flight still works for that key afterwards (the cancelled
     // flight left nothing behind).
-    assert!(f.clear(&(1,)).await.unwrap());
+    assert!(f.delete(&(1,)).await.unwrap());
     let runs = Arc::new(AtomicUsize::new(0));
     let start = Arc::new(tokio::sync::Barrier::new(50));
     let tasks: Vec<_> = (0..50)
@@ -1003,7 +983,7 @@ async fn redis_down_calls_compute_and_recover_after_restart() {
         sets.iter().any(|(name, size)| name == "down" && *size >= 1),
         "the function is in the registry again: {sets:?}"
     );
-    assert!(f.clear_all().await.unwrap() >= 1);
+    assert!(f.delete_all().await.unwrap() >= 1);
     assert!(redis.keys("t:f:down:*").is_empty());
 }
 
@@ -1052,7 +1032,7 @@ async fn clear_removes_one_value_from_redis_and_the_ram_of_every_node() {
     let build = |n: &CacheNode| n.func::<(u32,), String>("one").build().unwrap();
     let probe = |n: &CacheNode| {
         n.func::<(u32,), String>("one")
-            .local_ram_cache_only()
+            .layers(Layers::Ram)
             .build()
             .unwrap()
     };
@@ -1072,7 +1052,7 @@ async fn clear_removes_one_value_from_redis_and_the_ram_of_every_node() {
     }
     let key1 = fs[0].cache_key(&(1,)).unwrap();
 
-    assert!(fs[0].clear(&(1,)).await.unwrap(), "it existed");
+    assert!(fs[0].delete(&(1,)).await.unwrap(), "it existed");
     assert!(!redis.exists(&key1));
     assert!(!key_set_members(&redis, "one").contains(&key1));
     assert_eq!(fs[0].key_set_size().await.unwrap(), 1);
@@ -1092,7 +1072,7 @@ async fn clear_removes_one_value_from_redis_and_the_ram_of_every_node() {
         assert_eq!(ram_value(p, &(2,)).await.as_deref(), Some("v2"));
     }
     assert!(redis.exists(&fs[0].cache_key(&(2,)).unwrap()));
-    assert!(!fs[1].clear(&(1,)).await.unwrap(), "already gone");
+    assert!(!fs[1].delete(&(1,)).await.unwrap(), "already gone");
     // The next call computes it again.
     assert_eq!(
         fs[2]
@@ -1119,11 +1099,11 @@ async fn clear_all_removes_every_value_of_the_function_and_spares_others() {
         .collect();
     let user_probes: Vec<CachedFn<(u32,), u32>> = nodes
         .iter()
-        .map(|n| n.func("users").local_ram_cache_only().build().unwrap())
+        .map(|n| n.func("users").layers(Layers::Ram).build().unwrap())
         .collect();
     let order_probes: Vec<CachedFn<(u32,), u32>> = nodes
         .iter()
-        .map(|n| n.func("orders").local_ram_cache_only().build().unwrap())
+        .map(|n| n.func("orders").layers(Layers::Ram).build().unwrap())
         .collect();
     let runs = AtomicUsize::new(0);
     for i in 0..20u32 {
@@ -1140,7 +1120,7 @@ async fn clear_all_removes_every_value_of_the_function_and_spares_others() {
     assert_eq!(redis.keys("t:f:users:*").len(), 20);
 
     let mut reports = Vec::new();
-    let deleted = users[1].clear_all_with(|p| reports.push(p)).await.unwrap();
+    let deleted = users[1].delete_all_with(|p| reports.push(p)).await.unwrap();
     assert_eq!(deleted, 20);
     assert_eq!(
         reports.last(),
@@ -1225,7 +1205,7 @@ async fn clear_all_of_many_keys(count: usize) {
 
     let started = Instant::now();
     let mut reports: Vec<Progress> = Vec::new();
-    let deleted = big.clear_all_with(|p| reports.push(p)).await.unwrap();
+    let deleted = big.delete_all_with(|p| reports.push(p)).await.unwrap();
     let took = started.elapsed();
     eprintln!(
         "clear_all of {count} keys took {took:?} in {} steps",
@@ -1272,7 +1252,7 @@ async fn clear_all_of_200k_keys_deletes_them_all_with_progress() {
 }
 
 // ---------------------------------------------------------------------------
-// clear_some
+// delete_some
 // ---------------------------------------------------------------------------
 
 const LANGS: [&str; 3] = ["fr", "en", "de"];
@@ -1283,15 +1263,15 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
     let (a, b) = (node(&redis).await, node(&redis).await);
     let build = |n: &CacheNode| {
         n.func::<Args, String>("greet")
-            .cache_key_with_full_args(true)
+            .key_args(ArgsInKey::Each)
             .build()
             .unwrap()
     };
     let (fa, fb) = (build(&a), build(&b));
     let pb = b
         .func::<Args, String>("greet")
-        .cache_key_with_full_args(true)
-        .local_ram_cache_only()
+        .key_args(ArgsInKey::Each)
+        .layers(Layers::Ram)
         .build()
         .unwrap();
     let runs = AtomicUsize::new(0);
@@ -1315,7 +1295,7 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
 
     // Step by step.
     let mut clear = fa
-        .clear_some(&Args::new().arg("lang", "fr").unwrap())
+        .delete_some(&Args::new().arg("lang", "fr").unwrap())
         .unwrap();
     assert_eq!(clear.progress(), Progress::default());
     let mut steps = Vec::new();
@@ -1325,7 +1305,7 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
         if p.finished {
             break;
         }
-        assert!(steps.len() < 1000, "clear_some does not end");
+        assert!(steps.len() < 1000, "delete_some does not end");
     }
     assert!(
         steps.windows(2).all(|w| w[0].deleted <= w[1].deleted),
@@ -1395,7 +1375,7 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
         .arg("lang", "de")
         .unwrap();
     let n = fa
-        .clear_some(&filter)
+        .delete_some(&filter)
         .unwrap()
         .run(|p| reports.push(p))
         .await
@@ -1414,7 +1394,7 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
     assert!(redis.exists(&fa.cache_key(&ul(6, "de")).unwrap()));
     // By user: the remaining value of user 7 (en; fr is already gone, de).
     let n = fa
-        .clear_some(&Args::new().arg("user", &7u32).unwrap())
+        .delete_some(&Args::new().arg("user", &7u32).unwrap())
         .unwrap()
         .run(|_| {})
         .await
@@ -1423,7 +1403,7 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
     assert_eq!(fa.key_set_size().await.unwrap(), 117);
     // A filter nothing matches deletes nothing.
     let n = fa
-        .clear_some(&Args::new().arg("lang", "it").unwrap())
+        .delete_some(&Args::new().arg("lang", "it").unwrap())
         .unwrap()
         .run(|_| {})
         .await
@@ -1449,12 +1429,12 @@ async fn clear_some_needs_full_args_keys() {
         .await
         .unwrap();
     let err = f
-        .clear_some(&Args::new().arg("lang", "fr").unwrap())
+        .delete_some(&Args::new().arg("lang", "fr").unwrap())
         .unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     let text = err.to_string();
     assert!(
-        text.contains("hashed_only") && text.contains("cache_key_with_full_args"),
+        text.contains("hashed_only") && text.contains("key_args(ArgsInKey::Each)"),
         "{text}"
     );
     assert_eq!(redis.keys("t:f:hashed_only:*").len(), 1, "nothing deleted");
@@ -1462,15 +1442,15 @@ async fn clear_some_needs_full_args_keys() {
 
 fn greet(n: &CacheNode, name: &str) -> CachedFn<Args, String> {
     n.func::<Args, String>(name)
-        .cache_key_with_full_args(true)
+        .key_args(ArgsInKey::Each)
         .build()
         .unwrap()
 }
 
 fn greet_probe(n: &CacheNode, name: &str) -> CachedFn<Args, String> {
     n.func::<Args, String>(name)
-        .cache_key_with_full_args(true)
-        .local_ram_cache_only()
+        .key_args(ArgsInKey::Each)
+        .layers(Layers::Ram)
         .build()
         .unwrap()
 }
@@ -1520,7 +1500,7 @@ async fn clear_some_drops_values_from_every_ram_even_when_redis_had_lost_them() 
     }
 
     let deleted = fa
-        .clear_some(&Args::new().arg("lang", "fr").unwrap())
+        .delete_some(&Args::new().arg("lang", "fr").unwrap())
         .unwrap()
         .run(|_| {})
         .await
@@ -1552,7 +1532,7 @@ async fn clear_some_drops_values_from_every_ram_even_when_redis_had_lost_them() 
         .del(fa.cache_key(&ul(0, "en")).unwrap())
         .unwrap();
     assert_eq!(removed, 1);
-    assert_eq!(fa.clear_all().await.unwrap(), 11);
+    assert_eq!(fa.delete_all().await.unwrap(), 11);
     caught_up([&a, &b], bus_seq(&redis, "t")).await;
     for (who, p) in [("a", &pa), ("b", &pb)] {
         for user in 0..6 {
@@ -1573,7 +1553,7 @@ async fn clear_some_step_that_could_not_announce_is_retried_without_losing_keys(
     // check would read the bus counter broken below.
     let b = PLAIN
         .builder(&redis.url())
-        .deletion_check_frequency(Duration::from_secs(600))
+        .deletion_check_period(Duration::from_secs(600))
         .build()
         .await
         .unwrap();
@@ -1586,7 +1566,7 @@ async fn clear_some_step_that_could_not_announce_is_retried_without_losing_keys(
     let seq: Option<String> = redis.conn().get("t:{bus}:seq").unwrap();
 
     let mut clear = fa
-        .clear_some(&Args::new().arg("lang", "fr").unwrap())
+        .delete_some(&Args::new().arg("lang", "fr").unwrap())
         .unwrap();
     // Something foreign at the bus counter: publishing fails (nothing is
     // published, so no message is lost either).
@@ -1685,7 +1665,7 @@ async fn computation_started_before_clear_all(
         }
     });
     started_rx.await.expect("the computation started");
-    assert_eq!(fa.clear_all().await.unwrap(), 1, "{name}");
+    assert_eq!(fa.delete_all().await.unwrap(), 1, "{name}");
     if wait_for_fence {
         caught_up([writer], bus_seq(redis, "t")).await;
     }
@@ -1802,7 +1782,7 @@ async fn clear_all_keeps_out_a_value_a_builder_started_building_before_it() {
     assert_eq!(fc.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
     let taken = eventually(PROPAGATION, || async { builds.load(SeqCst) == 1 }).await;
     assert!(taken, "the builder takes the job");
-    assert_eq!(fc.clear_all().await.unwrap(), 0);
+    assert_eq!(fc.delete_all().await.unwrap(), 0);
     open.send(true).unwrap();
     // The builder's write is done once it has removed the job's marker.
     let written = eventually(PROPAGATION, || async { !redis.exists(&marker) }).await;
@@ -1836,7 +1816,7 @@ async fn clear_all_keeps_out_a_value_a_refresh_started_rebuilding_before_it() {
     let prices = |n: &CacheNode| {
         n.func::<(u32,), String>("prices")
             .computed_by(gated_build(&builds, &gate))
-            .async_refresh_every(Duration::from_secs(1))
+            .refresh_every(Duration::from_secs(1))
             .build()
             .unwrap()
     };
@@ -1849,7 +1829,7 @@ async fn clear_all_keeps_out_a_value_a_refresh_started_rebuilding_before_it() {
     assert!(rebuilding, "the refresh starts rebuilding");
     let last_run = || -> Option<u64> { redis.conn().hget("t:refresh:last", "prices").unwrap() };
     let before = last_run();
-    assert_eq!(fr.clear_all().await.unwrap(), 1);
+    assert_eq!(fr.delete_all().await.unwrap(), 1);
     // After the clear, a caller computes the value anew; then the rebuild
     // that started before the clear finishes.
     let v = fr
@@ -1875,7 +1855,7 @@ async fn clear_all_keeps_out_a_value_a_refresh_started_rebuilding_before_it() {
 }
 
 // ---------------------------------------------------------------------------
-// Node-level: clear_funcs, background clear, key_sets, prune
+// Node-level: delete_functions, background clear, key_sets, prune
 // ---------------------------------------------------------------------------
 
 async fn fill(n: &CacheNode, name: &str, count: u32) -> CachedFn<(u32,), u32> {
@@ -1900,17 +1880,17 @@ async fn clear_funcs_clears_several_functions_everywhere_with_progress() {
     let fb3 = fill(&b, "f_three", 7).await;
     let p1 = b
         .func::<(u32,), u32>("f_one")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap();
     let p2 = b
         .func::<(u32,), u32>("f_two")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap();
     let p3 = b
         .func::<(u32,), u32>("f_three")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap();
     fill(&b, "f_two", 12).await;
@@ -1918,7 +1898,7 @@ async fn clear_funcs_clears_several_functions_everywhere_with_progress() {
 
     let mut reports: Vec<(String, Progress)> = Vec::new();
     let total = a
-        .clear_funcs(&["f_one", "f_two"], |name, p| {
+        .delete_functions(&["f_one", "f_two"], |name, p| {
             reports.push((name.to_string(), p))
         })
         .await
@@ -1961,7 +1941,7 @@ async fn clear_funcs_clears_several_functions_everywhere_with_progress() {
     assert_eq!(fb3.key_set_size().await.unwrap(), 7);
     // Invalid names are refused.
     assert!(matches!(
-        a.clear_funcs(&["bad name"], |_, _| {}).await,
+        a.delete_functions(&["bad name"], |_, _| {}).await,
         Err(Error::Config(_))
     ));
 }
@@ -1975,13 +1955,13 @@ async fn clear_funcs_in_background_reports_progress_and_the_total() {
     let keep = fill(&a, "bg_keep", 4).await;
     let probe = b
         .func::<(u32,), u32>("bg_two")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap();
     fill(&b, "bg_two", 25).await;
     assert_eq!(ram_value(&probe, &(3,)).await, Some(3));
 
-    let clear = a.clear_funcs_in_background(vec!["bg_one".into(), "bg_two".into()]);
+    let clear = a.delete_functions_in_background(vec!["bg_one".into(), "bg_two".into()]);
     let mut seen = vec![clear.progress()];
     let done = eventually(Duration::from_secs(20), || {
         let p = clear.progress();
@@ -2026,7 +2006,7 @@ async fn key_sets_lists_functions_and_their_sizes() {
     fill(&b, "alpha", 3).await;
     let alpha_a = fill(&a, "alpha", 5).await; // 3 shared with B, 2 new
     a.func::<(u32,), u32>("ram_fn")
-        .local_ram_cache_only()
+        .layers(Layers::Ram)
         .build()
         .unwrap()
         .call(&(1,), || ready(Ok::<_, Infallible>(1)))
@@ -2035,11 +2015,11 @@ async fn key_sets_lists_functions_and_their_sizes() {
     let expected = vec![("alpha".to_string(), 5), ("beta".to_string(), 2)];
     assert_eq!(a.key_sets().await.unwrap(), expected);
     assert_eq!(b.key_sets().await.unwrap(), expected);
-    alpha_a.clear(&(0,)).await.unwrap();
+    alpha_a.delete(&(0,)).await.unwrap();
     let sets = b.key_sets().await.unwrap();
     assert!(sets.contains(&("alpha".to_string(), 4)), "{sets:?}");
     // A node without Redis has no key sets.
-    let ram = CacheNode::builder().ram_only().build().await.unwrap();
+    let ram = CacheNode::builder().without_redis().build().await.unwrap();
     assert!(matches!(
         ram.key_sets().await,
         Err(Error::NoSharedLayer { .. })
@@ -2056,7 +2036,7 @@ async fn prune_key_sets_removes_members_whose_keys_expired() {
     let n = node(&redis).await;
     let short = n
         .func::<(u32,), u32>("short_lived")
-        .expire_in(Duration::from_millis(200))
+        .ttl(Duration::from_millis(200))
         .build()
         .unwrap();
     for i in 0..6u32 {
@@ -2109,7 +2089,7 @@ async fn golden_redis_keys_never_change() {
     let f = n.func::<(u64, &str), u32>("golden").build().unwrap();
     let full = n
         .func::<(u64, &str), u32>("golden_full")
-        .cache_key_with_full_args(true)
+        .key_args(ArgsInKey::Each)
         .build()
         .unwrap();
     assert_eq!(f.cache_key(&(42, "fr")).unwrap(), HASHED);
@@ -2249,7 +2229,7 @@ async fn memory_fn_caches_values_that_are_not_serde_types_in_ram_only() {
     assert_eq!(fb.call(&(1,), make(2)).await.unwrap().id, 2);
     assert_eq!(runs.load(SeqCst), 2);
     // clear_all drops this node's values.
-    fa.clear_all();
+    fa.clear();
     assert_eq!(fa.call(&(1,), make(3)).await.unwrap().id, 3);
     assert_eq!(runs.load(SeqCst), 3);
     // A TTL expires values.
@@ -2262,7 +2242,7 @@ async fn memory_fn_caches_values_that_are_not_serde_types_in_ram_only() {
     assert_eq!(short.call(&(1,), make(6)).await.unwrap().id, 6);
     assert_eq!(runs.load(SeqCst), 5);
     // Works on a node without Redis too.
-    let ram = CacheNode::builder().ram_only().build().await.unwrap();
+    let ram = CacheNode::builder().without_redis().build().await.unwrap();
     let fr = ram.memory_fn::<(u32,), Handle>("handles", None).unwrap();
     fr.call(&(1,), make(7)).await.unwrap();
     assert_eq!(fr.call(&(1,), make(8)).await.unwrap().id, 7);
@@ -2270,7 +2250,7 @@ async fn memory_fn_caches_values_that_are_not_serde_types_in_ram_only() {
 
 #[tokio::test]
 async fn owner_token_drop_removes_its_entries() {
-    let n = CacheNode::builder().ram_only().build().await.unwrap();
+    let n = CacheNode::builder().without_redis().build().await.unwrap();
     let f = n.memory_fn::<(u32,), Handle>("owned", None).unwrap();
     let runs = AtomicUsize::new(0);
     let make = |id| {

@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use cachenode::{Args, CacheNode, CachedFn, Progress, Ttl};
+use cachenode::{ArgsInKey, Layers};
 use redis::Commands;
 use support::{eventually, Nodes, TestRedis};
 
@@ -41,7 +42,7 @@ async fn plain_keys_with_any_bytes_round_trip_and_invalidate_across_nodes() {
         assert!(a.has(key).await.unwrap());
         a.set(key, &(i as u64 + 100), Ttl::Default).await.unwrap();
         let dropped = eventually(Duration::from_secs(3), || async {
-            b.ram_only().get::<u64>(key).await.unwrap() != Some(i as u64)
+            b.with_layers(Layers::Ram).get::<u64>(key).await.unwrap() != Some(i as u64)
         })
         .await;
         assert!(dropped, "{key:?}: invalidation reaches the other node");
@@ -53,7 +54,7 @@ async fn plain_keys_with_any_bytes_round_trip_and_invalidate_across_nodes() {
     let keys = hostile_keys();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     assert_eq!(a.delete_many(&refs).await.unwrap().len(), refs.len());
-    assert_eq!(a.clear_all().await.unwrap(), 0);
+    assert_eq!(a.delete_all().await.unwrap(), 0);
     assert!(redis.keys("h:k:*").is_empty());
 }
 
@@ -66,7 +67,7 @@ async fn function_arguments_with_any_bytes_get_distinct_keys_and_clear_by_value(
     );
     let f = |n: &CacheNode| {
         n.func::<Args, String>("hostile")
-            .cache_key_with_full_args(true)
+            .key_args(ArgsInKey::Each)
             .build()
             .unwrap()
     };
@@ -104,7 +105,7 @@ async fn function_arguments_with_any_bytes_get_distinct_keys_and_clear_by_value(
     assert_eq!(fa.key_set_size().await.unwrap(), 12);
     // Clear every value whose blob is the non-UTF-8 one, on both nodes.
     let filter = Args::new().arg("blob", &values[0]).unwrap();
-    let deleted = fa.clear_some(&filter).unwrap().run(|_| {}).await.unwrap();
+    let deleted = fa.delete_some(&filter).unwrap().run(|_| {}).await.unwrap();
     assert_eq!(deleted, 2);
     let gone = eventually(Duration::from_secs(3), || async {
         fb.call(&args(&values[0], "a"), || async {
@@ -117,7 +118,7 @@ async fn function_arguments_with_any_bytes_get_distinct_keys_and_clear_by_value(
     .await;
     assert!(gone, "cleared on the other node too");
     assert_eq!(fa.key_set_size().await.unwrap(), 11);
-    assert_eq!(fa.clear_all().await.unwrap(), 11);
+    assert_eq!(fa.delete_all().await.unwrap(), 11);
 }
 
 /// The raw bytes under a Redis key, and a way to plant some.
@@ -209,7 +210,7 @@ async fn removing_an_undecodable_value_is_announced_to_nodes_holding_it_in_ram()
     // a foreign writer or a failing disk would leave them.
     let good = raw_get(&redis, "h:k:k").unwrap();
     raw_set(&redis, "h:k:k", &good[..good.len() - 1]);
-    let from_ram = a.ram_only().get::<String>("k").await.unwrap();
+    let from_ram = a.with_layers(Layers::Ram).get::<String>("k").await.unwrap();
     assert_eq!(from_ram.as_deref(), Some("value"), "the writer's RAM copy");
     // Another node reads it: a counted miss, and the value is removed...
     assert_eq!(b.get::<String>("k").await.unwrap(), None);
@@ -217,7 +218,11 @@ async fn removing_an_undecodable_value_is_announced_to_nodes_holding_it_in_ram()
     assert_eq!(raw_get(&redis, "h:k:k"), None);
     // ...and the writer stops serving its copy of what Redis no longer holds.
     let dropped = eventually(Duration::from_secs(1), || async {
-        a.ram_only().get::<String>("k").await.unwrap().is_none()
+        a.with_layers(Layers::Ram)
+            .get::<String>("k")
+            .await
+            .unwrap()
+            .is_none()
     })
     .await;
     assert!(
@@ -264,10 +269,19 @@ async fn removing_an_undecodable_value_drops_the_readers_own_ram_copy() {
     raw_set(&redis, "h:k:k", &good[..good.len() - 1]);
     // A Redis-only read on the node that holds the RAM copy: a node does not
     // hear its own announcements, so the read itself drops the copy.
-    assert_eq!(a.redis_only().get::<String>("k").await.unwrap(), None);
+    assert_eq!(
+        a.with_layers(Layers::Redis)
+            .get::<String>("k")
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(a.stats().decode_failures, 1);
     assert_eq!(raw_get(&redis, "h:k:k"), None);
-    assert_eq!(a.ram_only().get::<String>("k").await.unwrap(), None);
+    assert_eq!(
+        a.with_layers(Layers::Ram).get::<String>("k").await.unwrap(),
+        None
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -276,7 +290,7 @@ async fn removing_an_undecodable_value_drops_the_readers_own_ram_copy() {
 
 fn victim(n: &CacheNode) -> CachedFn<Args, String> {
     n.func::<Args, String>("victim")
-        .cache_key_with_full_args(true)
+        .key_args(ArgsInKey::Each)
         .build()
         .unwrap()
 }
@@ -333,7 +347,7 @@ async fn key_set_members_shaped_like_the_namespace_do_not_panic_a_clear() {
     // Members a corrupt or hostile writer put in the key set, naming keys
     // that exist: the namespace alone, and the namespace followed by other
     // bytes (a multibyte character first); the last two carry the filter's
-    // part, so the walk of `clear_some(lang = fr)` looks at them.
+    // part, so the walk of `delete_some(lang = fr)` looks at them.
     let planted = [
         "h".to_string(),
         "h☃".to_string(),
@@ -346,7 +360,7 @@ async fn key_set_members_shaped_like_the_namespace_do_not_panic_a_clear() {
     }
     let mut last = Progress::default();
     let deleted = f
-        .clear_some(&fr())
+        .delete_some(&fr())
         .unwrap()
         .run(|p| last = p)
         .await
@@ -362,7 +376,7 @@ async fn key_set_members_shaped_like_the_namespace_do_not_panic_a_clear() {
         assert!(!redis.exists(&f.cache_key(&va(user, "fr")).unwrap()));
         assert!(redis.exists(&f.cache_key(&va(user, "en")).unwrap()));
     }
-    assert_eq!(f.clear_all_with(|p| last = p).await.unwrap(), 3);
+    assert_eq!(f.delete_all_with(|p| last = p).await.unwrap(), 3);
     assert_eq!(last, counted, "then the other two");
     assert!(redis.keys("h:f:victim:*").is_empty());
     for m in &planted {
@@ -379,7 +393,7 @@ async fn a_clear_never_deletes_keys_a_key_set_names_that_the_function_does_not_o
     victim_values(&f, 3).await;
     let other = a
         .func::<Args, String>("other")
-        .cache_key_with_full_args(true)
+        .key_args(ArgsInKey::Each)
         .build()
         .unwrap();
     other
@@ -413,14 +427,14 @@ async fn a_clear_never_deletes_keys_a_key_set_names_that_the_function_does_not_o
 
     let mut last = Progress::default();
     let deleted = f
-        .clear_some(&fr())
+        .delete_some(&fr())
         .unwrap()
         .run(|p| last = p)
         .await
         .unwrap();
     assert_eq!(deleted, 3);
     assert_eq!(last.foreign, 4, "the four that carry the part");
-    assert_eq!(f.clear_all_with(|p| last = p).await.unwrap(), 3);
+    assert_eq!(f.delete_all_with(|p| last = p).await.unwrap(), 3);
     assert_eq!(last.foreign, 2, "the bus's keys");
     assert!(redis.keys("h:f:victim:*").is_empty());
     // Everything else is still there.
@@ -454,9 +468,9 @@ async fn a_key_set_of_the_wrong_type_makes_clear_fail_clearly_until_it_is_remove
         matches!(e, cachenode::Error::Redis { op: o, .. } if *o == op)
             && e.to_string().contains("WRONGTYPE")
     };
-    let err = f.clear_some(&fr()).unwrap().run(|_| {}).await.unwrap_err();
+    let err = f.delete_some(&fr()).unwrap().run(|_| {}).await.unwrap_err();
     assert!(wrong_type(&err, "keyset_scan"), "{err}");
-    let err = f.clear_all().await.unwrap_err();
+    let err = f.delete_all().await.unwrap_err();
     assert!(wrong_type(&err, "keyset_scan"), "{err}");
     let err = f.key_set_size().await.unwrap_err();
     assert!(wrong_type(&err, "keyset_size"), "{err}");
@@ -479,7 +493,7 @@ async fn a_key_set_of_the_wrong_type_makes_clear_fail_clearly_until_it_is_remove
     let _: () = redis.conn().del(&["h:ks:victim:5", "h:ks"]).unwrap();
     let left = redis.keys("h:f:victim:*").len() as u64;
     assert!(left > 0);
-    assert_eq!(f.clear_all().await.unwrap(), left);
+    assert_eq!(f.delete_all().await.unwrap(), left);
     assert!(redis.keys("h:f:victim:*").is_empty());
 }
 
@@ -527,8 +541,8 @@ async fn corrupt_or_wrong_typed_values_under_function_keys_are_recomputed_and_cl
     }
     // Junk under the keys is deleted (and counted) by clears like any value.
     corrupt(&redis);
-    assert_eq!(fa.clear_some(&fr()).unwrap().run(|_| {}).await.unwrap(), 1);
-    assert_eq!(fa.clear_all().await.unwrap(), 1);
+    assert_eq!(fa.delete_some(&fr()).unwrap().run(|_| {}).await.unwrap(), 1);
+    assert_eq!(fa.delete_all().await.unwrap(), 1);
     assert!(redis.keys("h:f:victim:*").is_empty());
     assert_eq!(fa.key_set_size().await.unwrap(), 0);
 }
@@ -560,7 +574,7 @@ async fn pruning_removes_members_that_are_not_utf8_or_gone_and_rehomes_misplaced
         "the live one is kept once"
     );
     assert_eq!(a.prune_key_sets().await.unwrap(), 0);
-    assert_eq!(f.clear_all().await.unwrap(), 4);
+    assert_eq!(f.delete_all().await.unwrap(), 4);
     assert_eq!(f.key_set_size().await.unwrap(), 0);
 }
 
@@ -595,7 +609,7 @@ async fn a_clear_generation_of_the_wrong_type_stops_storing_until_clear_all_repl
     let key5 = fb.cache_key(&va(5, "fr")).unwrap();
     assert!(!redis.exists(&key5));
     // clear_all replaces it with a generation of its own; storing resumes.
-    assert_eq!(fa.clear_all().await.unwrap(), 2);
+    assert_eq!(fa.delete_all().await.unwrap(), 2);
     let kind: String = redis::cmd("TYPE")
         .arg("h:gen:victim")
         .query(&mut redis.conn())

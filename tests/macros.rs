@@ -5,7 +5,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cachenode::{cached, cached_for, CacheNode};
+use cachenode::{cached, cached_for, CacheNode, Ttl};
 use serde::{Deserialize, Serialize};
 use support::TestRedis;
 
@@ -64,7 +64,7 @@ async fn cached_for_caches_and_exposes_introspection(redis: &TestRedis) {
     assert_eq!(get_user(&db, 7).await.unwrap(), u);
     assert_eq!(db.calls.load(Ordering::SeqCst), 1, "second call is a hit");
 
-    assert_eq!(get_user::expire_in(), Some(Duration::from_secs(1800)));
+    assert_eq!(get_user::ttl(), Ttl::After(Duration::from_secs(1800)));
     let key = get_user::cache_key(&7).unwrap();
     assert!(key.starts_with("macros:f:macros.get_user:"), "{key}");
     let pttl: i64 = redis::cmd("PTTL")
@@ -77,12 +77,20 @@ async fn cached_for_caches_and_exposes_introspection(redis: &TestRedis) {
     get_user::uncached(&db, 7).await.unwrap();
     assert_eq!(db.calls.load(Ordering::SeqCst), 2);
 
-    assert!(get_user::invalidate(&7).await.unwrap());
+    // invalidate drops RAM only: Redis keeps the value, the next call
+    // reads it from there without computing.
+    get_user::invalidate(&7).await.unwrap();
+    assert!(redis.exists(&key), "invalidate keeps the Redis value");
+    get_user(&db, 7).await.unwrap();
+    assert_eq!(db.calls.load(Ordering::SeqCst), 2, "served from Redis");
+
+    assert!(get_user::delete(&7).await.unwrap());
+    assert!(!redis.exists(&key), "delete removes the Redis value");
     get_user(&db, 7).await.unwrap();
     assert_eq!(
         db.calls.load(Ordering::SeqCst),
         3,
-        "recomputed after invalidate"
+        "recomputed after delete"
     );
 
     // Errors are returned, never cached.
@@ -90,13 +98,13 @@ async fn cached_for_caches_and_exposes_introspection(redis: &TestRedis) {
     assert_eq!(get_user(&db, 0).await, Err(AppError("no user 0")));
     assert_eq!(db.calls.load(Ordering::SeqCst), 5);
 
-    assert!(get_user::invalidate_all().await.unwrap() >= 1);
+    assert!(get_user::delete_all().await.unwrap() >= 1);
     assert!(get_user::handle().unwrap().key_set_size().await.unwrap() == 0);
 }
 
 static SQUARES: AtomicUsize = AtomicUsize::new(0);
 
-#[cached(expire_in = Duration::from_secs(60), local_ram_cache_only, name = "square")]
+#[cached(ttl = Duration::from_secs(60), layers = Ram, name = "square")]
 async fn square(x: u32) -> u32 {
     SQUARES.fetch_add(1, Ordering::SeqCst);
     x * x
@@ -395,7 +403,7 @@ impl Tenant {
 }
 
 /// A method's value is invalidated through the functions generated beside
-/// it (`quota_invalidate`, ...): a method has no module of its own.
+/// it (`quota_delete`, ...): a method has no module of its own.
 #[tokio::test]
 async fn a_method_keyed_by_self_is_invalidated_per_receiver() {
     let redis = TestRedis::start();
@@ -427,11 +435,11 @@ async fn a_method_keyed_by_self_is_invalidated_per_receiver() {
     let mut expected = vec![key_a.clone(), key_b.clone()];
     expected.sort();
     assert_eq!(stored, expected);
-    assert_eq!(Tenant::quota_expire_in(), None);
+    assert_eq!(Tenant::quota_ttl(), Ttl::Default);
     assert_eq!(a.quota_handle().unwrap().name(), "tenant.quota");
 
-    assert!(a.quota_invalidate(&pro).await.unwrap(), "a's value existed");
-    assert!(!a.quota_invalidate(&pro).await.unwrap(), "and is gone");
+    assert!(a.quota_delete(&pro).await.unwrap(), "a's value existed");
+    assert!(!a.quota_delete(&pro).await.unwrap(), "and is gone");
     assert_eq!(redis.keys("tenant:f:tenant.quota:*"), vec![key_b]);
     assert_eq!(a.quota(pro.clone()).await, 103);
     assert_eq!(b.quota(pro.clone()).await, 203);
@@ -441,7 +449,7 @@ async fn a_method_keyed_by_self_is_invalidated_per_receiver() {
         "only a's was recomputed"
     );
 
-    assert_eq!(b.quota_invalidate_all().await.unwrap(), 2);
+    assert_eq!(b.quota_delete_all().await.unwrap(), 2);
     assert!(redis.keys("tenant:f:tenant.quota:*").is_empty());
 }
 
@@ -477,7 +485,7 @@ async fn a_method_with_an_explicit_node_is_invalidated_through_its_receiver() {
     assert_eq!(ledger.balance(4).await, Ok(-4));
     assert_eq!(ledger.balance(5).await, Ok(-5));
     assert_eq!(ledger.calls.load(Ordering::SeqCst), 2);
-    assert_eq!(Ledger::balance_expire_in(), Some(Duration::from_secs(300)));
+    assert_eq!(Ledger::balance_ttl(), Ttl::After(Duration::from_secs(300)));
     let key = ledger.balance_cache_key(&4).unwrap();
     assert!(key.starts_with("ledger:f:ledger.balance:"), "{key}");
     let pttl: i64 = redis::cmd("PTTL")
@@ -486,7 +494,7 @@ async fn a_method_with_an_explicit_node_is_invalidated_through_its_receiver() {
         .unwrap();
     assert!(pttl > 290_000 && pttl <= 300_000, "{pttl}");
 
-    assert!(ledger.balance_invalidate(&4).await.unwrap());
+    assert!(ledger.balance_delete(&4).await.unwrap());
     assert_eq!(
         redis.keys("ledger:f:ledger.balance:*").len(),
         1,
@@ -494,7 +502,7 @@ async fn a_method_with_an_explicit_node_is_invalidated_through_its_receiver() {
     );
     assert_eq!(ledger.balance(4).await, Ok(-4));
     assert_eq!(ledger.calls.load(Ordering::SeqCst), 3, "4 recomputed");
-    assert_eq!(ledger.balance_invalidate_all().await.unwrap(), 2);
+    assert_eq!(ledger.balance_delete_all().await.unwrap(), 2);
     assert!(redis.keys("ledger:f:ledger.balance:*").is_empty());
     // The uncached body runs every time.
     assert_eq!(ledger.balance_uncached(4).await, Ok(-4));
@@ -514,36 +522,40 @@ fn assert_send<F: std::future::Future + Send>(f: F) -> F {
 fn generated_futures_are_send(db: &Db, repo: &Repo, tenant: &Tenant, ledger: &Ledger) {
     drop(assert_send(get_user(db, 7)));
     drop(assert_send(get_user::uncached(db, 7)));
+    drop(assert_send(get_user::delete(&7)));
+    drop(assert_send(get_user::delete_all()));
     drop(assert_send(get_user::invalidate(&7)));
     drop(assert_send(get_user::invalidate_all()));
     drop(assert_send(square(4)));
-    drop(assert_send(square::invalidate(&4)));
+    drop(assert_send(square::delete(&4)));
     drop(assert_send(maybe_user(2)));
-    drop(assert_send(maybe_user::invalidate(&2)));
+    drop(assert_send(maybe_user::delete(&2)));
     drop(assert_send(repo.lookup(1)));
+    drop(assert_send(repo.lookup_delete(&1)));
+    drop(assert_send(repo.lookup_delete_all()));
     drop(assert_send(repo.lookup_invalidate(&1)));
     drop(assert_send(repo.lookup_invalidate_all()));
     drop(assert_send(tenant.quota("pro".into())));
-    drop(assert_send(tenant.quota_invalidate(&"pro".into())));
-    drop(assert_send(tenant.quota_invalidate_all()));
+    drop(assert_send(tenant.quota_delete(&"pro".into())));
+    drop(assert_send(tenant.quota_delete_all()));
     drop(assert_send(ledger.balance(1)));
     drop(assert_send(ledger.balance_uncached(1)));
-    drop(assert_send(ledger.balance_invalidate(&1)));
+    drop(assert_send(ledger.balance_delete(&1)));
 }
 
 /// The README's use: invalidating from an axum handler (whose future
 /// must be `Send`) and from a spawned task.
 fn invalidation_in_an_axum_handler_and_a_spawned_task() {
     async fn rename_user(axum::extract::Path(id): axum::extract::Path<u64>) -> &'static str {
-        match get_user::invalidate(&id).await {
+        match get_user::delete(&id).await {
             Ok(_) => "renamed",
             Err(_) => "cache unavailable",
         }
     }
     let _router: axum::Router =
         axum::Router::new().route("/users/{id}", axum::routing::post(rename_user));
-    drop(tokio::spawn(get_user::invalidate(&7)));
-    drop(tokio::spawn(get_user::invalidate_all()));
+    drop(tokio::spawn(get_user::delete(&7)));
+    drop(tokio::spawn(get_user::delete_all()));
 }
 
 #[test]

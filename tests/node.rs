@@ -48,7 +48,14 @@ async fn redis_hit_fills_ram() {
         .set("k", &user(2), Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(reader.ram_only().get::<User>("k").await.unwrap(), None);
+    assert_eq!(
+        reader
+            .with_layers(Layers::Ram)
+            .get::<User>("k")
+            .await
+            .unwrap(),
+        None
+    );
     // Let the writer's invalidation reach the reader first: arriving during
     // the read, it would rightly make the reader skip its RAM fill.
     let published: u64 = redis::cmd("GET")
@@ -62,7 +69,11 @@ async fn redis_hit_fills_ram() {
     assert!(caught_up);
     assert_eq!(reader.get::<User>("k").await.unwrap(), Some(user(2)));
     assert_eq!(
-        reader.ram_only().get::<User>("k").await.unwrap(),
+        reader
+            .with_layers(Layers::Ram)
+            .get::<User>("k")
+            .await
+            .unwrap(),
         Some(user(2))
     );
 }
@@ -81,8 +92,22 @@ async fn ttl_expires_in_both_layers() {
     let pttl: i64 = redis.conn().pttl("t:k:short").unwrap();
     assert!(pttl > 0 && pttl <= 400, "pttl {pttl}");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(writer.ram_only().get::<u32>("short").await.unwrap(), None);
-    assert_eq!(reader.ram_only().get::<u32>("short").await.unwrap(), None);
+    assert_eq!(
+        writer
+            .with_layers(Layers::Ram)
+            .get::<u32>("short")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        reader
+            .with_layers(Layers::Ram)
+            .get::<u32>("short")
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(reader.get::<u32>("short").await.unwrap(), None);
     assert!(redis.keys("t:k:*").is_empty());
 }
@@ -138,7 +163,7 @@ async fn clear_all_removes_only_this_namespace() {
     }
     b.set("x1", &1u32, Ttl::Default).await.unwrap();
     let _: () = redis.conn().set("unrelated", "v").unwrap();
-    assert_eq!(a.clear_all().await.unwrap(), 2500);
+    assert_eq!(a.delete_all().await.unwrap(), 2500);
     assert!(redis.keys("a:k:*").is_empty());
     assert_eq!(a.get::<i32>("x1").await.unwrap(), None, "RAM dropped too");
     assert_eq!(b.get::<u32>("x1").await.unwrap(), Some(1));
@@ -149,30 +174,55 @@ async fn clear_all_removes_only_this_namespace() {
 async fn ram_only_and_redis_only_calls_use_one_layer() {
     let redis = TestRedis::start();
     let node = node(&redis).await;
-    node.ram_only()
+    node.with_layers(Layers::Ram)
         .set("ram", &1u32, Ttl::Default)
         .await
         .unwrap();
     assert!(redis.keys("t:k:*").is_empty());
     assert_eq!(node.get::<u32>("ram").await.unwrap(), Some(1));
-    assert_eq!(node.redis_only().get::<u32>("ram").await.unwrap(), None);
+    assert_eq!(
+        node.with_layers(Layers::Redis)
+            .get::<u32>("ram")
+            .await
+            .unwrap(),
+        None
+    );
 
-    node.redis_only()
+    node.with_layers(Layers::Redis)
         .set("redis", &2u32, Ttl::Default)
         .await
         .unwrap();
     assert_eq!(redis.keys("t:k:*"), vec!["t:k:redis".to_string()]);
-    assert_eq!(node.ram_only().get::<u32>("redis").await.unwrap(), None);
     assert_eq!(
-        node.redis_only().get::<u32>("redis").await.unwrap(),
+        node.with_layers(Layers::Ram)
+            .get::<u32>("redis")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        node.with_layers(Layers::Redis)
+            .get::<u32>("redis")
+            .await
+            .unwrap(),
         Some(2)
     );
     // A Redis-only read does not fill RAM.
-    assert_eq!(node.ram_only().get::<u32>("redis").await.unwrap(), None);
+    assert_eq!(
+        node.with_layers(Layers::Ram)
+            .get::<u32>("redis")
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(node.with_layers(Layers::Both).layers(), Layers::Both);
 
-    assert!(node.ram_only().delete("ram").await.unwrap());
-    assert!(node.redis_only().delete("redis").await.unwrap());
+    assert!(node.with_layers(Layers::Ram).delete("ram").await.unwrap());
+    assert!(node
+        .with_layers(Layers::Redis)
+        .delete("redis")
+        .await
+        .unwrap());
     assert!(redis.keys("t:k:*").is_empty());
 }
 
@@ -190,13 +240,19 @@ async fn disabled_node_stores_nothing_and_always_misses() {
     assert_eq!(node.get::<u32>("k").await.unwrap(), None);
     assert!(!node.has("k").await.unwrap());
     assert!(!node.delete("k").await.unwrap());
-    assert_eq!(node.redis_only().get::<u32>("k").await.unwrap(), None);
+    assert_eq!(
+        node.with_layers(Layers::Redis)
+            .get::<u32>("k")
+            .await
+            .unwrap(),
+        None
+    );
     assert!(redis.keys("*").is_empty());
 }
 
 #[tokio::test]
 async fn ram_only_node_runs_without_redis() {
-    let node = CacheNode::builder().ram_only().build().await.unwrap();
+    let node = CacheNode::builder().without_redis().build().await.unwrap();
     assert!(!node.has_redis());
     node.set("k", &user(1), Duration::from_secs(5))
         .await
@@ -208,7 +264,7 @@ async fn ram_only_node_runs_without_redis() {
     );
     assert!(node.delete("k").await.unwrap());
     assert!(matches!(
-        node.redis_only().get::<User>("k").await,
+        node.with_layers(Layers::Redis).get::<User>("k").await,
         Err(Error::NoSharedLayer { op: "get" })
     ));
 }
@@ -216,7 +272,7 @@ async fn ram_only_node_runs_without_redis() {
 #[tokio::test]
 async fn ram_layer_stays_within_its_byte_bound() {
     let node = CacheNode::builder()
-        .ram_only()
+        .without_redis()
         .ram_capacity_bytes(200_000)
         .build()
         .await
@@ -241,11 +297,14 @@ async fn ram_entry_of_another_type_is_answered_from_redis() {
     let node = node(&redis).await;
     // RAM holds a u32, Redis a u64 (a u32 in Redis would be a value of
     // another type: a miss, not a u64).
-    node.redis_only()
+    node.with_layers(Layers::Redis)
         .set("n", &5u64, Ttl::Default)
         .await
         .unwrap();
-    node.ram_only().set("n", &5u32, Ttl::Default).await.unwrap();
+    node.with_layers(Layers::Ram)
+        .set("n", &5u32, Ttl::Default)
+        .await
+        .unwrap();
     assert_eq!(node.get::<u64>("n").await.unwrap(), Some(5));
     assert_eq!(node.stats().decode_failures, 0);
 }
@@ -260,7 +319,7 @@ async fn corrupt_values_in_redis_are_counted_misses_and_removed() {
     // A good envelope, truncated.
     let writer = node_in(&redis, "t").await;
     writer
-        .redis_only()
+        .with_layers(Layers::Redis)
         .set("cut", &user(1), Ttl::Default)
         .await
         .unwrap();
@@ -410,7 +469,10 @@ async fn fill_stores_an_absent_key_without_a_bus_message_and_never_overwrites() 
     assert!(a.fill("user:2", &user(2), ttl).await.unwrap());
     assert_eq!(seq(), before, "fill published on the bus");
     assert_eq!(
-        a.ram_only().get::<User>("user:2").await.unwrap(),
+        a.with_layers(Layers::Ram)
+            .get::<User>("user:2")
+            .await
+            .unwrap(),
         Some(user(2))
     );
     assert_eq!(b.get::<User>("user:2").await.unwrap(), Some(user(2)));
@@ -423,7 +485,13 @@ async fn fill_stores_an_absent_key_without_a_bus_message_and_never_overwrites() 
         name: "old".into(),
     };
     assert!(!a.fill("user:1", &stale, ttl).await.unwrap());
-    assert_eq!(a.ram_only().get::<User>("user:1").await.unwrap(), None);
+    assert_eq!(
+        a.with_layers(Layers::Ram)
+            .get::<User>("user:1")
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(a.get::<User>("user:1").await.unwrap(), Some(user(1)));
     assert_eq!(b.get::<User>("user:1").await.unwrap(), Some(user(1)));
 }

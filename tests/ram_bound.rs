@@ -44,13 +44,13 @@ async fn ram_layer_stays_within_its_byte_budget_under_load() {
         .unwrap();
     let f = Arc::new(
         node.func::<(u64,), User>("bound.user")
-            .expire_in(TTL)
+            .ttl(TTL)
             .build()
             .unwrap(),
     );
     let g = other
         .func::<(u64,), User>("bound.user")
-        .expire_in(TTL)
+        .ttl(TTL)
         .build()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -89,7 +89,7 @@ async fn ram_layer_stays_within_its_byte_budget_under_load() {
             let mut i = 1u64;
             while !stop.load(Ordering::Relaxed) {
                 i = i.wrapping_mul(6364136223846793005).wrapping_add(1);
-                g.clear(&((i >> 20) % HOT,)).await.unwrap();
+                g.delete(&((i >> 20) % HOT,)).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         })

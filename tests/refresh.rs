@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cachenode::ArgsInKey;
 use cachenode::{AtomicWrites, CacheNode, CacheNodeBuilder, CachedFn, Lookup};
 use redis::Commands;
 use support::{connect, eventually, Nodes, TestRedis};
@@ -88,12 +89,12 @@ fn rates(n: &CacheNode, ttl: Duration, builds: &Arc<Mutex<Vec<u32>>>) -> CachedF
     let builds = builds.clone();
     let generation = Arc::new(AtomicU64::new(0));
     n.func::<(u32,), u64>("rates")
-        .expire_in(ttl)
+        .ttl(ttl)
         .computed_by(move |(x,): (u32,)| {
             builds.lock().unwrap().push(x);
             ready(Ok::<_, Infallible>(generation.fetch_add(1, SeqCst) + 1))
         })
-        .async_refresh_every(PERIOD)
+        .refresh_every(PERIOD)
         .build()
         .unwrap()
 }
@@ -124,7 +125,7 @@ async fn refresh_rebuilds_live_values_only_and_never_brings_back_an_expired_or_d
     // key-set member and arguments stay), 3 is cleared by the application.
     let _: () = redis.conn().pexpire(key(1), 1).unwrap();
     let _: () = redis.conn().unlink(key(2)).unwrap();
-    assert!(f.clear(&(3,)).await.unwrap());
+    assert!(f.delete(&(3,)).await.unwrap());
     assert!(eventually(PERIOD, || async { !redis.exists(&key(1)) }).await);
 
     passes(&redis, "rates", 1).await;
@@ -192,9 +193,9 @@ async fn recorded_arguments_shrink_to_the_live_keys_on_prune_clear_and_clear_all
     let f = rates(&n, Duration::from_secs(60), &builds);
     let g = n
         .func::<(u32, u32), u64>("grid")
-        .cache_key_with_full_args(true)
+        .key_args(ArgsInKey::Each)
         .computed_by(|(x, y): (u32, u32)| ready(Ok::<_, Infallible>(u64::from(x * y))))
-        .async_refresh_every(PERIOD)
+        .refresh_every(PERIOD)
         .build()
         .unwrap();
     let key = |x: u32| f.cache_key(&(x,)).unwrap();
@@ -219,7 +220,7 @@ async fn recorded_arguments_shrink_to_the_live_keys_on_prune_clear_and_clear_all
     assert_eq!(key_set(&redis, "rates"), live);
 
     // Clearing one call forgets its arguments.
-    assert!(f.clear(&(3,)).await.unwrap());
+    assert!(f.delete(&(3,)).await.unwrap());
     assert_eq!(
         args_record(&redis, "rates"),
         (4..=5).map(key).collect(),
@@ -234,13 +235,16 @@ async fn recorded_arguments_shrink_to_the_live_keys_on_prune_clear_and_clear_all
             .unwrap();
     }
     let filter = cachenode::Args::new().arg("0", &1u32).unwrap();
-    assert_eq!(g.clear_some(&filter).unwrap().run(|_| {}).await.unwrap(), 2);
+    assert_eq!(
+        g.delete_some(&filter).unwrap().run(|_| {}).await.unwrap(),
+        2
+    );
     assert_eq!(args_record(&redis, "grid"), BTreeSet::from([gkey(2, 1)]));
 
     // Clearing the whole function forgets every argument.
-    assert_eq!(f.clear_all().await.unwrap(), 2);
+    assert_eq!(f.delete_all().await.unwrap(), 2);
     assert!(!redis.exists("t:args:rates"), "no arguments left");
-    assert_eq!(g.clear_all().await.unwrap(), 1);
+    assert_eq!(g.delete_all().await.unwrap(), 1);
     assert!(!redis.exists("t:args:grid"));
     assert_eq!(builds.lock().unwrap().len(), 0, "nothing was refreshed");
 }
@@ -254,9 +258,9 @@ async fn namespace_clear_all_leaves_only_the_bus_the_build_queue_and_new_generat
     let redis = TestRedis::start();
     let full = |n: &CacheNode| {
         n.func::<(u32, u32), u64>("full")
-            .cache_key_with_full_args(true)
+            .key_args(ArgsInKey::Each)
             .computed_by(|(x, y): (u32, u32)| ready(Ok::<_, Infallible>(u64::from(x + y))))
-            .async_refresh_every(Duration::from_secs(3600))
+            .refresh_every(Duration::from_secs(3600))
             .build()
             .unwrap()
     };
@@ -346,7 +350,7 @@ async fn namespace_clear_all_leaves_only_the_bus_the_build_queue_and_new_generat
     let all: BTreeSet<String> = redis.keys("*").into_iter().collect();
     assert_eq!(all, before, "every feature left its keys");
 
-    a.clear_all().await.unwrap();
+    a.delete_all().await.unwrap();
     // What survives: the bus (its sequence, log and epoch: nodes read them
     // to tell a missed invalidation from a lost Redis state), and the build
     // queue (the stream with its consumer group, which builders read, and
@@ -395,7 +399,7 @@ async fn async_compute_still_builds_after_a_namespace_clear_all() {
     let (fj, _fb) = (job(&a), job(&b));
     // The builder has created the queue and its consumer group.
     assert!(eventually(PERIOD * 5, || async { redis.exists("t:jobs") }).await);
-    a.clear_all().await.unwrap();
+    a.delete_all().await.unwrap();
     assert_eq!(fj.get_or_build(&(1,)).await.unwrap(), Lookup::BeingBuilt);
     assert!(
         eventually(Duration::from_secs(10), || async {

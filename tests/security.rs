@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cachenode::Layers;
 use cachenode::{AtomicWrites, CacheNode, Lookup, Ttl};
 use redis::Commands;
 use support::{
@@ -115,7 +116,7 @@ mod tls {
         // clear_all goes through TLS as well and reaches the other RAM.
         a.set("x", &1u32, Ttl::Default).await.unwrap();
         read_into_ram(&b, "x", 1u32).await;
-        a.clear_all().await.unwrap();
+        a.delete_all().await.unwrap();
         let dropped = eventually(LONG, || async { in_ram::<u32>(&b, "x").await.is_none() }).await;
         assert!(dropped, "clear_all did not reach B");
         let left: Vec<String> = redis.conn().keys("tls:k:*").unwrap();
@@ -208,7 +209,7 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
 
     // clear_all: SCAN + UNLINK of the namespace only, reaching B's RAM.
     read_into_ram(&b, "m2", 2u32).await;
-    a.clear_all().await.unwrap();
+    a.delete_all().await.unwrap();
     assert!(
         eventually(LONG, || async { in_ram::<u32>(&b, "m2").await.is_none() }).await,
         "clear_all did not reach B"
@@ -235,8 +236,8 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
         .await
         .unwrap();
     assert_eq!(v, 4, "B read A's value from Redis");
-    assert!(fa.clear(&(1,)).await.unwrap());
-    assert_eq!(fa.clear_all().await.unwrap(), 2);
+    assert!(fa.delete(&(1,)).await.unwrap());
+    assert_eq!(fa.delete_all().await.unwrap(), 2);
     assert_eq!(fb.key_set_size().await.unwrap(), 0);
     a.key_sets().await.unwrap();
     a.prune_key_sets().await.unwrap();
@@ -269,7 +270,7 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
     );
     assert_eq!((ra.unwrap(), rb.unwrap()), (49, 49));
     assert_eq!(runs.load(SeqCst), 1, "computed once across both nodes");
-    assert_eq!(once_a.clear_all().await.unwrap(), 1);
+    assert_eq!(once_a.delete_all().await.unwrap(), 1);
 
     // At least once: start times from the server's clock, versioned write.
     let latest = a
@@ -281,7 +282,7 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
         latest.call(&(1,), || async { Ok::<_, String>(1) }).await,
         Ok(1)
     );
-    assert!(latest.clear(&(1,)).await.unwrap());
+    assert!(latest.delete(&(1,)).await.unwrap());
 
     // Async compute: a job in the namespace's stream, built by a builder
     // node through its consumer group.
@@ -289,7 +290,7 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
         .redis_url(&url)
         .namespace("ns")
         .op_timeout(Duration::from_secs(2))
-        .deletion_check_frequency(NO_CHECK)
+        .deletion_check_period(NO_CHECK)
         .builder_role(true)
         .min_refresh_period(Duration::from_secs(1))
         .refresh_granularity(Duration::from_millis(50))
@@ -317,7 +318,7 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
     let rates = builder
         .func::<(u32,), u32>("rates")
         .computed_by(|(x,): (u32,)| async move { Ok::<_, String>(x) })
-        .async_refresh_every(Duration::from_secs(1))
+        .refresh_every(Duration::from_secs(1))
         .build()
         .unwrap();
     for x in [1, 2] {
@@ -346,13 +347,13 @@ async fn a_user_restricted_to_the_namespace_can_do_everything() {
     // Broadcast invalidations.
     a.set("k", &1u32, Ttl::Default).await.unwrap();
     read_into_ram(&b, "k", 1u32).await;
-    a.invalidate_keys(&["k"]).await.unwrap();
+    a.invalidate_many(&["k"]).await.unwrap();
     assert!(
         eventually(LONG, || async { in_ram::<u32>(&b, "k").await.is_none() }).await,
-        "invalidate_keys did not reach B"
+        "invalidate_many did not reach B"
     );
     a.invalidate_all().await.unwrap();
-    a.invalidate_func("square").await.unwrap();
+    a.invalidate_function("square").await.unwrap();
 
     // Operator views: namespace statistics (SCAN, XLEN, XRANGE) and a tail
     // of the bus (its own subscription).
@@ -465,7 +466,7 @@ async fn keyspace_watching_says_it_cannot_read_the_config() {
         .redis_url(user_url(&redis))
         .namespace("ns")
         .op_timeout(Duration::from_secs(2))
-        .deletion_check_frequency(NO_CHECK)
+        .deletion_check_period(NO_CHECK)
         .watch_keyspace(true)
         .build()
         .await
@@ -546,12 +547,12 @@ async fn namespaces_never_see_each_other() {
         .await
         .unwrap();
     a.delete("shared").await.unwrap();
-    a.invalidate_keys(&["shared"]).await.unwrap();
-    a.invalidate_func("f").await.unwrap();
+    a.invalidate_many(&["shared"]).await.unwrap();
+    a.invalidate_function("f").await.unwrap();
     a.invalidate_all().await.unwrap();
-    assert_eq!(fa.clear_all().await.unwrap(), 5);
-    a.clear_all().await.unwrap();
-    a.clear_funcs(&["f"], |_, _| {}).await.unwrap();
+    assert_eq!(fa.delete_all().await.unwrap(), 5);
+    a.delete_all().await.unwrap();
+    a.delete_functions(&["f"], |_, _| {}).await.unwrap();
 
     // Give the bus time to deliver anything it (wrongly) would.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -590,11 +591,17 @@ async fn namespaces_never_see_each_other() {
 
     // And the other way round: B's clear_all leaves A's new value alone.
     a.set("mine", &1u32, Ttl::Default).await.unwrap();
-    b.clear_all().await.unwrap();
-    fb.clear_all().await.unwrap();
+    b.delete_all().await.unwrap();
+    fb.delete_all().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(in_ram::<u32>(&a, "mine").await, Some(1));
-    assert_eq!(a.redis_only().get::<u32>("mine").await.unwrap(), Some(1));
+    assert_eq!(
+        a.with_layers(Layers::Redis)
+            .get::<u32>("mine")
+            .await
+            .unwrap(),
+        Some(1)
+    );
     assert_eq!(health(&a).applied, 0, "{:?}", health(&a));
 }
 
@@ -609,7 +616,7 @@ async fn keyspace_watching_refused_by_the_acl_leaves_the_bus_up() {
         .redis_url(user_url(&redis))
         .namespace("ns")
         .op_timeout(Duration::from_secs(2))
-        .deletion_check_frequency(NO_CHECK)
+        .deletion_check_period(NO_CHECK)
         .watch_keyspace(true)
         .build()
         .await

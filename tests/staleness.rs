@@ -4,7 +4,7 @@
 //! write landed, writes through a Redis-only handle.
 //!
 //! The promise: once an invalidation call returns `Ok`, no node serves the
-//! old value from RAM later than `deletion_check_frequency` plus one round
+//! old value from RAM later than `deletion_check_period` plus one round
 //! trip. Each test asserts that bound plus [`MARGIN`], measured from the
 //! writer's `Ok`.
 
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cachenode::Layers;
 use cachenode::{CacheNode, Error, Ttl};
 use redis::Commands;
 use support::{bus_seq, caught_up, eventually, in_ram, Nodes, Proxy, TestRedis};
@@ -178,7 +179,10 @@ async fn redis_only_writes_and_deletes_drop_the_writers_own_ram_copy() {
         .await;
     n.set("k", &1u64, Ttl::Default).await.unwrap();
     assert_eq!(n.get::<u64>("k").await.unwrap(), Some(1));
-    n.redis_only().set("k", &2u64, Ttl::Default).await.unwrap();
+    n.with_layers(Layers::Redis)
+        .set("k", &2u64, Ttl::Default)
+        .await
+        .unwrap();
     assert_eq!(n.get::<u64>("k").await.unwrap(), Some(2));
 
     assert_eq!(
@@ -186,12 +190,12 @@ async fn redis_only_writes_and_deletes_drop_the_writers_own_ram_copy() {
         Some(2),
         "filled again from Redis"
     );
-    assert!(n.redis_only().delete("k").await.unwrap());
+    assert!(n.with_layers(Layers::Redis).delete("k").await.unwrap());
     assert_eq!(n.get::<u64>("k").await.unwrap(), None);
 
     n.set("k", &3u64, Ttl::Default).await.unwrap();
     assert_eq!(in_ram::<u64>(&n, "k").await, Some(3));
-    n.redis_only().clear_all().await.unwrap();
+    n.with_layers(Layers::Redis).delete_all().await.unwrap();
     assert_eq!(n.get::<u64>("k").await.unwrap(), None);
 }
 
@@ -283,7 +287,7 @@ async fn node_comes_back_to_a_server_that_lost_what_it_applied(how: Replaced) {
         Replaced::Replica => replication.cut(),
     }
     for other in ["a", "b", "c"] {
-        w.invalidate_keys(&[other]).await.unwrap();
+        w.invalidate_many(&[other]).await.unwrap();
     }
     assert!(
         eventually(LONG, || async {
@@ -317,7 +321,7 @@ async fn node_comes_back_to_a_server_that_lost_what_it_applied(how: Replaced) {
         "writer reconnects"
     );
     for other in ["d", "e", "f", "g"] {
-        w.invalidate_keys(&[other]).await.unwrap();
+        w.invalidate_many(&[other]).await.unwrap();
     }
     let target = bus_seq(server, NS);
     assert!(target > s0 + 3, "the new history passed x's position");

@@ -19,7 +19,7 @@ async fn background_sweep_prunes_expired_keys_from_key_sets() {
         .unwrap();
     let short = node
         .func::<(u32,), u32>("short")
-        .expire_in(Duration::from_millis(100))
+        .ttl(Duration::from_millis(100))
         .build()
         .unwrap();
     let long = node.func::<(u32,), u32>("long").build().unwrap();

@@ -221,7 +221,7 @@ async fn reset(url: &str) -> Result<(), String> {
         .build()
         .await
         .map_err(|e| e.to_string())?;
-    node.clear_all().await.map_err(|e| e.to_string())?;
+    node.delete_all().await.map_err(|e| e.to_string())?;
     let client = redis::Client::open(url).map_err(|e| e.to_string())?;
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -402,7 +402,7 @@ fn summary(ports: &[u16], checks: &[Check], sent: u64, errors: u64) -> i32 {
     }
     println!(
         "  (a fresh read recomputes from the 30 ms database; the staleness bound is \
-         deletion_check_frequency = {DELETION_CHECK_FREQUENCY:?} + one Redis round trip)"
+         deletion_check_period = {DELETION_CHECK_FREQUENCY:?} + one Redis round trip)"
     );
     if all_fresh && errors == 0 {
         println!("every instance dropped every invalidated value");

@@ -67,7 +67,7 @@ pub async fn run(args: &[String]) -> i32 {
         .redis_url(&url)
         .namespace("demo")
         .ram_capacity_bytes(ram_mb << 20)
-        .deletion_check_frequency(DELETION_CHECK_FREQUENCY)
+        .deletion_check_period(DELETION_CHECK_FREQUENCY)
         .build()
         .await
     {
@@ -79,7 +79,7 @@ pub async fn run(args: &[String]) -> i32 {
     };
     let get_user = node
         .func::<(u64,), User>("demo.get_user")
-        .expire_in(Duration::from_secs(300))
+        .ttl(Duration::from_secs(300))
         .build()
         .expect("valid function");
     let db = match redis::Client::open(url.as_str()) {
@@ -176,7 +176,7 @@ async fn rename_user(
         .await
         .map_err(|e| err(e.to_string()))?;
     app.get_user
-        .clear(&(id,))
+        .delete(&(id,))
         .await
         .map_err(|e| err(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)

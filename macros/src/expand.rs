@@ -416,10 +416,14 @@ impl<'a> Cached<'a> {
         let where_clause = self.where_clause();
         let handles = self.call_from_item(&self.hidden("handles"), quote!());
         let owned_args = self.owned_args();
-        let (handle, expire_in, cache_key, invalidate, invalidate_all) = (
+        let (handle, ttl, cache_key) = (
             self.item("handle"),
-            self.item("expire_in"),
+            self.item("ttl"),
             self.item("cache_key"),
+        );
+        let (delete, delete_all, invalidate, invalidate_all) = (
+            self.item("delete"),
+            self.item("delete_all"),
             self.item("invalidate"),
             self.item("invalidate_all"),
         );
@@ -429,15 +433,21 @@ impl<'a> Cached<'a> {
             String::new()
         };
         let doc_handle = format!("The cache handle{of}; `None` until a node is available.");
-        let doc_expire = format!("How long values{of} live (`None`: the node's default).");
+        let doc_expire = format!("How long values{of} live (`Ttl::Default`: the node's default).");
         let doc_key = format!("The Redis key of the call{of} with these (non-ignored) arguments.");
-        let doc_invalidate = format!(
+        let doc_delete = format!(
             "Deletes the value of the call{of} with these arguments from Redis and the RAM \
              of every instance; whether it existed. The future owns its key: it borrows \
              nothing and is `Send`."
         );
-        let doc_invalidate_all =
+        let doc_delete_all =
             format!("Deletes every value{of} from Redis and the RAM of every instance.");
+        let doc_invalidate = format!(
+            "Drops the value of the call{of} with these arguments from the RAM of every \
+             instance; Redis keeps it. The future owns its key and is `Send`."
+        );
+        let doc_invalidate_all =
+            format!("Drops every value{of} from the RAM of every instance; Redis keeps them.");
         quote! {
             #[doc = #doc_handle]
             #[allow(dead_code)]
@@ -447,7 +457,7 @@ impl<'a> Cached<'a> {
 
             #[doc = #doc_expire]
             #[allow(dead_code)]
-            #vis fn #expire_in() -> ::core::option::Option<::std::time::Duration> {
+            #vis fn #ttl() -> ::cachenode::Ttl {
                 #expire
             }
 
@@ -457,10 +467,27 @@ impl<'a> Cached<'a> {
                 ::cachenode::__private::cache_key(#handles, #owned_args)
             }
 
+            #[doc = #doc_delete]
+            #[allow(dead_code)]
+            #vis fn #delete #generics(#params)
+                -> impl ::core::future::Future<Output = ::cachenode::Result<bool>> + ::core::marker::Send + 'static
+                #where_clause
+            {
+                ::cachenode::__private::delete(#handles, #owned_args)
+            }
+
+            #[doc = #doc_delete_all]
+            #[allow(dead_code)]
+            #vis fn #delete_all(#receiver)
+                -> impl ::core::future::Future<Output = ::cachenode::Result<u64>> + ::core::marker::Send + 'static
+            {
+                ::cachenode::__private::delete_all(#handles)
+            }
+
             #[doc = #doc_invalidate]
             #[allow(dead_code)]
             #vis fn #invalidate #generics(#params)
-                -> impl ::core::future::Future<Output = ::cachenode::Result<bool>> + ::core::marker::Send + 'static
+                -> impl ::core::future::Future<Output = ::cachenode::Result<()>> + ::core::marker::Send + 'static
                 #where_clause
             {
                 ::cachenode::__private::invalidate(#handles, #owned_args)
@@ -469,7 +496,7 @@ impl<'a> Cached<'a> {
             #[doc = #doc_invalidate_all]
             #[allow(dead_code)]
             #vis fn #invalidate_all(#receiver)
-                -> impl ::core::future::Future<Output = ::cachenode::Result<u64>> + ::core::marker::Send + 'static
+                -> impl ::core::future::Future<Output = ::cachenode::Result<()>> + ::core::marker::Send + 'static
             {
                 ::cachenode::__private::invalidate_all(#handles)
             }

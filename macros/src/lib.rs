@@ -29,7 +29,7 @@ use options::{Flavor, Options};
 /// # #[derive(Debug)] pub struct AppError;
 /// # impl Db { async fn load(&self, _id: u64) -> Result<User, AppError> { todo!() } }
 ///
-/// #[cached(expire_in = Duration::from_secs(1800), ignore = [db])]
+/// #[cached(ttl = Duration::from_secs(1800), ignore = [db])]
 /// async fn get_user(db: &Db, user_id: u64) -> Result<User, AppError> {
 ///     db.load(user_id).await
 /// }
@@ -38,8 +38,9 @@ use options::{Flavor, Options};
 /// let node = CacheNode::connect("redis://127.0.0.1:6379").await?;
 /// node.install_global()?; // the node of every function without `node = ...`
 /// let user = get_user(&db, 42).await; // RAM, then Redis, then the function
-/// get_user::invalidate(&42).await?; // this call's value, on every instance
-/// get_user::invalidate_all().await?; // every value of get_user, everywhere
+/// get_user::invalidate(&42).await?; // drop this call's value from every instance's RAM
+/// get_user::delete(&42).await?; // remove it from Redis and every instance's RAM
+/// get_user::delete_all().await?; // every value of get_user, everywhere
 /// # Ok(()) }
 /// # fn main() {}
 /// ```
@@ -53,7 +54,7 @@ use options::{Flavor, Options};
 ///   `io::Result` and `anyhow::Result` are all `Result`s, and a type of
 ///   one's own that is only *named* `Result` is a plain value. Any other
 ///   return type is cached as it is. `None` (and `()`) is not cached unless
-///   `cache_none_values`. The cached type must be `Clone` (a hit returns a
+///   `cache_none`. The cached type must be `Clone` (a hit returns a
 ///   clone), `Serialize + Deserialize` (it is stored in Redis) and
 ///   `Send + Sync + 'static`.
 /// * **The key**: the function's cache name, then its arguments, each
@@ -83,23 +84,23 @@ use options::{Flavor, Options};
 ///
 /// | Option | Value | Effect |
 /// |---|---|---|
-/// | `expire_in = expr` | a `std::time::Duration` | How long values live (`Duration::ZERO`: never); default: the node's default TTL. `#[cached]` only: [`macro@cached_for`] takes units. |
+/// | `ttl = expr` | `impl Into<cachenode::Ttl>`: a `Duration`, `Ttl::Never`, `Ttl::Default` | How long values live; default: the node's default TTL. `#[cached]` only: [`macro@cached_for`] takes units. |
 /// | `name = "..."` | a string literal | The cache name, in place of `crate.module.function`. |
 /// | `node = expr` | a `CacheNode` (e.g. `self.node`, `NODE.get().unwrap()`) | The node to use instead of the process-wide one; evaluated (in a method, with its `self`) until the handle is built. |
 /// | `unless = closure` | `Fn(&A1, &A2, ..) -> bool` | Called before each call with **a reference to each argument**, in order (ignored ones included, `self` not); `true` runs the function without the cache (nothing read, nothing written). |
-/// | `ignore = [a, b]` | argument names | Left out of the key (they need not be `Serialize`); also spelled `args_to_ignore`; `ignore = [self]` is `ignore_self`. |
+/// | `ignore = [a, b]` | argument names | Left out of the key (they need not be `Serialize`); also spelled `ignore_args`; `ignore = [self]` is `ignore_self`. |
 /// | `ignore_self` | flag | Leaves a method's receiver out of the key. |
-/// | `local_ram_cache_only` | flag | This process's RAM only: nothing in Redis. |
-/// | `shared_redis_cache_only` | flag | Redis only: nothing in RAM. |
-/// | `cache_key_prefix = ..` | a string literal, or a `Fn() -> impl Display` called for each call | A prefix in the key, after the cache name (e.g. a tenant or a schema version). |
-/// | `cache_key_with_func_args = false` | bool | Arguments are not part of the key: every call shares one value. |
-/// | `cache_key_with_full_args` | flag | One hashed part per argument in the key, so that `handle().clear_some(..)` can find values by some of their arguments. |
-/// | `cache_none_values` | flag | Caches `None` (and `()`) values too. |
-/// | `on_cache_computed = closure` | `Fn(&str, &V) -> Computed<V>` | Called with the Redis key and each freshly computed value: keep it, replace it, or do not cache it. |
-/// | `cache_key_with_request_path` | flag | The current request's path is part of the key (inside a request scope). |
-/// | `cache_key_with_query_string` | flag | The current request's query string is part of the key. |
+/// | `layers = ..` | `Both` (default), `Ram`, `Redis` | The layers that cache the values: `Ram` is this process's RAM only (nothing in Redis), `Redis` is Redis only (nothing in RAM). |
+/// | `key_prefix = ..` | a string literal, or a `Fn() -> impl Display` called for each call | A prefix in the key, after the cache name (e.g. a tenant or a schema version). |
+/// | `key_args = ..` | `Hashed` (default), `Each`, `Omitted` | How the arguments form the key: one hash of them all; one hashed part per argument, so that `handle().delete_some(..)` can find values by some of their arguments; or not at all (every call shares one value). |
+/// | `cache_none` | flag | Caches `None` (and `()`) values too. |
+/// | `on_computed = closure` | `Fn(&str, &V) -> Computed<V>` | Called with the Redis key and each freshly computed value: keep it, replace it, or do not cache it. |
+/// | `key_with_request_path` | flag | The current request's path is part of the key (inside a request scope). |
+/// | `key_with_query_string` | flag | The current request's query string is part of the key. |
 ///
-/// An unknown option is a compile error that lists these.
+/// An unknown option is a compile error that lists these; AlanCache's
+/// names (`expire_in`, `local_ram_cache_only`, `cache_key_with_full_args`,
+/// ...) are errors that name the option replacing them (see `MIGRATING.md`).
 ///
 /// ```no_run
 /// use cachenode::cached;
@@ -122,13 +123,15 @@ use options::{Flavor, Options};
 /// | Item | What it does |
 /// |---|---|
 /// | `f::uncached(args..)` | The function's body, without the cache. |
-/// | `f::handle() -> Option<&'static CachedFn<dyn KeyArgs, V>>` | The cache handle (`key_set_size`, `clear_some`, ...); `None` until a node is available. |
-/// | `f::expire_in() -> Option<Duration>` | The configured expiry (`None`: the node's default). |
+/// | `f::handle() -> Option<&'static CachedFn<dyn KeyArgs, V>>` | The cache handle (`key_set_size`, `delete_some`, ...); `None` until a node is available. |
+/// | `f::ttl() -> Ttl` | The configured TTL (`Ttl::Default`: the node's default). |
 /// | `f::cache_key(&a..) -> cachenode::Result<String>` | The Redis key of the call with these arguments (the ones in the key, by reference). |
-/// | `f::invalidate(&a..)` | Deletes that call's value from Redis and from the RAM of every instance; resolves to whether it existed. |
-/// | `f::invalidate_all()` | Deletes every value of the function, in Redis and the RAM of every instance; resolves to how many Redis keys were deleted. |
+/// | `f::invalidate(&a..)` | Drops that call's value from the RAM of every instance; Redis keeps it, and the next call reads it from there. |
+/// | `f::invalidate_all()` | Drops every value of the function from the RAM of every instance. |
+/// | `f::delete(&a..)` | Deletes that call's value from Redis and from the RAM of every instance; resolves to whether it existed. |
+/// | `f::delete_all()` | Deletes every value of the function, in Redis and the RAM of every instance; resolves to how many Redis keys were deleted. |
 ///
-/// `invalidate` and `invalidate_all` return
+/// `invalidate*` and `delete*` return
 /// `impl Future<Output = cachenode::Result<..>> + Send + 'static`: the key
 /// is built before the future, which borrows nothing, so it can be awaited
 /// in an axum handler or given to `tokio::spawn`. The cached function's
@@ -137,8 +140,9 @@ use options::{Flavor, Options};
 /// A **method** has no module of its own, so the same items are associated
 /// functions beside it, named after it: for `get_user`,
 /// `get_user_uncached(&self, ..)`, `get_user_handle(&self)`,
-/// `get_user_expire_in()`, `get_user_cache_key(&self, &a..)`,
-/// `get_user_invalidate(&self, &a..)` and `get_user_invalidate_all(&self)`.
+/// `get_user_ttl()`, `get_user_cache_key(&self, &a..)`,
+/// `get_user_invalidate(&self, &a..)`, `get_user_invalidate_all(&self)`,
+/// `get_user_delete(&self, &a..)` and `get_user_delete_all(&self)`.
 /// They take `&self` because the key may hold it and the node may come from
 /// it.
 ///
@@ -160,7 +164,8 @@ use options::{Flavor, Options};
 /// let name = repo.user_name(7).await;
 /// let key = repo.user_name_cache_key(&7)?;
 /// repo.user_name_invalidate(&7).await?;
-/// repo.user_name_invalidate_all().await?;
+/// repo.user_name_delete(&7).await?;
+/// repo.user_name_delete_all().await?;
 /// # Ok(()) }
 /// # fn main() {}
 /// ```
@@ -181,7 +186,7 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// [`macro@cached`] with the expiry given in units: `weeks`, `days`,
 /// `hours`, `minutes`, `seconds` (summed; at least one is needed), in place
-/// of `expire_in`.
+/// of `ttl`.
 ///
 /// Every other option, the generated items and the rules are those of
 /// [`macro@cached`].
@@ -198,8 +203,8 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// }
 ///
 /// # async fn run() -> cachenode::Result<()> {
-/// assert_eq!(rates::expire_in(), Some(std::time::Duration::from_secs(5400)));
-/// rates::invalidate(&"EUR".to_string()).await?;
+/// assert_eq!(rates::ttl(), cachenode::Ttl::After(std::time::Duration::from_secs(5400)));
+/// rates::delete(&"EUR".to_string()).await?;
 /// # Ok(()) }
 /// # fn main() {}
 /// ```

@@ -14,7 +14,7 @@ use syn::{Expr, ExprArray, ExprLit, Lit, LitStr, Meta, Token};
 /// Which attribute is being expanded.
 #[derive(Clone, Copy, PartialEq)]
 pub(crate) enum Flavor {
-    /// `#[cached]`: expiry as `expire_in = <Duration>`.
+    /// `#[cached]`: expiry as `ttl = <impl Into<Ttl>>`.
     Cached,
     /// `#[cached_for]`: expiry in units (`minutes = 30`).
     CachedFor,
@@ -31,7 +31,7 @@ impl Flavor {
     /// The options this attribute takes, as listed in an error.
     fn valid_options(self) -> String {
         let expiry = match self {
-            Flavor::Cached => "expire_in",
+            Flavor::Cached => "ttl",
             Flavor::CachedFor => "weeks, days, hours, minutes, seconds",
         };
         format!("{expiry}, {COMMON_OPTIONS}")
@@ -39,10 +39,33 @@ impl Flavor {
 }
 
 /// The options both attributes take (beside the expiry).
-const COMMON_OPTIONS: &str = "name, node, unless, ignore (or args_to_ignore), ignore_self, \
-     local_ram_cache_only, shared_redis_cache_only, cache_key_prefix, \
-     cache_key_with_func_args, cache_key_with_full_args, cache_none_values, \
-     on_cache_computed, cache_key_with_request_path, cache_key_with_query_string";
+const COMMON_OPTIONS: &str = "name, node, unless, ignore (or ignore_args), ignore_self, \
+     layers, key_prefix, key_args, cache_none, on_computed, key_with_request_path, \
+     key_with_query_string";
+
+/// AlanCache's option names, each with the option that replaced it.
+const PYTHON_NAMES: [(&str, &str); 12] = [
+    ("expire_in", "ttl = <Duration or Ttl>"),
+    ("local_ram_cache_only", "layers = Ram"),
+    ("shared_redis_cache_only", "layers = Redis"),
+    ("key_prefix", "key_prefix"),
+    ("cache_key_with_func_args", "key_args = Hashed (or Omitted)"),
+    ("cache_key_with_full_args", "key_args = Each"),
+    ("ignore_args", "ignore = [..]"),
+    ("cache_none", "cache_none"),
+    ("on_computed", "on_computed"),
+    ("key_with_request_path", "key_with_request_path"),
+    ("key_with_query_string", "key_with_query_string"),
+    (
+        "ignore_cls",
+        "nothing: an associated function has no receiver to ignore",
+    ),
+];
+
+/// The values `layers = ..` takes.
+const LAYERS: [&str; 3] = ["Both", "Ram", "Redis"];
+/// The values `key_args = ..` takes.
+const KEY_ARGS: [&str; 3] = ["Hashed", "Each", "Omitted"];
 
 /// The expiry units of `#[cached_for]`, in seconds.
 const UNITS: [(&str, u64); 5] = [
@@ -56,20 +79,20 @@ const UNITS: [(&str, u64); 5] = [
 /// The parsed options of one attribute.
 #[derive(Default)]
 pub(crate) struct Options {
-    pub(crate) expire_in: Option<Expr>,
+    pub(crate) ttl: Option<Expr>,
     /// `#[cached_for]`'s units, summed.
     pub(crate) seconds: u64,
     pub(crate) has_units: bool,
     pub(crate) unless: Option<Expr>,
-    pub(crate) local_ram_cache_only: bool,
-    pub(crate) shared_redis_cache_only: bool,
+    /// `Both`, `Ram` or `Redis`.
+    pub(crate) layers: Option<syn::Ident>,
     pub(crate) prefix: Option<Expr>,
-    pub(crate) with_func_args: Option<bool>,
-    pub(crate) full_args: bool,
+    /// `Hashed`, `Each` or `Omitted`.
+    pub(crate) key_args: Option<syn::Ident>,
     pub(crate) ignore: Vec<syn::Ident>,
     pub(crate) ignore_self: bool,
-    pub(crate) cache_none_values: bool,
-    pub(crate) on_cache_computed: Option<Expr>,
+    pub(crate) cache_none: bool,
+    pub(crate) on_computed: Option<Expr>,
     pub(crate) request_path: bool,
     pub(crate) query_string: bool,
     pub(crate) node: Option<Expr>,
@@ -82,12 +105,6 @@ impl Options {
         let mut o = Options::default();
         for meta in metas {
             o.apply(&meta, flavor)?;
-        }
-        if o.local_ram_cache_only && o.shared_redis_cache_only {
-            return Err(syn::Error::new(
-                Span::call_site(),
-                "`local_ram_cache_only` and `shared_redis_cache_only` exclude each other",
-            ));
         }
         if flavor == Flavor::CachedFor && !o.has_units {
             return Err(syn::Error::new(
@@ -109,30 +126,34 @@ impl Options {
             return self.add_unit(meta, &key, unit, flavor);
         }
         match key.as_str() {
-            "expire_in" => {
+            "ttl" => {
                 if flavor == Flavor::CachedFor {
                     return Err(syn::Error::new(
                         meta.span(),
-                        "#[cached_for] takes weeks/days/hours/minutes/seconds; use #[cached(expire_in = ...)]",
+                        "#[cached_for] takes weeks/days/hours/minutes/seconds; use #[cached(ttl = ...)]",
                     ));
                 }
-                self.expire_in = Some(expr_value(meta)?);
+                self.ttl = Some(expr_value(meta)?);
             }
             "unless" => self.unless = Some(expr_value(meta)?),
-            "local_ram_cache_only" => self.local_ram_cache_only = bool_value(meta)?,
-            "shared_redis_cache_only" => self.shared_redis_cache_only = bool_value(meta)?,
-            "cache_key_prefix" => self.prefix = Some(expr_value(meta)?),
-            "cache_key_with_func_args" => self.with_func_args = Some(bool_value(meta)?),
-            "cache_key_with_full_args" => self.full_args = bool_value(meta)?,
-            "ignore" | "args_to_ignore" => self.ignore.extend(ident_list(meta)?),
+            "layers" => self.layers = Some(choice(meta, "layers", &LAYERS)?),
+            "key_prefix" => self.prefix = Some(expr_value(meta)?),
+            "key_args" => self.key_args = Some(choice(meta, "key_args", &KEY_ARGS)?),
+            "ignore" | "ignore_args" => self.ignore.extend(ident_list(meta)?),
             "ignore_self" => self.ignore_self = bool_value(meta)?,
-            "cache_none_values" => self.cache_none_values = bool_value(meta)?,
-            "on_cache_computed" => self.on_cache_computed = Some(expr_value(meta)?),
-            "cache_key_with_request_path" => self.request_path = bool_value(meta)?,
-            "cache_key_with_query_string" => self.query_string = bool_value(meta)?,
+            "cache_none" => self.cache_none = bool_value(meta)?,
+            "on_computed" => self.on_computed = Some(expr_value(meta)?),
+            "key_with_request_path" => self.request_path = bool_value(meta)?,
+            "key_with_query_string" => self.query_string = bool_value(meta)?,
             "node" => self.node = Some(expr_value(meta)?),
             "name" => self.name = Some(str_value(meta)?),
             _ => {
+                if let Some((_, now)) = PYTHON_NAMES.iter().find(|(old, _)| *old == key) {
+                    return Err(syn::Error::new(
+                        meta.span(),
+                        format!("`{key}` is AlanCache's name; cachenode's is `{now}`"),
+                    ));
+                }
                 return Err(syn::Error::new(
                     meta.span(),
                     format!(
@@ -140,7 +161,7 @@ impl Options {
                         flavor.attribute(),
                         flavor.valid_options()
                     ),
-                ))
+                ));
             }
         }
         Ok(())
@@ -151,9 +172,7 @@ impl Options {
         if flavor == Flavor::Cached {
             return Err(syn::Error::new(
                 meta.span(),
-                format!(
-                    "`{key}` belongs to #[cached_for]; #[cached] takes `expire_in = <Duration>`"
-                ),
+                format!("`{key}` belongs to #[cached_for]; #[cached] takes `ttl = <Duration>`"),
             ));
         }
         let n = int_value(meta)?;
@@ -170,62 +189,72 @@ impl Options {
         self.ignore_self || self.ignore.iter().any(|i| i == "self")
     }
 
-    /// The configured expiry as an `Option<Duration>` expression.
+    /// The configured TTL as a `cachenode::Ttl` expression.
     pub(crate) fn expiry(&self) -> TokenStream2 {
-        match (&self.expire_in, self.has_units) {
-            (Some(e), _) => quote!(::core::option::Option::Some(#e)),
+        match (&self.ttl, self.has_units) {
+            (Some(e), _) => quote!(::core::convert::Into::<::cachenode::Ttl>::into(#e)),
             (None, true) => {
                 let s = self.seconds;
-                quote!(::core::option::Option::Some(::std::time::Duration::from_secs(#s)))
+                quote!(::cachenode::Ttl::After(::std::time::Duration::from_secs(#s)))
             }
-            (None, false) => quote!(::core::option::Option::None),
+            (None, false) => quote!(::cachenode::Ttl::Default),
         }
     }
 
     /// The builder calls that apply these options.
     pub(crate) fn builder_calls(&self) -> TokenStream2 {
         let mut calls = TokenStream2::new();
-        if let Some(e) = &self.expire_in {
-            calls.extend(quote!(.expire_in(#e)));
-        } else if self.has_units {
-            let s = self.seconds;
-            calls.extend(quote!(.expire_in(::std::time::Duration::from_secs(#s))));
+        if self.ttl.is_some() || self.has_units {
+            let ttl = self.expiry();
+            calls.extend(quote!(.ttl(#ttl)));
         }
-        if self.local_ram_cache_only {
-            calls.extend(quote!(.local_ram_cache_only()));
-        }
-        if self.shared_redis_cache_only {
-            calls.extend(quote!(.shared_redis_cache_only()));
+        if let Some(layers) = &self.layers {
+            calls.extend(quote!(.layers(::cachenode::Layers::#layers)));
         }
         match &self.prefix {
             Some(Expr::Lit(ExprLit {
                 lit: Lit::Str(s), ..
-            })) => calls.extend(quote!(.cache_key_prefix(#s))),
-            Some(e) => calls.extend(quote!(.cache_key_prefix_with({
+            })) => calls.extend(quote!(.key_prefix(#s))),
+            Some(e) => calls.extend(quote!(.key_prefix_from({
                 let __prefix = #e;
                 move || ::std::string::ToString::to_string(&__prefix())
             }))),
             None => {}
         }
-        if let Some(b) = self.with_func_args {
-            calls.extend(quote!(.cache_key_with_func_args(#b)));
+        if let Some(mode) = &self.key_args {
+            calls.extend(quote!(.key_args(::cachenode::ArgsInKey::#mode)));
         }
-        if self.full_args {
-            calls.extend(quote!(.cache_key_with_full_args(true)));
+        if self.cache_none {
+            calls.extend(quote!(.cache_none(true)));
         }
-        if self.cache_none_values {
-            calls.extend(quote!(.cache_none_values(true)));
-        }
-        if let Some(e) = &self.on_cache_computed {
-            calls.extend(quote!(.on_cache_computed(#e)));
+        if let Some(e) = &self.on_computed {
+            calls.extend(quote!(.on_computed(#e)));
         }
         if self.request_path {
-            calls.extend(quote!(.cache_key_with_request_path(true)));
+            calls.extend(quote!(.key_with_request_path(true)));
         }
         if self.query_string {
-            calls.extend(quote!(.cache_key_with_query_string(true)));
+            calls.extend(quote!(.key_with_query_string(true)));
         }
         calls
+    }
+}
+
+/// `option = Name`, where `Name` is one of `allowed`.
+fn choice(meta: &Meta, option: &str, allowed: &[&str]) -> syn::Result<syn::Ident> {
+    let listed = allowed.join(", ");
+    match expr_value(meta)? {
+        Expr::Path(p) => match p.path.get_ident() {
+            Some(id) if allowed.iter().any(|a| id == a) => Ok(id.clone()),
+            _ => Err(syn::Error::new(
+                p.span(),
+                format!("`{option}` takes one of: {listed}"),
+            )),
+        },
+        other => Err(syn::Error::new(
+            other.span(),
+            format!("`{option}` takes one of: {listed}"),
+        )),
     }
 }
 

@@ -95,7 +95,7 @@ impl Listener {
             tracing::info!("bus caught up; serving RAM again");
         } else {
             tracing::warn!(
-                period = ?self.config.deletion_check_frequency,
+                period = ?self.config.deletion_check_period,
                 "no deletion check has succeeded within the period (Redis \
                  unreachable or slower than the period allows, or the listener \
                  could not run); RAM is not served until one does"
@@ -281,7 +281,7 @@ impl Listener {
     pub(super) fn check_timeout(&self) -> Duration {
         self.shared
             .op_timeout()
-            .min(self.config.deletion_check_frequency)
+            .min(self.config.deletion_check_period)
     }
 }
 

@@ -153,7 +153,7 @@ impl Listener {
     /// None of this carries the staleness bound, though: the lease does (the
     /// read path stops serving RAM when checks stop renewing it).
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let period = self.config.deletion_check_frequency / 2;
+        let period = self.config.deletion_check_period / 2;
         let mut check = tokio::time::interval(period);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sub: Option<PubSubStream> = None;

@@ -12,16 +12,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::atomic::AtomicWrites;
-use super::key::{self, ArgsMode, KeyArgs};
+use super::key::{self, ArgsInKey, KeyArgs};
 use super::{CachedFn, FnInner};
 use crate::clock::unix_millis;
 use crate::codec::{self, Codec};
 use crate::core::{Core, Layers};
 use crate::keysets::KeySets;
 use crate::singleflight::Flights;
-use crate::{Error, Result};
+use crate::{Error, Result, Ttl};
 
-/// What [`FuncBuilder::on_cache_computed`] decides for a computed value.
+/// What [`FuncBuilder::on_computed`] decides for a computed value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Computed<V> {
     /// Cache the value as computed.
@@ -44,14 +44,14 @@ pub(crate) enum Prefix<A: ?Sized> {
 
 /// The options of a cached function: every option of the seed's `cached`.
 pub(crate) struct Options<A: ?Sized, V> {
-    pub(crate) expire_in: Option<Duration>,
+    pub(crate) ttl: Ttl,
     pub(crate) unless: Option<Unless<A>>,
     pub(crate) layers: Layers,
     pub(crate) prefix: Prefix<A>,
-    pub(crate) args_mode: ArgsMode,
+    pub(crate) args_mode: ArgsInKey,
     pub(crate) ignore: Vec<String>,
-    pub(crate) cache_none_values: bool,
-    pub(crate) on_cache_computed: Option<OnComputed<V>>,
+    pub(crate) cache_none: bool,
+    pub(crate) on_computed: Option<OnComputed<V>>,
     pub(crate) with_request_path: bool,
     pub(crate) with_query_string: bool,
     pub(crate) atomic: Option<AtomicWrites>,
@@ -64,7 +64,7 @@ pub(crate) struct Options<A: ?Sized, V> {
     pub(crate) refresh_every: Option<Duration>,
     pub(crate) warmup: Vec<Vec<u8>>,
     pub(crate) warmup_decode: Option<WarmupDecode<A>>,
-    pub(crate) warmup_timeout: Duration,
+    pub(crate) warm_up_timeout: Duration,
     /// How far this handle's reads of the host clock are shifted, in ms
     /// (tests only: a host whose clock is off).
     pub(crate) clock_skew_ms: i64,
@@ -84,8 +84,6 @@ pub(crate) struct RebuildSpec<A: ?Sized> {
 pub struct FuncBuilder<A: ?Sized, V> {
     node: Core,
     name: String,
-    full_args: bool,
-    with_func_args: bool,
     opts: Options<A, V>,
 }
 
@@ -96,17 +94,15 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         FuncBuilder {
             node,
             name: name.to_owned(),
-            full_args: false,
-            with_func_args: true,
             opts: Options {
-                expire_in: None,
+                ttl: Ttl::Default,
                 unless: None,
                 layers: Layers::Both,
                 prefix: Prefix::Static(String::new()),
-                args_mode: ArgsMode::Hashed,
+                args_mode: ArgsInKey::Hashed,
                 ignore: Vec::new(),
-                cache_none_values: false,
-                on_cache_computed: None,
+                cache_none: false,
+                on_computed: None,
                 with_request_path: false,
                 with_query_string: false,
                 atomic: None,
@@ -117,7 +113,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
                 refresh_every: None,
                 warmup: Vec::new(),
                 warmup_decode: None,
-                warmup_timeout: crate::DEFAULT_WARMUP_TIMEOUT,
+                warm_up_timeout: crate::DEFAULT_WARMUP_TIMEOUT,
                 clock_skew_ms: 0,
             },
         }
@@ -125,10 +121,10 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
 }
 
 impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
-    /// How long values live (`Duration::ZERO`: never); default: the node's
-    /// default TTL.
-    pub fn expire_in(mut self, ttl: Duration) -> Self {
-        self.opts.expire_in = Some(ttl);
+    /// How long values live: a `Duration`, [`Ttl::Never`], or
+    /// [`Ttl::Default`] (the node's default TTL, the default).
+    pub fn ttl(mut self, ttl: impl Into<Ttl>) -> Self {
+        self.opts.ttl = ttl.into();
         self
     }
 
@@ -140,28 +136,24 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         self
     }
 
-    /// Caches in this process's RAM only (the seed's `local_ram_cache_only`).
-    pub fn local_ram_cache_only(mut self) -> Self {
-        self.opts.layers = Layers::RamOnly;
-        self
-    }
-
-    /// Caches in Redis only (the seed's `shared_redis_cache_only`).
-    pub fn shared_redis_cache_only(mut self) -> Self {
-        self.opts.layers = Layers::RedisOnly;
+    /// Which layers cache the values (default [`Layers::Both`]):
+    /// [`Layers::Ram`] for this process's RAM only, [`Layers::Redis`] for
+    /// Redis only.
+    pub fn layers(mut self, layers: Layers) -> Self {
+        self.opts.layers = layers;
         self
     }
 
     /// A fixed prefix for the keys (after the function name). May not
     /// contain `|` or `;`.
-    pub fn cache_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.opts.prefix = Prefix::Static(prefix.into());
         self
     }
 
     /// A prefix computed per call from the arguments (e.g. a tenant id);
     /// `|` and `;` in it are replaced by `_`.
-    pub fn cache_key_prefix_fn(
+    pub fn key_prefix_from_args(
         mut self,
         prefix: impl Fn(&A) -> String + Send + Sync + 'static,
     ) -> Self {
@@ -171,31 +163,22 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
 
     /// A prefix computed per call without looking at the arguments (the
     /// seed's no-argument prefix callback); `|` and `;` become `_`.
-    pub fn cache_key_prefix_with(
-        mut self,
-        prefix: impl Fn() -> String + Send + Sync + 'static,
-    ) -> Self {
+    pub fn key_prefix_from(mut self, prefix: impl Fn() -> String + Send + Sync + 'static) -> Self {
         self.opts.prefix = Prefix::Computed(Arc::new(prefix));
         self
     }
 
-    /// Whether the arguments are part of the key (default true); when
-    /// false, every call shares one value.
-    pub fn cache_key_with_func_args(mut self, on: bool) -> Self {
-        self.with_func_args = on;
-        self
-    }
-
-    /// One hashed part per argument in the key (default false), which
-    /// [`CachedFn::clear_some`] needs to find values by some arguments.
-    pub fn cache_key_with_full_args(mut self, on: bool) -> Self {
-        self.full_args = on;
+    /// How the arguments form the key (default [`ArgsInKey::Hashed`]);
+    /// [`ArgsInKey::Each`] is what [`CachedFn::delete_some`] needs to find
+    /// values by some arguments.
+    pub fn key_args(mut self, mode: ArgsInKey) -> Self {
+        self.opts.args_mode = mode;
         self
     }
 
     /// Arguments left out of the key, by name (tuple arguments are named
     /// `0`, `1`, …; [`Args`](key::Args) and the macro use real names).
-    pub fn args_to_ignore<I, S>(mut self, names: I) -> Self
+    pub fn ignore_args<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -206,42 +189,37 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
 
     /// Leaves an argument named `self` out of the key.
     pub fn ignore_self(self) -> Self {
-        self.args_to_ignore(["self"])
-    }
-
-    /// Leaves an argument named `cls` out of the key.
-    pub fn ignore_cls(self) -> Self {
-        self.args_to_ignore(["cls"])
+        self.ignore_args(["self"])
     }
 
     /// Whether a `None` (or `()`) value is cached (default false: the
     /// function runs again next time).
-    pub fn cache_none_values(mut self, on: bool) -> Self {
-        self.opts.cache_none_values = on;
+    pub fn cache_none(mut self, on: bool) -> Self {
+        self.opts.cache_none = on;
         self
     }
 
     /// Called with the call's Redis key (as [`CachedFn::cache_key`] gives
     /// it) and each freshly computed value before it is
     /// cached: it may keep it, replace it or veto caching.
-    pub fn on_cache_computed(
+    pub fn on_computed(
         mut self,
         callback: impl Fn(&str, &V) -> Computed<V> + Send + Sync + 'static,
     ) -> Self {
-        self.opts.on_cache_computed = Some(Arc::new(callback));
+        self.opts.on_computed = Some(Arc::new(callback));
         self
     }
 
     /// Puts the current request's path in the key (see
     /// [`with_request`](crate::with_request)); outside a request it counts
     /// as empty.
-    pub fn cache_key_with_request_path(mut self, on: bool) -> Self {
+    pub fn key_with_request_path(mut self, on: bool) -> Self {
         self.opts.with_request_path = on;
         self
     }
 
     /// Puts the current request's query string in the key.
-    pub fn cache_key_with_query_string(mut self, on: bool) -> Self {
+    pub fn key_with_query_string(mut self, on: bool) -> Self {
         self.opts.with_query_string = on;
         self
     }
@@ -288,7 +266,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
     /// [`Error::Config`] for an invalid function name, prefix or option
     /// combination (refresh or warm-up without
     /// [`computed_by`](Self::computed_by), with request-dependent keys, or
-    /// with too short a period; `cache_none_values` with async compute).
+    /// with too short a period; `cache_none` with async compute).
     pub fn build(self) -> Result<CachedFn<A, V>> {
         let warmup_calls = self.opts.warmup.clone();
         let handle = self.build_handle()?;
@@ -296,14 +274,14 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         Ok(handle)
     }
 
-    fn build_handle(mut self) -> Result<CachedFn<A, V>> {
+    fn build_handle(self) -> Result<CachedFn<A, V>> {
         key::check_funcname(&self.name)?;
         if let Prefix::Static(p) = &self.opts.prefix {
             key::check_prefix(p)?;
         }
-        if self.opts.async_compute.is_some() && self.opts.cache_none_values {
+        if self.opts.async_compute.is_some() && self.opts.cache_none {
             return Err(Error::Config(format!(
-                "{:?}: cache_none_values cannot be combined with async_compute",
+                "{:?}: cache_none cannot be combined with async_compute",
                 self.name
             )));
         }
@@ -318,7 +296,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
             let min = self.node.config().min_refresh_period;
             if period < min {
                 return Err(Error::Config(format!(
-                    "{:?}: async_refresh_every({period:?}) is below the node's minimum refresh period {min:?}",
+                    "{:?}: refresh_every({period:?}) is below the node's minimum refresh period {min:?}",
                     self.name
                 )));
             }
@@ -343,11 +321,6 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
                 self.name
             )));
         }
-        self.opts.args_mode = match (self.with_func_args, self.full_args) {
-            (false, _) => ArgsMode::Ignored,
-            (true, true) => ArgsMode::Full,
-            (true, false) => ArgsMode::Hashed,
-        };
         let node = self.node.with_layers(self.opts.layers);
         let group = node.local().as_ref().map(|l| l.group(&self.name));
         let keys = &node.config().keys;
@@ -433,7 +406,7 @@ where
     }
 
     /// Recomputes every value of the function in the background every
-    /// `period` (the seed's `async_refresh_every`), on one builder instance
+    /// `period` (the seed's `refresh_every`), on one builder instance
     /// per period; readers keep the old value until the new one is written.
     /// Needs [`computed_by`](Self::computed_by) (or `async_compute`), a
     /// period of at least the node's
@@ -441,16 +414,16 @@ where
     /// and no request path or query string in keys. Values whose arguments
     /// are known are refreshed: those written by calls of this handle,
     /// build jobs and warm-up.
-    pub fn async_refresh_every(mut self, period: Duration) -> Self {
+    pub fn refresh_every(mut self, period: Duration) -> Self {
         self.opts.refresh_every = Some(period);
         self
     }
 
     /// Computes the values of these calls when
-    /// [`CacheNode::warm_up`](crate::CacheNode::warm_up) runs (the seed's `warmup_on_startup`). Needs
+    /// [`CacheNode::warm_up`](crate::CacheNode::warm_up) runs (the seed's `warm_up_with`). Needs
     /// [`computed_by`](Self::computed_by) and no request path or query
     /// string in keys.
-    pub fn warmup_on_startup(mut self, calls: impl IntoIterator<Item = A>) -> Self {
+    pub fn warm_up_with(mut self, calls: impl IntoIterator<Item = A>) -> Self {
         self.opts.warmup_decode = Some(Arc::new(|bytes: &[u8]| {
             crate::codec::Bincode
                 .decode::<A>(bytes, usize::MAX)
@@ -468,8 +441,8 @@ where
 
     /// Bounds this function's warm-up (default
     /// [`DEFAULT_WARMUP_TIMEOUT`](crate::DEFAULT_WARMUP_TIMEOUT)).
-    pub fn warmup_timeout(mut self, timeout: Duration) -> Self {
-        self.opts.warmup_timeout = timeout;
+    pub fn warm_up_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.warm_up_timeout = timeout;
         self
     }
 

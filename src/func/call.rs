@@ -221,7 +221,7 @@ where
             record_args: self.inner.opts.refresh_every.is_some(),
             args: encoded,
             redis_key: self.redis_key(&key),
-            ttl_ms: self.ttl().map_or(0, crate::shared::ttl_millis),
+            ttl_ms: self.resolved_ttl().map_or(0, crate::shared::ttl_millis),
             timeout_ms: crate::shared::ttl_millis(timeout),
         };
         crate::func::jobs::enqueue(shared, &node.config().keys, &job).await?;
@@ -364,7 +364,7 @@ where
     ) -> Arc<V> {
         let o = &self.inner.opts;
         let (value, cache) = match o
-            .on_cache_computed
+            .on_computed
             .as_ref()
             .map(|cb| cb(&self.redis_key(key), &value))
         {
@@ -373,7 +373,7 @@ where
             Some(Computed::DontCache) => (value, false),
         };
         let value = Arc::new(value);
-        if !cache || (!o.cache_none_values && key::is_none(&*value)) {
+        if !cache || (!o.cache_none && key::is_none(&*value)) {
             return value;
         }
         let node = &self.inner.node;
@@ -387,7 +387,7 @@ where
                 return value;
             }
         }
-        let ttl = self.ttl();
+        let ttl = self.resolved_ttl();
         let mut size = None;
         let redis = node.redis("call");
         // A function cached in RAM only: nothing in Redis stands behind it.
@@ -528,7 +528,7 @@ where
         Ok(self.redis_key(&self.key_from(args, None)?))
     }
 
-    pub async fn clear_args(&self, args: &dyn KeyArgs) -> Result<bool> {
+    pub async fn delete_args(&self, args: &dyn KeyArgs) -> Result<bool> {
         self.inner.node.check_open()?;
         let key = self.key_from(args, None)?;
         self.clear_key(key).await

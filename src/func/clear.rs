@@ -2,13 +2,13 @@
 //! ([`CachedFn::clear`]), all of them through the function's key set
 //! ([`CachedFn::clear_all`], in the order that keeps a computation begun
 //! before the call from storing after it), some of them by argument
-//! ([`ClearSome`]), several functions in the background
-//! ([`BackgroundClear`]), and the node-wide key-set admin (listing and
+//! ([`DeleteSome`]), several functions in the background
+//! ([`BackgroundDelete`]), and the node-wide key-set admin (listing and
 //! pruning every function's key set).
 
 use tokio::sync::watch;
 
-use super::key::{self, ArgsMode, KeyArgs};
+use super::key::{self, ArgsInKey, KeyArgs};
 use super::{CachedFn, CallKey};
 use crate::bus::Invalidation;
 use crate::core::Core;
@@ -22,7 +22,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     ///
     /// # Errors
     /// When Redis fails or an argument cannot be encoded.
-    pub async fn clear(&self, args: &A) -> Result<bool> {
+    pub async fn delete(&self, args: &A) -> Result<bool> {
         self.inner.node.check_open()?;
         let key = self.key(args)?;
         self.clear_key(key).await
@@ -55,6 +55,31 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
         Ok(existed)
     }
 
+    /// Drops the value of the call with `args` from the RAM of every
+    /// instance (this one at once, the others through the bus); the Redis
+    /// copy stays, so the next call on any instance reads it from there.
+    /// Returns once the invalidation is durable in Redis. To remove the
+    /// value everywhere, [`delete`](Self::delete) it.
+    ///
+    /// # Errors
+    /// When an argument cannot be encoded, or the invalidation cannot be
+    /// published.
+    pub async fn invalidate(&self, args: &A) -> Result<()> {
+        self.inner.node.check_open()?;
+        let key = self.key(args)?;
+        self.inner.node.invalidate_ram_keys(&[&key.ram]).await
+    }
+
+    /// Drops every value of the function from the RAM of every instance;
+    /// the Redis copies stay. Returns once durable in Redis. To remove the
+    /// values everywhere, [`delete_all`](Self::delete_all).
+    ///
+    /// # Errors
+    /// When the invalidation cannot be published.
+    pub async fn invalidate_all(&self) -> Result<()> {
+        self.inner.node.invalidate_function(&self.inner.name).await
+    }
+
     /// Deletes every value of the function: walks its key set, unlinking in
     /// batches (never a keyspace scan), then drops the function from the RAM
     /// of every instance (the seed's `clear_cached_func_all` /
@@ -67,23 +92,23 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// # Errors
     /// When Redis fails; what was deleted stays deleted, and calling again
     /// finishes the job.
-    pub async fn clear_all(&self) -> Result<u64> {
-        self.clear_all_with(|_| {}).await
+    pub async fn delete_all(&self) -> Result<u64> {
+        self.delete_all_with(|_| {}).await
     }
 
     /// [`clear_all`](Self::clear_all), reporting progress after each batch.
     ///
     /// # Errors
     /// As [`clear_all`](Self::clear_all).
-    pub async fn clear_all_with(&self, progress: impl FnMut(Progress)) -> Result<u64> {
+    pub async fn delete_all_with(&self, progress: impl FnMut(Progress)) -> Result<u64> {
         self.inner.node.check_open()?;
         clear_function(&self.inner.node, &self.inner.name, progress).await
     }
 
     /// Starts deleting the values whose arguments match `filter` (named
     /// arguments; the seed's `clear_cached_func_some`). Needs
-    /// [`cache_key_with_full_args`](crate::FuncBuilder::cache_key_with_full_args).
-    /// Each [`ClearSome::step`] deletes one batch and says how far it got;
+    /// [`key_args(ArgsInKey::Each)`](crate::FuncBuilder::key_args).
+    /// Each [`DeleteSome::step`] deletes one batch and says how far it got;
     /// every matching value the key set records leaves the RAM of every
     /// instance, and [`Progress::deleted`] counts those Redis still held.
     /// Unlike [`clear_all`](Self::clear_all) it does not change the clear
@@ -94,10 +119,10 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     ///
     /// # Errors
     /// [`Error::Config`] when the function does not use full-args keys.
-    pub fn clear_some(&self, filter: &key::Args) -> Result<ClearSome> {
-        if self.inner.opts.args_mode != ArgsMode::Full {
+    pub fn delete_some(&self, filter: &key::Args) -> Result<DeleteSome> {
+        if self.inner.opts.args_mode != ArgsInKey::Each {
             return Err(Error::Config(format!(
-                "clear_some on {:?} needs keys built with cache_key_with_full_args(true)",
+                "delete_some on {:?} needs keys built with key_args(ArgsInKey::Each)",
                 self.inner.name
             )));
         }
@@ -108,7 +133,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
             .filter(|(n, _)| !self.inner.opts.ignore.contains(n))
             .map(|(n, b)| key::arg_part(n, b))
             .collect();
-        Ok(ClearSome {
+        Ok(DeleteSome {
             node: self.inner.node.clone(),
             walk: Walk::new(&self.inner.name, parts),
         })
@@ -156,24 +181,24 @@ async fn clear_function(
             });
         }
     }
-    node.invalidate_func(funcname).await?;
+    node.invalidate_function(funcname).await?;
     walk.finish();
     walk.pending.clear();
     progress(walk.progress());
     Ok(walk.progress().deleted)
 }
 
-/// A partial deletion in progress; see [`CachedFn::clear_some`].
+/// A partial deletion in progress; see [`CachedFn::delete_some`].
 #[derive(Debug)]
-pub struct ClearSome {
+pub struct DeleteSome {
     node: Core,
     walk: Walk,
 }
 
-impl ClearSome {
+impl DeleteSome {
     /// A partial deletion of `node`'s values that `walk` matches.
     pub(crate) fn new(node: Core, walk: Walk) -> Self {
-        ClearSome { node, walk }
+        DeleteSome { node, walk }
     }
 
     /// Deletes one batch of matching values (Redis, key set, and the RAM of
@@ -188,9 +213,9 @@ impl ClearSome {
     /// by the next call, so a failed step loses nothing.
     pub async fn step(&mut self) -> Result<Progress> {
         self.node.check_open()?;
-        let Some(shared) = self.node.redis("clear_some")? else {
+        let Some(shared) = self.node.redis("delete_some")? else {
             // No key sets to walk: drop the whole function from RAM.
-            self.node.invalidate_func(&self.walk.funcname).await?;
+            self.node.invalidate_function(&self.walk.funcname).await?;
             self.walk.finish();
             return Ok(self.walk.progress());
         };
@@ -240,14 +265,14 @@ async fn announce_pending(node: &Core, walk: &mut Walk) -> Result<()> {
 }
 
 /// A deletion of several functions' values running in the background; see
-/// [`CacheNode::clear_funcs_in_background`](crate::CacheNode::clear_funcs_in_background).
+/// [`CacheNode::delete_functions_in_background`](crate::CacheNode::delete_functions_in_background).
 #[derive(Debug)]
-pub struct BackgroundClear {
+pub struct BackgroundDelete {
     progress: watch::Receiver<Progress>,
     task: tokio::task::JoinHandle<Result<u64>>,
 }
 
-impl BackgroundClear {
+impl BackgroundDelete {
     /// How far it has got: keys deleted so far, and whether it is done.
     pub fn progress(&self) -> Progress {
         *self.progress.borrow()
@@ -262,8 +287,8 @@ impl BackgroundClear {
     }
 }
 
-/// See [`CacheNode::clear_funcs`](crate::CacheNode::clear_funcs).
-pub(crate) async fn clear_funcs(
+/// See [`CacheNode::delete_functions`](crate::CacheNode::delete_functions).
+pub(crate) async fn delete_functions(
     core: &Core,
     funcnames: &[&str],
     mut progress: impl FnMut(&str, Progress),
@@ -276,8 +301,11 @@ pub(crate) async fn clear_funcs(
     Ok(total)
 }
 
-/// See [`CacheNode::clear_funcs_in_background`](crate::CacheNode::clear_funcs_in_background)(crate::CacheNode::clear_funcs_in_background).
-pub(crate) fn clear_funcs_in_background(core: &Core, funcnames: Vec<String>) -> BackgroundClear {
+/// See [`CacheNode::delete_functions_in_background`](crate::CacheNode::delete_functions_in_background)(crate::CacheNode::delete_functions_in_background).
+pub(crate) fn delete_functions_in_background(
+    core: &Core,
+    funcnames: Vec<String>,
+) -> BackgroundDelete {
     let (tx, rx) = watch::channel(Progress::default());
     let node = core.clone();
     let task = tokio::spawn(async move {
@@ -303,7 +331,7 @@ pub(crate) fn clear_funcs_in_background(core: &Core, funcnames: Vec<String>) -> 
         });
         Ok(done.deleted)
     });
-    BackgroundClear { progress: rx, task }
+    BackgroundDelete { progress: rx, task }
 }
 
 /// See [`CacheNode::key_sets`](crate::CacheNode::key_sets).

@@ -30,7 +30,7 @@ use crate::{Error, Result};
 /// Implemented for tuples of up to eight serde values (named `0`, `1`, …),
 /// for `()`, and for [`Args`], which names each argument (the attribute
 /// macro uses it with the function's parameter names, so that
-/// `args_to_ignore` and partial invalidation can refer to them).
+/// `ignore_args` and partial invalidation can refer to them).
 pub trait KeyArgs {
     /// Writes each argument with [`ArgsWriter::arg`].
     ///
@@ -177,15 +177,18 @@ pub(crate) fn sanitize_prefix(prefix: String) -> String {
     }
 }
 
-/// How a function's arguments go into its keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ArgsMode {
-    /// One hash of all arguments.
+/// How a function's arguments go into its keys
+/// ([`FuncBuilder::key_args`](crate::FuncBuilder::key_args)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArgsInKey {
+    /// One hash of all (kept) arguments: the default.
+    #[default]
     Hashed,
-    /// One hash per argument (partial invalidation).
-    Full,
-    /// Arguments are not part of the key.
-    Ignored,
+    /// One hash per argument, so that [`CachedFn::delete_some`](crate::CachedFn::delete_some)
+    /// can find the values of some arguments.
+    Each,
+    /// Arguments are not part of the key: every call shares one value.
+    Omitted,
 }
 
 /// The hash of one argument value, as it appears in full-args keys.
@@ -197,7 +200,7 @@ pub(crate) fn arg_part(name: &str, encoded: &[u8]) -> String {
 pub(crate) fn suffix(
     prefix: &str,
     request: Option<&str>,
-    mode: ArgsMode,
+    mode: ArgsInKey,
     args: &ArgsWriter,
     ignore: &[String],
 ) -> String {
@@ -212,8 +215,8 @@ pub(crate) fn suffix(
         .iter()
         .filter(|(name, _)| !ignore.iter().any(|i| i == name));
     match mode {
-        ArgsMode::Ignored => out.push('-'),
-        ArgsMode::Full => {
+        ArgsInKey::Omitted => out.push('-'),
+        ArgsInKey::Each => {
             let mut any = false;
             for (name, bytes) in kept {
                 out.push_str(&arg_part(name, bytes));
@@ -223,7 +226,7 @@ pub(crate) fn suffix(
                 out.push('-');
             }
         }
-        ArgsMode::Hashed => {
+        ArgsInKey::Hashed => {
             let mut buf = Vec::with_capacity(64);
             for (name, bytes) in kept {
                 buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
@@ -376,7 +379,7 @@ impl serde::Serializer for NoneProbe {
 mod tests {
     use super::*;
 
-    fn key<A: KeyArgs>(mode: ArgsMode, args: &A, ignore: &[&str]) -> String {
+    fn key<A: KeyArgs>(mode: ArgsInKey, args: &A, ignore: &[&str]) -> String {
         let ignore: Vec<String> = ignore.iter().map(|s| s.to_string()).collect();
         suffix("", None, mode, &encode_args(args).unwrap(), &ignore)
     }
@@ -387,11 +390,11 @@ mod tests {
         // expected value without a migration note. The values were checked
         // against an independent XXH3 implementation (Python's xxhash).
         assert_eq!(
-            key(ArgsMode::Hashed, &(42u64, "fr"), &[]),
+            key(ArgsInKey::Hashed, &(42u64, "fr"), &[]),
             "|55d14fa839a1b10fdd7005eac6d73bf4"
         );
         assert_eq!(
-            key(ArgsMode::Full, &(42u64, "fr"), &[]),
+            key(ArgsInKey::Each, &(42u64, "fr"), &[]),
             "|;0=79d03016b7aeed0d;1=6c001624ba5c2236"
         );
     }
@@ -400,20 +403,20 @@ mod tests {
     fn different_argument_tuples_never_share_a_key() {
         // Naive joins would make these equal.
         assert_ne!(
-            key(ArgsMode::Hashed, &("a,b", "c"), &[]),
-            key(ArgsMode::Hashed, &("a", "b,c"), &[])
+            key(ArgsInKey::Hashed, &("a,b", "c"), &[]),
+            key(ArgsInKey::Hashed, &("a", "b,c"), &[])
         );
         assert_ne!(
-            key(ArgsMode::Hashed, &("ab", ""), &[]),
-            key(ArgsMode::Hashed, &("a", "b"), &[])
+            key(ArgsInKey::Hashed, &("ab", ""), &[]),
+            key(ArgsInKey::Hashed, &("a", "b"), &[])
         );
         assert_ne!(
-            key(ArgsMode::Hashed, &(1u8,), &[]),
-            key(ArgsMode::Hashed, &(1u8, 0u8), &[])
+            key(ArgsInKey::Hashed, &(1u8,), &[]),
+            key(ArgsInKey::Hashed, &(1u8, 0u8), &[])
         );
         assert_ne!(
-            key(ArgsMode::Hashed, &(), &[]),
-            key(ArgsMode::Hashed, &((),), &[])
+            key(ArgsInKey::Hashed, &(), &[]),
+            key(ArgsInKey::Hashed, &((),), &[])
         );
     }
 
@@ -430,24 +433,24 @@ mod tests {
             .arg("id", &7u32)
             .unwrap();
         assert_ne!(
-            key(ArgsMode::Hashed, &a, &[]),
-            key(ArgsMode::Hashed, &b, &[])
+            key(ArgsInKey::Hashed, &a, &[]),
+            key(ArgsInKey::Hashed, &b, &[])
         );
         assert_eq!(
-            key(ArgsMode::Hashed, &a, &["db"]),
-            key(ArgsMode::Hashed, &b, &["db"])
+            key(ArgsInKey::Hashed, &a, &["db"]),
+            key(ArgsInKey::Hashed, &b, &["db"])
         );
         assert_eq!(
-            key(ArgsMode::Full, &a, &["db"]),
-            key(ArgsMode::Full, &b, &["db"])
+            key(ArgsInKey::Each, &a, &["db"]),
+            key(ArgsInKey::Each, &b, &["db"])
         );
-        assert_eq!(key(ArgsMode::Ignored, &a, &[]), "|-");
+        assert_eq!(key(ArgsInKey::Omitted, &a, &[]), "|-");
     }
 
     #[test]
     fn full_args_parts_can_be_matched_one_by_one() {
         let k = key(
-            ArgsMode::Full,
+            ArgsInKey::Each,
             &Args::new()
                 .arg("user", &1u8)
                 .unwrap()

@@ -1,5 +1,5 @@
 //! Periodic refresh and warm-up of cached functions (the seed's
-//! `async_refresh_every` and `warmup_on_startup`).
+//! `refresh_every` and `warm_up_with`).
 //!
 //! Both run a function's registered build function (see
 //! [`FuncBuilder::computed_by`](crate::FuncBuilder::computed_by)) and write

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::config::{
-    Config, FillHook, Hook, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELETION_CHECK_FREQUENCY,
+    Config, FillHook, Hook, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELETION_CHECK_PERIOD,
     DEFAULT_MAX_VALUE_BYTES, DEFAULT_NAMESPACE, DEFAULT_OP_TIMEOUT, DEFAULT_RAM_CAPACITY_BYTES,
     DEFAULT_TTL,
 };
@@ -42,7 +42,7 @@ pub struct CacheNodeBuilder {
     connect_timeout: Duration,
     max_value_bytes: usize,
     disabled: bool,
-    deletion_check_frequency: Duration,
+    deletion_check_period: Duration,
     bus: bool,
     bus_log_len: usize,
     watch_keyspace: bool,
@@ -69,7 +69,7 @@ impl Default for CacheNodeBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             disabled: false,
-            deletion_check_frequency: DEFAULT_DELETION_CHECK_FREQUENCY,
+            deletion_check_period: DEFAULT_DELETION_CHECK_PERIOD,
             bus: true,
             bus_log_len: crate::DEFAULT_LOG_LEN,
             watch_keyspace: false,
@@ -98,7 +98,7 @@ impl CacheNodeBuilder {
     }
 
     /// No Redis at all: a RAM-only node (the default until a URL is given).
-    pub fn ram_only(mut self) -> Self {
+    pub fn without_redis(mut self) -> Self {
         self.redis_url = None;
         self.ram = true;
         self
@@ -168,7 +168,7 @@ impl CacheNodeBuilder {
     }
 
     /// The staleness bound of the crate's guarantee (plus one Redis round
-    /// trip); default [`DEFAULT_DELETION_CHECK_FREQUENCY`]. The bus checks
+    /// trip); default [`DEFAULT_DELETION_CHECK_PERIOD`]. The bus checks
     /// that it missed no invalidation twice per period, and RAM is served
     /// only until one period after the start of the last check that
     /// succeeded (the lease: see [`BusHealth::suspended`](crate::BusHealth::suspended)).
@@ -178,8 +178,8 @@ impl CacheNodeBuilder {
     /// time; with slower links reads go to Redis part of the time (links
     /// slower than the period: always). A node still builds on such a link:
     /// its first position is read under [`op_timeout`](Self::op_timeout).
-    pub fn deletion_check_frequency(mut self, every: Duration) -> Self {
-        self.deletion_check_frequency = every;
+    pub fn deletion_check_period(mut self, every: Duration) -> Self {
+        self.deletion_check_period = every;
         self
     }
 
@@ -257,7 +257,7 @@ impl CacheNodeBuilder {
         self
     }
 
-    /// The smallest `async_refresh_every` accepted (default
+    /// The smallest `refresh_every` accepted (default
     /// [`DEFAULT_MIN_REFRESH_PERIOD`](crate::DEFAULT_MIN_REFRESH_PERIOD),
     /// the seed's 5 minutes); lower it for tests.
     pub fn min_refresh_period(mut self, period: Duration) -> Self {
@@ -359,7 +359,7 @@ impl CacheNodeBuilder {
         for (name, d) in [
             ("op_timeout", self.op_timeout),
             ("connect_timeout", self.connect_timeout),
-            ("deletion_check_frequency", self.deletion_check_frequency),
+            ("deletion_check_period", self.deletion_check_period),
         ] {
             if d.is_zero() {
                 return Err(Error::Config(format!("{name} must be greater than zero")));
@@ -401,7 +401,7 @@ impl CacheNodeBuilder {
             max_value_bytes: self.max_value_bytes,
             disabled: self.disabled,
             bus: self.bus.then_some(crate::bus::BusConfig {
-                deletion_check_frequency: self.deletion_check_frequency,
+                deletion_check_period: self.deletion_check_period,
                 log_len: self.bus_log_len,
                 watch_keyspace: self.watch_keyspace,
                 secret: self.bus_secret,

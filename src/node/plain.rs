@@ -414,11 +414,11 @@ impl CacheNode {
     /// refresh state, locks, versions); the bus and the build queue stay,
     /// and every function that has values gets a new clear generation, so
     /// that a computation begun before this call does not store its value
-    /// after it (see [`CachedFn::clear_all`](crate::func::CachedFn::clear_all)).
+    /// after it (see [`CachedFn::delete_all`](crate::CachedFn::delete_all)).
     ///
     /// # Errors
     /// As [`delete`](Self::delete).
-    pub async fn clear_all(&self) -> Result<u64> {
+    pub async fn delete_all(&self) -> Result<u64> {
         self.core.check_open()?;
         let keys = &self.core.config().keys;
         let removed = match self.core.redis("clear_all")? {
@@ -463,13 +463,24 @@ impl CacheNode {
         removed
     }
 
+    /// Drops `key` from the RAM of every instance (this one at once, the
+    /// others through the bus); the Redis value is left alone, so the next
+    /// read on any instance refills from it. Returns once the invalidation
+    /// is durable in Redis.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] / [`Error::Timeout`] when it cannot be published.
+    pub async fn invalidate(&self, key: &str) -> Result<()> {
+        self.invalidate_many(&[key]).await
+    }
+
     /// Drops `keys` from the RAM of every instance (this one at once, the
     /// others through the bus); Redis values are left alone. Returns once the
     /// invalidation is durable in Redis.
     ///
     /// # Errors
     /// [`Error::Redis`] / [`Error::Timeout`] when it cannot be published.
-    pub async fn invalidate_keys(&self, keys: &[&str]) -> Result<()> {
+    pub async fn invalidate_many(&self, keys: &[&str]) -> Result<()> {
         self.core.check_open()?;
         let ram_keys: Vec<_> = keys.iter().map(|k| plain_ram_key(k)).collect();
         let refs: Vec<&str> = ram_keys.iter().map(|k| k.as_ref()).collect();
@@ -481,16 +492,18 @@ impl CacheNode {
     /// well on all instances"). Returns once durable in Redis.
     ///
     /// # Errors
-    /// As [`invalidate_keys`](Self::invalidate_keys).
-    pub async fn invalidate_func(&self, funcname: &str) -> Result<()> {
-        self.core.invalidate_func(funcname).await
+    /// [`Error::Config`] for a name no function can have; else as
+    /// [`invalidate_many`](Self::invalidate_many).
+    pub async fn invalidate_function(&self, funcname: &str) -> Result<()> {
+        crate::func::key::check_funcname(funcname)?;
+        self.core.invalidate_function(funcname).await
     }
 
     /// Drops everything from the RAM of every instance. Returns once durable
     /// in Redis.
     ///
     /// # Errors
-    /// As [`invalidate_keys`](Self::invalidate_keys).
+    /// As [`invalidate_many`](Self::invalidate_many).
     pub async fn invalidate_all(&self) -> Result<()> {
         self.core.check_open()?;
         if let Some(local) = self.core.local().as_deref() {

@@ -7,7 +7,7 @@
 use std::future::ready;
 use std::time::Duration;
 
-use cachenode::{BusHealth, CacheNode, CacheNodeBuilder, CachedFn, KeyArgs};
+use cachenode::{BusHealth, CacheNode, CacheNodeBuilder, CachedFn, KeyArgs, Layers};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -72,7 +72,7 @@ impl Nodes {
             b = b.connect_timeout(d);
         }
         if let Some(every) = self.check_every {
-            b = b.deletion_check_frequency(every);
+            b = b.deletion_check_period(every);
         }
         b
     }
@@ -134,7 +134,10 @@ pub async fn in_ram<T>(node: &CacheNode, key: &str) -> Option<T>
 where
     T: DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    node.ram_only().get::<T>(key).await.expect("RAM read")
+    node.with_layers(Layers::Ram)
+        .get::<T>(key)
+        .await
+        .expect("RAM read")
 }
 
 /// The value `probe` finds in its node's RAM for `args`, without side

@@ -1,4 +1,4 @@
-#[cachenode::cached(cache_none_values = 1)]
+#[cachenode::cached(cache_none = 1)]
 async fn maybe(x: u32) -> Option<u32> {
     Some(x)
 }

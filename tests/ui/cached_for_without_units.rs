@@ -1,4 +1,4 @@
-#[cachenode::cached_for(local_ram_cache_only)]
+#[cachenode::cached_for(layers = Ram)]
 async fn square(x: u32) -> u32 {
     x * x
 }

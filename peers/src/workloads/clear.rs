@@ -442,7 +442,7 @@ impl Workload {
             .await
             .context("cachenode: node")?;
         let func = node.func::<(u64,), u8>(TARGET).build()?;
-        let d = Deletion::time(async { Ok(Some(func.clear_all().await?)) }).await;
+        let d = Deletion::time(async { Ok(Some(func.delete_all().await?)) }).await;
         node.shutdown().await;
         self.finish(
             "cachenode",

@@ -219,7 +219,7 @@ async fn cached_fn_on(
     reader: &CacheNode,
     keys: usize,
 ) -> anyhow::Result<RedisHitResult> {
-    let func = |node: &CacheNode| node.func::<(u64,), Item>("w2fn").expire_in(TTL).build();
+    let func = |node: &CacheNode| node.func::<(u64,), Item>("w2fn").ttl(TTL).build();
     let (wf, rf) = (func(writer)?, func(reader)?);
     let mut set_us = Vec::with_capacity(keys);
     for i in 0..keys as u64 {

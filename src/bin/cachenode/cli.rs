@@ -125,8 +125,12 @@ fn pick(flag: &Option<String>, var: &str, default: &str) -> String {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Invalidate keys, functions or everything on every instance.
-    Invalidate(Invalidate),
+    /// Drop keys, functions or everything from the RAM of every instance;
+    /// Redis keeps its values.
+    Invalidate(Target),
+    /// Delete keys, functions (or some of their values) or everything:
+    /// from Redis and from the RAM of every instance.
+    Delete(Target),
     /// List the functions that have key sets, with their sizes.
     Keysets,
     /// Print invalidations as they are published on the bus.
@@ -139,31 +143,32 @@ pub enum Command {
     Stats,
 }
 
-/// `cachenode invalidate`.
+/// What `cachenode invalidate` and `cachenode delete` act on.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["keys", "funcs", "all"])))]
 #[command(after_help = "Examples:
-  cachenode invalidate --key user:1 --key user:2          # RAM of every instance
-  cachenode invalidate --key user:1 --delete              # and the Redis value
-  cachenode invalidate --func get_user                    # every value of a function
-  cachenode invalidate --func get_profile --args user=u64:42 lang=str:fr
-  cachenode invalidate --all                              # RAM of every instance
-  cachenode invalidate --all --delete --yes               # and every Redis value")]
-pub struct Invalidate {
-    /// A plain key: dropped from the RAM of every instance (repeatable).
+  cachenode invalidate --key user:1 --key user:2      # RAM of every instance
+  cachenode delete --key user:1                       # and the Redis value
+  cachenode invalidate --func get_user                # a function's values, RAM of every instance
+  cachenode delete --func get_user                    # and in Redis, through its key set
+  cachenode delete --func get_profile --args user=u64:42 lang=str:fr
+  cachenode invalidate --all                          # RAM of every instance
+  cachenode delete --all --yes                        # and every Redis value of the namespace")]
+pub struct Target {
+    /// A plain key (repeatable).
     #[arg(long = "key", value_name = "KEY")]
     pub keys: Vec<String>,
 
-    /// A cached function: every value deleted from Redis through its key
-    /// set and dropped from the RAM of every instance (repeatable).
+    /// A cached function: every value of it (repeatable); `delete` walks
+    /// its key set in Redis.
     #[arg(long = "func", value_name = "NAME")]
     pub funcs: Vec<String>,
 
-    /// Everything: the RAM of every instance.
+    /// Everything in the namespace.
     #[arg(long)]
     pub all: bool,
 
-    /// With one --func: delete only the values whose arguments have these
+    /// `delete` with one --func: only the values whose arguments have these
     /// values (functions built with full-args keys). TYPE is the argument's
     /// type, as values are matched by their encoding: u64, i64, u32, i32,
     /// bool or str (for String and &str).
@@ -176,13 +181,8 @@ pub struct Invalidate {
     )]
     pub args: Vec<ArgFilter>,
 
-    /// With --key: delete the Redis values too. With --all: delete every
-    /// value of the namespace (needs --yes).
-    #[arg(long, conflicts_with = "funcs")]
-    pub delete: bool,
-
-    /// Confirms --all --delete.
-    #[arg(long, requires = "delete")]
+    /// Confirms `delete --all`.
+    #[arg(long, requires = "all")]
     pub yes: bool,
 }
 

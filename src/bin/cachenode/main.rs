@@ -14,7 +14,7 @@ use clap::{CommandFactory, Parser};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-use cli::{Cli, Command, Invalidate};
+use cli::{Cli, Command, Target};
 
 /// Why a command failed, and so the exit status.
 #[derive(Debug)]
@@ -88,8 +88,10 @@ fn fail(json: bool, failure: Failure) -> ExitCode {
 /// Connects, runs the command, shuts the node down. `None`: the command
 /// printed as it went (`tail`).
 async fn run(cli: &Cli) -> Result<Option<Report>, Failure> {
-    if let Command::Invalidate(inv) = &cli.command {
-        check_invalidate(inv)?;
+    match &cli.command {
+        Command::Invalidate(target) => check_target(target, false)?,
+        Command::Delete(target) => check_target(target, true)?,
+        _ => {}
     }
     let url = cli.redis_url();
     let mut builder = CacheNode::builder()
@@ -107,7 +109,8 @@ async fn run(cli: &Cli) -> Result<Option<Report>, Failure> {
         .await
         .map_err(|e| Failure::from_error(e, &url))?;
     let result = match &cli.command {
-        Command::Invalidate(inv) => invalidate(&node, cli, inv).await.map(Some),
+        Command::Invalidate(target) => invalidate(&node, target).await.map(Some),
+        Command::Delete(target) => delete(&node, cli, target).await.map(Some),
         Command::Keysets => keysets(&node).await.map(Some),
         Command::Tail { count } => tail(&node, cli, *count).await.map(|()| None),
         Command::Stats => stats(&node).await.map(Some),
@@ -117,42 +120,36 @@ async fn run(cli: &Cli) -> Result<Option<Report>, Failure> {
 }
 
 /// The rules clap's attributes do not express.
-fn check_invalidate(inv: &Invalidate) -> Result<(), Failure> {
-    if !inv.args.is_empty() && inv.funcs.len() != 1 {
+fn check_target(target: &Target, delete: bool) -> Result<(), Failure> {
+    if !target.args.is_empty() && !delete {
+        return Err(Failure::Usage(
+            "--args applies to `delete` (values are found through the function's key set)"
+                .to_owned(),
+        ));
+    }
+    if !target.args.is_empty() && target.funcs.len() != 1 {
         return Err(Failure::Usage(
             "--args applies to exactly one --func".to_owned(),
         ));
     }
-    if inv.all && inv.delete && !inv.yes {
+    if target.all && delete && !target.yes {
         return Err(Failure::Usage(
-            "--all --delete deletes every value of the namespace from Redis: add --yes to confirm"
+            "delete --all deletes every value of the namespace from Redis: add --yes to confirm"
                 .to_owned(),
         ));
+    }
+    if target.yes && !delete {
+        return Err(Failure::Usage("--yes confirms `delete --all`".to_owned()));
     }
     Ok(())
 }
 
-async fn invalidate(node: &CacheNode, cli: &Cli, inv: &Invalidate) -> cachenode::Result<Report> {
+/// `cachenode invalidate`: the RAM of every instance; Redis keeps its values.
+async fn invalidate(node: &CacheNode, target: &Target) -> cachenode::Result<Report> {
     let ns = node.namespace().to_owned();
-    if !inv.keys.is_empty() {
-        let keys: Vec<&str> = inv.keys.iter().map(String::as_str).collect();
-        if inv.delete {
-            let existed = node.delete_many(&keys).await?;
-            return Ok(Report {
-                text: format!(
-                    "deleted {} of {} key(s) from Redis (the others had no value) and dropped all from the RAM of every instance of {ns}",
-                    existed.len(),
-                    keys.len(),
-                ),
-                json: json!({
-                    "command": "invalidate",
-                    "namespace": ns,
-                    "keys": keys,
-                    "deleted": existed,
-                }),
-            });
-        }
-        node.invalidate_keys(&keys).await?;
+    if !target.keys.is_empty() {
+        let keys: Vec<&str> = target.keys.iter().map(String::as_str).collect();
+        node.invalidate_many(&keys).await?;
         return Ok(Report {
             text: format!(
                 "dropped {} key(s) from the RAM of every instance of {ns} (Redis values kept)",
@@ -161,16 +158,7 @@ async fn invalidate(node: &CacheNode, cli: &Cli, inv: &Invalidate) -> cachenode:
             json: json!({ "command": "invalidate", "namespace": ns, "keys": keys }),
         });
     }
-    if inv.all {
-        if inv.delete {
-            let deleted = node.clear_all().await?;
-            return Ok(Report {
-                text: format!(
-                    "deleted {deleted} Redis key(s) of {ns} and dropped everything from the RAM of every instance"
-                ),
-                json: json!({ "command": "invalidate", "namespace": ns, "all": true, "deleted": deleted }),
-            });
-        }
+    if target.all {
         node.invalidate_all().await?;
         return Ok(Report {
             text: format!(
@@ -179,14 +167,59 @@ async fn invalidate(node: &CacheNode, cli: &Cli, inv: &Invalidate) -> cachenode:
             json: json!({ "command": "invalidate", "namespace": ns, "all": true }),
         });
     }
-    if !inv.args.is_empty() {
-        return clear_some(node, cli, inv).await;
+    for name in &target.funcs {
+        node.invalidate_function(name).await?;
     }
-    clear_funcs(node, cli, &inv.funcs).await
+    Ok(Report {
+        text: format!(
+            "dropped {} function(s) from the RAM of every instance of {ns} (Redis values kept)",
+            target.funcs.len()
+        ),
+        json: json!({ "command": "invalidate", "namespace": ns, "funcs": target.funcs }),
+    })
+}
+
+/// `cachenode delete`: Redis and the RAM of every instance.
+async fn delete(node: &CacheNode, cli: &Cli, target: &Target) -> cachenode::Result<Report> {
+    let ns = node.namespace().to_owned();
+    if !target.keys.is_empty() {
+        let keys: Vec<&str> = target.keys.iter().map(String::as_str).collect();
+        let existed = node.delete_many(&keys).await?;
+        return Ok(Report {
+            text: format!(
+                "deleted {} of {} key(s) from Redis (the others had no value) and dropped all from the RAM of every instance of {ns}",
+                existed.len(),
+                keys.len(),
+            ),
+            json: json!({
+                "command": "delete",
+                "namespace": ns,
+                "keys": keys,
+                "deleted": existed,
+            }),
+        });
+    }
+    if target.all {
+        let deleted = node.delete_all().await?;
+        return Ok(Report {
+            text: format!(
+                "deleted {deleted} Redis key(s) of {ns} and dropped everything from the RAM of every instance"
+            ),
+            json: json!({ "command": "delete", "namespace": ns, "all": true, "deleted": deleted }),
+        });
+    }
+    if !target.args.is_empty() {
+        return delete_some(node, cli, target).await;
+    }
+    delete_functions(node, cli, &target.funcs).await
 }
 
 /// Every value of each function, with a progress bar sized by key sets.
-async fn clear_funcs(node: &CacheNode, cli: &Cli, funcs: &[String]) -> cachenode::Result<Report> {
+async fn delete_functions(
+    node: &CacheNode,
+    cli: &Cli,
+    funcs: &[String],
+) -> cachenode::Result<Report> {
     let mut sizes = Vec::with_capacity(funcs.len());
     for name in funcs {
         sizes.push(node.func_key_set_size(name).await?);
@@ -198,7 +231,7 @@ async fn clear_funcs(node: &CacheNode, cli: &Cli, funcs: &[String]) -> cachenode
         bar.set_message(name.clone());
         let base = bar.position();
         let deleted = node
-            .clear_funcs(&[name.as_str()], |_, p| bar.set_position(base + p.deleted))
+            .delete_functions(&[name.as_str()], |_, p| bar.set_position(base + p.deleted))
             .await;
         let deleted = match deleted {
             Ok(n) => n,
@@ -225,7 +258,7 @@ async fn clear_funcs(node: &CacheNode, cli: &Cli, funcs: &[String]) -> cachenode
     Ok(Report {
         text: lines.join("\n"),
         json: json!({
-            "command": "invalidate",
+            "command": "delete",
             "namespace": node.namespace(),
             "functions": results,
             "deleted": total,
@@ -234,13 +267,13 @@ async fn clear_funcs(node: &CacheNode, cli: &Cli, funcs: &[String]) -> cachenode
 }
 
 /// The values of one function whose arguments match `--args`.
-async fn clear_some(node: &CacheNode, cli: &Cli, inv: &Invalidate) -> cachenode::Result<Report> {
+async fn delete_some(node: &CacheNode, cli: &Cli, inv: &Target) -> cachenode::Result<Report> {
     let name = &inv.funcs[0];
     let mut filter = cachenode::Args::new();
     for a in &inv.args {
         filter = a.add_to(filter)?;
     }
-    let mut clearing = node.clear_func_some(name, &filter)?;
+    let mut clearing = node.delete_function_some(name, &filter)?;
     let bar = progress_bar(cli.json, None);
     bar.set_message(name.clone());
     let deleted = loop {
@@ -262,7 +295,7 @@ async fn clear_some(node: &CacheNode, cli: &Cli, inv: &Invalidate) -> cachenode:
     if deleted == 0 && !cli.json {
         eprintln!(
             "note: nothing matched; partial deletion needs a function built with \
-             cache_key_with_full_args(true), and the argument names and types it has"
+             key_args(ArgsInKey::Each), and the argument names and types it has"
         );
     }
     Ok(Report {
@@ -271,7 +304,7 @@ async fn clear_some(node: &CacheNode, cli: &Cli, inv: &Invalidate) -> cachenode:
             shown.join(" ")
         ),
         json: json!({
-            "command": "invalidate",
+            "command": "delete",
             "namespace": node.namespace(),
             "function": name,
             "args": shown,

@@ -1,4 +1,4 @@
-#[cachenode::cached(ttl = 30)]
+#[cachenode::cached(expire_in = std::time::Duration::from_secs(30))]
 async fn square(x: u32) -> u32 {
     x * x
 }
