@@ -136,7 +136,7 @@ pub(crate) async fn func_key_set_size(core: &Core, funcname: &str) -> Result<u64
         .await
 }
 
-/// See [`CacheNode::namespace_stats`](crate::CacheNode::namespace_stats)(crate::CacheNode::namespace_stats).
+/// See [`CacheNode::namespace_stats`](crate::CacheNode::namespace_stats).
 pub(crate) async fn namespace_stats(core: &Core) -> Result<NamespaceStats> {
     core.check_open()?;
     let shared = core.redis("namespace_stats")?.ok_or(Error::NoSharedLayer {
@@ -207,7 +207,7 @@ pub(crate) async fn namespace_stats(core: &Core) -> Result<NamespaceStats> {
     }
 }
 
-/// See [`CacheNode::tail_bus`](crate::CacheNode::tail_bus)(crate::CacheNode::tail_bus).
+/// See [`CacheNode::tail_bus`](crate::CacheNode::tail_bus).
 pub(crate) async fn tail_bus(core: &Core) -> Result<BusTail> {
     core.check_open()?;
     let shared = core

@@ -103,3 +103,40 @@ mod tests {
         );
     }
 }
+
+/// The schedule of a node's periodic background task: a tick every period
+/// (late ticks delay the next ones rather than bunching up) until the node
+/// stops.
+#[derive(Debug)]
+pub(crate) struct Periodic {
+    tick: tokio::time::Interval,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Periodic {
+    /// Ticks every `period`, the first one at once, until `stop` changes.
+    pub(crate) fn new(period: Duration, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Periodic { tick, stop }
+    }
+
+    /// The same, the first tick one period from now.
+    pub(crate) fn after_one_period(
+        period: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        let start = tokio::time::Instant::now() + period;
+        let mut tick = tokio::time::interval_at(start, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Periodic { tick, stop }
+    }
+
+    /// Waits for the next tick: `false` once the node stops.
+    pub(crate) async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.stop.changed() => false,
+            _ = self.tick.tick() => true,
+        }
+    }
+}

@@ -70,6 +70,7 @@
 use redis::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::clock::Periodic;
 use crate::keys::{func_ram_prefix, version_key, Keys};
 use crate::shared::SharedLayer;
 use crate::{Error, Result};
@@ -664,17 +665,11 @@ pub(crate) async fn sweep_task(
     shared: SharedLayer,
     keysets: KeySets,
     every: std::time::Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let lock = keysets.keys.sweep_lock();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate: skip it
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Periodic::after_one_period(every, stop);
+    while ticks.next().await {
         // Held for most of the period, so one instance sweeps per period.
         let took = shared
             .take_lock("sweep_lock", &lock, every.mul_f64(0.9))

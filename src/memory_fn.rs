@@ -163,7 +163,7 @@ impl Drop for OwnerToken {
     }
 }
 
-/// See [`CacheNode::memory_fn`](crate::CacheNode::memory_fn)(crate::CacheNode::memory_fn).
+/// See [`CacheNode::memory_fn`](crate::CacheNode::memory_fn).
 pub(crate) fn memory_fn<A: KeyArgs + ?Sized, V>(
     core: &Core,
     name: &str,

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::admin::{BusTail, NamespaceStats};
 use crate::bus::BusHealth;
+use crate::clock::Periodic;
 use crate::config::Config;
 use crate::core::{Core, Layers, NodeStats, WeakCore};
 use crate::func::key::{Args, KeyArgs};
@@ -313,15 +314,10 @@ const GAUGE_EVERY: Duration = Duration::from_secs(1);
 const KEYSET_GAUGE_EVERY: u32 = 30;
 
 /// Keeps the node's gauges current. Holds the node weakly.
-async fn gauge_task(node: WeakCore, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(GAUGE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+async fn gauge_task(node: WeakCore, stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = Periodic::new(GAUGE_EVERY, stop);
     let mut n: u32 = 0;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
+    while ticks.next().await {
         let Some(node) = node.upgrade() else {
             return;
         };

@@ -301,7 +301,7 @@ pub(crate) async fn delete_functions(
     Ok(total)
 }
 
-/// See [`CacheNode::delete_functions_in_background`](crate::CacheNode::delete_functions_in_background)(crate::CacheNode::delete_functions_in_background).
+/// See [`CacheNode::delete_functions_in_background`](crate::CacheNode::delete_functions_in_background).
 pub(crate) fn delete_functions_in_background(
     core: &Core,
     funcnames: Vec<String>,

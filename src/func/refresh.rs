@@ -28,7 +28,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::bus::Invalidation;
-use crate::clock::unix_millis;
+use crate::clock::{unix_millis, Periodic};
 use crate::core::{Core, WeakCore};
 use crate::keysets::KeySets;
 use crate::registry::Rebuild;
@@ -153,16 +153,11 @@ pub struct WarmupReport {
 pub(crate) fn refresh_task(
     node: WeakCore,
     granularity: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> BoxFuture<'static, ()> {
     Box::pin(async move {
-        let mut tick = tokio::time::interval(granularity);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tick.tick() => {}
-            }
+        let mut ticks = Periodic::new(granularity, stop);
+        while ticks.next().await {
             let Some(node) = node.upgrade() else {
                 return;
             };
@@ -292,7 +287,7 @@ async fn refresh_function(node: &Core, period: Duration, r: &Rebuild) -> Result<
     Ok(())
 }
 
-/// See [`CacheNode::warm_up`](crate::CacheNode::warm_up)(crate::CacheNode::warm_up).
+/// See [`CacheNode::warm_up`](crate::CacheNode::warm_up).
 pub(crate) async fn warm_up(core: &Core) -> WarmupReport {
     let warmups = core.refresh().take_warmups();
     let runs = warmups.into_iter().map(|w| {
