@@ -40,8 +40,8 @@
 //!   ([`Lookup`]), refreshed periodically or warmed up at start
 //!   ([`WarmupReport`]).
 //! * **Key sets**: every key a function writes is recorded in its sharded
-//!   key set in Redis, so clearing a function walks its own keys, never the
-//!   keyspace ([`CachedFn::clear_all`], [`DeleteSome`] by argument,
+//!   key set in Redis, so deleting a function's values walks its own keys, never the
+//!   keyspace ([`CachedFn::delete_all`], [`DeleteSome`] by argument,
 //!   [`BackgroundDelete`], [`Progress`]); a sweep prunes expired members.
 //! * **Narrower caches**: the **request scope** ([`with_request`], or the
 //!   tower `RequestScopeLayer`) puts a request's path and query string in

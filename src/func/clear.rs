@@ -96,10 +96,10 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
         self.delete_all_with(|_| {}).await
     }
 
-    /// [`clear_all`](Self::clear_all), reporting progress after each batch.
+    /// [`delete_all`](Self::delete_all), reporting progress after each batch.
     ///
     /// # Errors
-    /// As [`clear_all`](Self::clear_all).
+    /// As [`delete_all`](Self::delete_all).
     pub async fn delete_all_with(&self, progress: impl FnMut(Progress)) -> Result<u64> {
         self.inner.node.check_open()?;
         clear_function(&self.inner.node, &self.inner.name, progress).await
@@ -111,11 +111,11 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// Each [`DeleteSome::step`] deletes one batch and says how far it got;
     /// every matching value the key set records leaves the RAM of every
     /// instance, and [`Progress::deleted`] counts those Redis still held.
-    /// Unlike [`clear_all`](Self::clear_all) it does not change the clear
+    /// Unlike [`delete_all`](Self::delete_all) it does not change the clear
     /// generation: a matching value whose computation was running is
     /// refused by the computing node if the invalidation reached it first,
     /// and otherwise stored (the usual cache-aside race, as for
-    /// [`clear`](Self::clear)).
+    /// [`delete`](Self::delete)).
     ///
     /// # Errors
     /// [`Error::Config`] when the function does not use full-args keys.
