@@ -1,6 +1,9 @@
 //! Real `redis-server` processes on free loopback ports, each owned by one
 //! test and killed when it is dropped, or when the test process dies (see
 //! `spawn`).
+//!
+//! `CACHENODE_TEST_SERVER` names another server binary to run instead
+//! (e.g. a `valkey-server`); unset, it is `redis-server` from `PATH`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
@@ -9,6 +12,32 @@ use redis::ConnectionAddr;
 use redis_test::server::RedisServer;
 
 use super::spawn::{die_with_parent, on_spawner_thread};
+
+/// The server binary the tests run: `CACHENODE_TEST_SERVER`, or
+/// `redis-server`.
+pub fn server_binary() -> std::ffi::OsString {
+    std::env::var_os("CACHENODE_TEST_SERVER").unwrap_or_else(|| "redis-server".into())
+}
+
+/// `cmd` (as `redis_test` builds it, for `redis-server`) run with
+/// [`server_binary`] instead, killed if this process dies.
+fn spawn_server(cmd: &std::process::Command) -> std::process::Child {
+    let mut real = std::process::Command::new(server_binary());
+    real.args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        real.current_dir(dir);
+    }
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => real.env(k, v),
+            None => real.env_remove(k),
+        };
+    }
+    real.stdout(std::process::Stdio::null());
+    die_with_parent(&mut real);
+    real.spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", server_binary()))
+}
 
 /// A redis-server owned by one test.
 pub struct TestRedis {
@@ -54,8 +83,7 @@ impl TestRedis {
                 &[],
                 |cmd| {
                     cmd.arg("--dir").arg(&dir).args(extra);
-                    die_with_parent(cmd);
-                    cmd.spawn().expect("spawn redis-server")
+                    spawn_server(cmd)
                 },
             )
         }));
@@ -331,10 +359,7 @@ impl TlsRedis {
                 false,
                 None,
                 &[],
-                |cmd| {
-                    die_with_parent(cmd);
-                    cmd.spawn().expect("spawn redis-server")
-                },
+                |cmd| spawn_server(cmd),
             )
         });
         let t = TlsRedis { server, port };
