@@ -84,6 +84,7 @@ impl SharedLayer {
                 });
         pong.map_err(connect_err)?;
         check_version(&mut conn, &url, config.op_timeout).await?;
+        check_not_a_cluster(&mut conn, &url, config.op_timeout).await?;
         tracing::info!(url = %url, "connected to Redis");
         Ok(SharedLayer {
             client,
@@ -292,6 +293,60 @@ async fn check_version(conn: &mut ConnectionManager, url: &str, timeout: Duratio
     }
 }
 
+/// Refuses a node of a Redis Cluster: the node speaks to one server (or a
+/// replica set behind one address), and on a cluster every key of a slot
+/// another primary serves would fail with `MOVED`. Asked with `HELLO` (no
+/// arguments: the protocol stays as it is), which every user may run, whose
+/// reply has the server's `mode`.
+async fn check_not_a_cluster(
+    conn: &mut ConnectionManager,
+    url: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let cmd = redis::cmd("HELLO");
+    let asked = cmd.query_async::<redis::Value>(conn);
+    match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(reply)) if server_mode(&reply).as_deref() == Some("cluster") => {
+            Err(Error::Config(format!(
+                "the Redis at {url} is a node of a Redis Cluster, which cachenode \
+                 does not support yet: give it a standalone server (or a replica \
+                 set behind one address)"
+            )))
+        }
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "HELLO failed; cluster mode not checked");
+            Ok(())
+        }
+        Err(_) => Err(Error::Timeout {
+            op: "connect",
+            after: timeout,
+        }),
+    }
+}
+
+/// The `mode` field of a `HELLO` reply (a map in RESP3, a flat list of
+/// pairs in RESP2).
+fn server_mode(reply: &redis::Value) -> Option<String> {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match reply {
+        Value::Map(pairs) => pairs
+            .iter()
+            .find(|(k, _)| text(k).as_deref() == Some("mode"))
+            .and_then(|(_, v)| text(v)),
+        Value::Array(items) => items
+            .chunks(2)
+            .find(|pair| text(&pair[0]).as_deref() == Some("mode"))
+            .and_then(|pair| pair.get(1).and_then(text)),
+        _ => None,
+    }
+}
+
 /// `(major, minor)` of a version string such as `7.0.15` (Valkey reports
 /// the Redis version it is compatible with).
 fn parse_version(v: &str) -> Option<(u32, u32)> {
@@ -315,6 +370,27 @@ pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_mode_is_read_off_both_forms_of_hello() {
+        use redis::Value;
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let resp2 = Value::Array(vec![
+            bulk("server"),
+            bulk("redis"),
+            bulk("mode"),
+            bulk("cluster"),
+        ]);
+        assert_eq!(server_mode(&resp2).as_deref(), Some("cluster"));
+        let resp3 = Value::Map(vec![
+            (bulk("proto"), Value::Int(3)),
+            (bulk("mode"), Value::SimpleString("standalone".into())),
+        ]);
+        assert_eq!(server_mode(&resp3).as_deref(), Some("standalone"));
+        // A reply without the field, or cut short, is no mode (not checked).
+        assert_eq!(server_mode(&Value::Array(vec![bulk("mode")])), None);
+        assert_eq!(server_mode(&Value::Nil), None);
+    }
 
     #[test]
     fn server_versions_are_parsed() {

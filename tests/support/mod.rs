@@ -3,6 +3,7 @@
 //! - [`server`]: real `redis-server` processes on free loopback ports, each
 //!   owned by one test and killed on drop, even when the test panics; it
 //!   never touches a server it did not start. Also `MONITOR`, TLS servers.
+//! - [`cluster`]: a real six-server Redis Cluster on loopback.
 //! - [`proxy`]: a TCP proxy to cut one node off, slow it down, or fail over.
 //! - [`acl`]: the README's ACL and a user restricted to a namespace.
 //! - [`nodes`]: how a test file builds its nodes; what a node holds in RAM.
@@ -22,6 +23,7 @@ pub mod bus;
 pub mod child;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod cluster;
 pub mod nodes;
 pub mod proxy;
 pub mod server;
@@ -34,6 +36,7 @@ pub use bus::{
     log_without_publishing, publish, seq_key, HOP,
 };
 pub use child::ChildTest;
+pub use cluster::TestCluster;
 pub use nodes::{connect, health, in_ram, node, node_in, ram_value, subscribed, Nodes, PLAIN};
 pub use proxy::Proxy;
 #[cfg(feature = "tls")]

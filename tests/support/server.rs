@@ -19,6 +19,21 @@ pub fn server_binary() -> std::ffi::OsString {
     std::env::var_os("CACHENODE_TEST_SERVER").unwrap_or_else(|| "redis-server".into())
 }
 
+/// The command-line client of [`server_binary`]: the `*-cli` beside it
+/// (`valkey-cli` beside `valkey-server`), else `redis-cli`.
+pub fn cli_binary() -> std::ffi::OsString {
+    let server = std::path::PathBuf::from(server_binary());
+    if let Some(name) = server.file_name().and_then(|n| n.to_str()) {
+        if let Some(stem) = name.strip_suffix("-server") {
+            let cli = server.with_file_name(format!("{stem}-cli"));
+            if cli.is_file() {
+                return cli.into_os_string();
+            }
+        }
+    }
+    "redis-cli".into()
+}
+
 /// `cmd` (as `redis_test` builds it, for `redis-server`) run with
 /// [`server_binary`] instead, killed if this process dies.
 fn spawn_server(cmd: &std::process::Command) -> std::process::Child {
@@ -51,6 +66,11 @@ pub struct TestRedis {
 impl TestRedis {
     /// Starts a server on a free port and waits until it answers.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`start`](Self::start), with `extra` server arguments.
+    pub fn start_with(extra: &'static [&'static str]) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let port = redis_test::utils::get_random_available_port();
         let dir = std::env::temp_dir().join(format!(
@@ -64,7 +84,7 @@ impl TestRedis {
             port,
             dir,
         };
-        t.spawn(&[]);
+        t.spawn(extra);
         t.wait_ready();
         t
     }
