@@ -46,8 +46,10 @@ impl SharedLayer {
     /// Connects and checks the server answers.
     ///
     /// # Errors
-    /// [`Error::Config`] for a URL that does not parse, [`Error::Connect`]
-    /// naming the (redacted) URL when Redis cannot be reached.
+    /// [`Error::Config`] for a URL that does not parse, a server older than
+    /// 7.0, a node of a Redis Cluster or a Sentinel; [`Error::Connect`]
+    /// naming the (redacted) URL when Redis cannot be reached or does not
+    /// answer in time.
     pub(crate) async fn connect(config: &SharedConfig) -> Result<Self> {
         let url = redact_url(&config.url);
         let connect_err = |source| Error::Connect {
@@ -274,12 +276,7 @@ async fn check_version(conn: &mut ConnectionManager, url: &str, timeout: Duratio
             tracing::warn!(error = %e, "cannot read the server's version; not checked");
             return Ok(());
         }
-        Err(_) => {
-            return Err(Error::Timeout {
-                op: "connect",
-                after: timeout,
-            })
-        }
+        Err(_) => return Err(probe_timed_out(url, "the version check")),
     };
     match version.as_deref().map(parse_version) {
         Some(Some(v)) if v >= MIN_VERSION => Ok(()),
@@ -295,7 +292,8 @@ async fn check_version(conn: &mut ConnectionManager, url: &str, timeout: Duratio
 
 /// Refuses a node of a Redis Cluster: the node speaks to one server (or a
 /// replica set behind one address), and on a cluster every key of a slot
-/// another primary serves would fail with `MOVED`. Asked with `HELLO` (no
+/// another primary serves would fail with `MOVED`. Refuses a Sentinel too
+/// (it holds no data). Asked with `HELLO` (no
 /// arguments: the protocol stays as it is), which every user may run, whose
 /// reply has the server's `mode`.
 async fn check_not_a_cluster(
@@ -306,22 +304,35 @@ async fn check_not_a_cluster(
     let cmd = redis::cmd("HELLO");
     let asked = cmd.query_async::<redis::Value>(conn);
     match tokio::time::timeout(timeout, asked).await {
-        Ok(Ok(reply)) if server_mode(&reply).as_deref() == Some("cluster") => {
-            Err(Error::Config(format!(
+        Ok(Ok(reply)) => match server_mode(&reply).as_deref() {
+            Some("cluster") => Err(Error::Config(format!(
                 "the Redis at {url} is a node of a Redis Cluster, which cachenode \
                  does not support yet: give it a standalone server (or a replica \
                  set behind one address)"
-            )))
-        }
-        Ok(Ok(_)) => Ok(()),
+            ))),
+            Some("sentinel") => Err(Error::Config(format!(
+                "{url} is a Redis Sentinel, which holds no data: give cachenode \
+                 the primary's address (e.g. a virtual IP that follows failover)"
+            ))),
+            _ => Ok(()),
+        },
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "HELLO failed; cluster mode not checked");
             Ok(())
         }
-        Err(_) => Err(Error::Timeout {
-            op: "connect",
-            after: timeout,
-        }),
+        Err(_) => Err(probe_timed_out(url, "HELLO")),
+    }
+}
+
+/// A probe at connect that got no answer in time: a connect error naming
+/// the server, as when it does not answer `PING`.
+fn probe_timed_out(url: &str, what: &str) -> Error {
+    Error::Connect {
+        url: url.to_owned(),
+        source: redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} timed out"),
+        )),
     }
 }
 

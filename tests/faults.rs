@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cachenode::{CacheNode, Layers, Ttl};
+use cachenode::{CacheNode, Ttl};
 use support::{Nodes, Proxy, TestRedis};
 
 /// The nodes' deletion-check period: the staleness bound, before slack.
@@ -48,15 +48,29 @@ enum Op {
     Write {
         key: u64,
         version: u64,
-        start: Instant,
         end: Instant,
     },
     Read {
         node: usize,
         key: u64,
         start: Instant,
+        /// When the read returned (for a spinning reader, no earlier than
+        /// that).
+        end: Instant,
         version: Option<u64>,
     },
+}
+
+/// A failover to a promoted replica, as the checker needs it.
+struct Failover {
+    /// Just before the first node was sent to the replica.
+    began: Instant,
+    /// Per key, the newest version the promoted replica held before any
+    /// node was sent to it.
+    replica: HashMap<u64, u64>,
+    /// Per key, the newest version the old primary held once no node could
+    /// reach it any more.
+    old_primary: HashMap<u64, u64>,
 }
 
 /// Everything the workload did.
@@ -67,11 +81,13 @@ struct History {
     failed_calls: AtomicU64,
     /// Windows whose acknowledged writes Redis lost.
     lost: Mutex<Vec<(Instant, Instant)>>,
-    /// When the nodes were sent to a promoted replica, and per key the
-    /// newest version it held then. A write of a newer version that started
-    /// before went to the old primary and never reached the replica
-    /// (replication is asynchronous, then cut), so Redis lost it too.
-    replica_kept: Mutex<Option<(Instant, HashMap<u64, u64>)>>,
+    /// A failover to a replica that lacks some acknowledged writes: those
+    /// the old primary holds and the replica does not (`replica[k] < v <=
+    /// old_primary[k]`: writes to a key are serialized, so each server
+    /// holds a prefix of its versions). Such a write still binds every read
+    /// that returned before the failover began (the nodes' Redis held it
+    /// then), and no read after.
+    failover: Mutex<Option<Failover>>,
     /// Reads done by spinning readers (which record only the last read of
     /// each version they see).
     spun: AtomicU64,
@@ -94,26 +110,24 @@ impl History {
     fn check(&self, bound: Duration) -> Result<Duration, Vec<String>> {
         let ops = self.ops.lock().unwrap();
         let lost = self.lost.lock().unwrap();
-        let kept = self.replica_kept.lock().unwrap();
-        let mut writes: HashMap<u64, Vec<(Instant, u64)>> = HashMap::new();
+        let failover = self.failover.lock().unwrap();
+        // Per key: acknowledged at, version, binds only reads that returned
+        // before this instant.
+        let mut writes: HashMap<u64, Vec<(Instant, u64, Option<Instant>)>> = HashMap::new();
         for op in ops.iter() {
-            if let Op::Write {
-                key,
-                version,
-                start,
-                end,
-            } = op
-            {
+            if let Op::Write { key, version, end } = op {
                 if lost.iter().any(|(from, to)| from <= end && end <= to) {
                     continue;
                 }
-                if let Some((retargeted, kept)) = kept.as_ref() {
-                    let on_replica = kept.get(key).copied().unwrap_or(0);
-                    if start < retargeted && *version > on_replica {
-                        continue;
-                    }
-                }
-                writes.entry(*key).or_default().push((*end, *version));
+                let until = failover.as_ref().and_then(|f| {
+                    let on_replica = f.replica.get(key).copied().unwrap_or(0);
+                    let on_old = f.old_primary.get(key).copied().unwrap_or(0);
+                    (*version > on_replica && *version <= on_old).then_some(f.began)
+                });
+                writes
+                    .entry(*key)
+                    .or_default()
+                    .push((*end, *version, until));
             }
         }
         let mut worst = Duration::ZERO;
@@ -123,12 +137,16 @@ impl History {
                 node,
                 key,
                 start,
+                end,
                 version: Some(v),
             } = op
             else {
                 continue;
             };
-            for (acked, newer) in writes.get(key).into_iter().flatten() {
+            for (acked, newer, until) in writes.get(key).into_iter().flatten() {
+                if until.is_some_and(|until| *end >= until) {
+                    continue;
+                }
                 if newer > v && acked <= start {
                     let stale_for = start.duration_since(*acked);
                     worst = worst.max(stale_for);
@@ -199,7 +217,6 @@ async fn workload(
                                 Ok(()) => history.record(Op::Write {
                                     key,
                                     version,
-                                    start: started,
                                     end: Instant::now(),
                                 }),
                                 Err(_) => {
@@ -232,6 +249,7 @@ async fn workload(
                                                     node: i,
                                                     key,
                                                     start: at,
+                                                    end: started,
                                                     version: seen,
                                                 });
                                             }
@@ -248,6 +266,7 @@ async fn workload(
                                     node: i,
                                     key,
                                     start,
+                                    end: Instant::now(),
                                     version,
                                 });
                             }
@@ -261,6 +280,7 @@ async fn workload(
                                     node: i,
                                     key,
                                     start: started,
+                                    end: Instant::now(),
                                     version,
                                 }),
                                 Err(_) => {
@@ -634,6 +654,7 @@ async fn staleness_holds_when_a_lagging_replica_is_promoted() {
     }
     let (f, l) = (front.clone(), late.clone());
     let replica_port = replica.port();
+    let primary_port = primary.port();
     let failover = move |history: Arc<History>| async move {
         replication.cut();
         let cut = Instant::now();
@@ -652,23 +673,57 @@ async fn staleness_holds_when_a_lagging_replica_is_promoted() {
                 .unwrap();
         });
         promote.await.unwrap();
-        // Nothing writes to the replica until the retarget below.
-        let reader = NODES
-            .node(&format!("redis://127.0.0.1:{replica_port}"))
+        // Nothing writes to the replica until the retarget below. Read
+        // through a node without RAM: no listener, so its connect runs no
+        // bus script on the replica (which would load the script cache the
+        // nodes then find there, and could set the bus epoch).
+        let newest = |port: u16| async move {
+            let reader = support::connect(
+                NODES
+                    .builder(&format!("redis://127.0.0.1:{port}"))
+                    .without_ram()
+                    .without_bus()
+                    .key_set_sweep_every(None),
+            )
             .await;
-        let on_replica = reader.with_layers(Layers::Redis);
-        let mut kept = HashMap::new();
-        for key in 0..KEYS {
-            if let Some(v) = on_replica.get::<u64>(&format!("key{key}")).await.unwrap() {
-                kept.insert(key, v);
+            let mut newest = HashMap::new();
+            for key in 0..KEYS {
+                if let Some(v) = reader.get::<u64>(&format!("key{key}")).await.unwrap() {
+                    newest.insert(key, v);
+                }
             }
-        }
-        reader.shutdown().await;
+            reader.shutdown().await;
+            newest
+        };
+        let on_replica = newest(replica_port).await;
+        let began = Instant::now();
         f.retarget(replica_port);
         l.retarget(replica_port);
-        // Every connection to the old primary is closed: no write that
-        // starts from now on reaches it.
-        let retargeted = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // No node reaches the old primary any more (a connection the
+        // front's accept loop opened to it while retargeting would).
+        let clients_of_old = |kind: &str| {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg(kind)
+                .query(
+                    &mut redis::Client::open(format!("redis://127.0.0.1:{primary_port}"))
+                        .unwrap()
+                        .get_connection()
+                        .unwrap(),
+                )
+                .unwrap();
+            list.lines().filter(|l| !l.trim().is_empty()).count()
+        };
+        assert!(
+            support::eventually(Duration::from_secs(5), || async {
+                clients_of_old("normal") == 1 && clients_of_old("pubsub") == 0
+            })
+            .await,
+            "a node still talks to the old primary"
+        );
+        let on_old = newest(primary_port).await;
         let unreplicated = history
             .ops
             .lock()
@@ -676,12 +731,15 @@ async fn staleness_holds_when_a_lagging_replica_is_promoted() {
             .iter()
             .filter(|op| {
                 matches!(op, Op::Write { key, version, end, .. }
-                    if *end < cut && *version > kept.get(key).copied().unwrap_or(0))
+                    if *end < cut && *version > on_replica.get(key).copied().unwrap_or(0))
             })
             .count();
         println!("writes acknowledged before the cut that the replica never got: {unreplicated}");
-        *history.replica_kept.lock().unwrap() = Some((retargeted, kept));
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        *history.failover.lock().unwrap() = Some(Failover {
+            began,
+            replica: on_replica,
+            old_primary: on_old,
+        });
         l.restore();
     };
     // Connections are counted on the server the nodes end on.
@@ -726,7 +784,6 @@ fn writers_apart(
                     Ok(()) => history.record(Op::Write {
                         key,
                         version,
-                        start: started,
                         end: Instant::now(),
                     }),
                     Err(_) => {
@@ -848,19 +905,18 @@ fn checker_flags_a_stale_read_and_accepts_a_fresh_one() {
     h.record(Op::Write {
         key: 1,
         version: 1,
-        start: t0,
         end: t0,
     });
     h.record(Op::Write {
         key: 1,
         version: 2,
-        start: t0,
         end: t0 + Duration::from_millis(10),
     });
     h.record(Op::Read {
         node: 0,
         key: 1,
         start: t0 + Duration::from_millis(50),
+        end: t0 + Duration::from_millis(50),
         version: Some(1),
     });
     assert_eq!(
@@ -871,6 +927,7 @@ fn checker_flags_a_stale_read_and_accepts_a_fresh_one() {
         node: 1,
         key: 1,
         start: t0 + Duration::from_millis(500),
+        end: t0 + Duration::from_millis(500),
         version: Some(1),
     });
     assert!(h.check(Duration::from_millis(100)).is_err());
@@ -878,20 +935,76 @@ fn checker_flags_a_stale_read_and_accepts_a_fresh_one() {
     fresh.record(Op::Write {
         key: 1,
         version: 2,
-        start: t0,
         end: t0,
     });
     fresh.record(Op::Read {
         node: 0,
         key: 1,
         start: t0 + Duration::from_secs(1),
+        end: t0 + Duration::from_secs(1),
         version: Some(2),
     });
     fresh.record(Op::Read {
         node: 0,
         key: 1,
         start: t0 + Duration::from_secs(1),
+        end: t0 + Duration::from_secs(1),
         version: None,
     });
     assert_eq!(fresh.check(Duration::from_millis(100)), Ok(Duration::ZERO));
+}
+
+/// A write the promoted replica lacks binds the reads that returned before
+/// the failover began, and no later one; a write that reached the replica,
+/// whenever it started, binds every read.
+#[test]
+fn checker_bounds_writes_lost_at_failover_to_the_reads_before_it() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let read = |start: Duration, end: Duration, v: u64| Op::Read {
+        node: 0,
+        key: 1,
+        start: t0 + start,
+        end: t0 + end,
+        version: Some(v),
+    };
+    let history = |reads: Vec<Op>| {
+        let h = History::default();
+        for (version, end) in [(1, ms(0)), (2, ms(10)), (3, ms(900))] {
+            h.record(Op::Write {
+                key: 1,
+                version,
+                end: t0 + end,
+            });
+        }
+        for r in reads {
+            h.record(r);
+        }
+        // The replica held version 1, the old primary 2; version 3 was
+        // written to the replica after the failover began at 800 ms.
+        *h.failover.lock().unwrap() = Some(Failover {
+            began: t0 + ms(800),
+            replica: HashMap::from([(1, 1)]),
+            old_primary: HashMap::from([(1, 2)]),
+        });
+        h
+    };
+    let bound = ms(100);
+    // Before the failover, the nodes' Redis held version 2.
+    assert!(history(vec![read(ms(500), ms(501), 1)])
+        .check(bound)
+        .is_err());
+    // After it, version 1 is what Redis holds.
+    assert!(history(vec![read(ms(850), ms(851), 1)])
+        .check(bound)
+        .is_ok());
+    // A read that began before and returned after may have been served by
+    // the replica.
+    assert!(history(vec![read(ms(799), ms(801), 1)])
+        .check(bound)
+        .is_ok());
+    // Version 3 reached the replica: it binds every read.
+    assert!(history(vec![read(ms(1100), ms(1101), 1)])
+        .check(bound)
+        .is_err());
 }

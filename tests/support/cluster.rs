@@ -5,18 +5,31 @@
 
 use std::time::{Duration, Instant};
 
-use super::server::{cli_binary, TestRedis};
+use super::server::{cli_binary, free_port, TestRedis};
+use super::spawn::{die_with_parent, on_spawner_thread};
 
-/// The arguments of every cluster server (the node file lands in the
-/// server's own directory).
-const CLUSTER_ARGS: &[&str] = &[
-    "--cluster-enabled",
-    "yes",
-    "--cluster-config-file",
-    "nodes.conf",
-    "--cluster-node-timeout",
-    "2000",
-];
+/// How long `redis-cli --cluster create` may take (it waits for the
+/// servers to agree, forever if they never do).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The arguments of a cluster server: the node file lands in the server's
+/// own directory, and the cluster bus takes a free port of its own (by
+/// default the server's port plus 10000, which may be taken).
+fn cluster_args() -> Vec<String> {
+    [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "2000",
+        "--cluster-port",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([free_port().to_string()])
+    .collect()
+}
 
 /// A six-server Redis Cluster owned by one test.
 pub struct TestCluster {
@@ -29,7 +42,7 @@ impl TestCluster {
     /// cluster `ok` with all 16384 slots served.
     pub fn start() -> Self {
         let servers: Vec<TestRedis> = (0..6)
-            .map(|_| TestRedis::start_with(CLUSTER_ARGS))
+            .map(|_| TestRedis::start_with(cluster_args()))
             .collect();
         let mut create = std::process::Command::new(cli_binary());
         create.arg("--cluster").arg("create");
@@ -37,10 +50,32 @@ impl TestCluster {
             create.arg(format!("127.0.0.1:{}", s.port()));
         }
         create.args(["--cluster-replicas", "1", "--cluster-yes"]);
-        let out = create.output().expect("run redis-cli --cluster create");
+        create
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        die_with_parent(&mut create);
+        let mut child =
+            on_spawner_thread(move || create.spawn()).expect("run redis-cli --cluster create");
+        let deadline = Instant::now() + CREATE_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for redis-cli") {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().expect("redis-cli output");
         assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
+            status.is_some_and(|s| s.success()),
+            "redis-cli --cluster create {}: {}{}",
+            if status.is_none() {
+                "timed out"
+            } else {
+                "failed"
+            },
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );

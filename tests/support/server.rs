@@ -20,16 +20,27 @@ pub fn server_binary() -> std::ffi::OsString {
 }
 
 /// The command-line client of [`server_binary`]: the `*-cli` beside it
-/// (`valkey-cli` beside `valkey-server`), else `redis-cli`.
+/// (`valkey-cli` beside `valkey-server`; for a bare name, that name on
+/// `PATH`), else `redis-cli`.
 pub fn cli_binary() -> std::ffi::OsString {
     let server = std::path::PathBuf::from(server_binary());
-    if let Some(name) = server.file_name().and_then(|n| n.to_str()) {
-        if let Some(stem) = name.strip_suffix("-server") {
-            let cli = server.with_file_name(format!("{stem}-cli"));
-            if cli.is_file() {
-                return cli.into_os_string();
-            }
+    let Some(stem) = server
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix("-server"))
+    else {
+        return "redis-cli".into();
+    };
+    let cli = format!("{stem}-cli");
+    if server.components().count() > 1 {
+        let beside = server.with_file_name(&cli);
+        if beside.is_file() {
+            return beside.into_os_string();
         }
+    } else if std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(&cli).is_file()))
+    {
+        return cli.into();
     }
     "redis-cli".into()
 }
@@ -61,16 +72,19 @@ pub struct TestRedis {
     /// The server's working directory, where [`save_snapshot`](Self::save_snapshot)
     /// writes (`dir` cannot be changed at run time); removed on drop.
     dir: std::path::PathBuf,
+    /// Arguments given at start, passed again to every restart.
+    args: Vec<String>,
 }
 
 impl TestRedis {
     /// Starts a server on a free port and waits until it answers.
     pub fn start() -> Self {
-        Self::start_with(&[])
+        Self::start_with(Vec::new())
     }
 
-    /// [`start`](Self::start), with `extra` server arguments.
-    pub fn start_with(extra: &'static [&'static str]) -> Self {
+    /// [`start`](Self::start), with `extra` server arguments, kept for
+    /// every restart.
+    pub fn start_with(extra: Vec<String>) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let port = redis_test::utils::get_random_available_port();
         let dir = std::env::temp_dir().join(format!(
@@ -83,8 +97,9 @@ impl TestRedis {
             server: None,
             port,
             dir,
+            args: extra,
         };
-        t.spawn(extra);
+        t.spawn(&[]);
         t.wait_ready();
         t
     }
@@ -92,7 +107,7 @@ impl TestRedis {
     /// Spawns the server on `self.port`, in `self.dir`, with `extra`
     /// arguments, from the spawner thread (killed if this process dies).
     fn spawn(&mut self, extra: &'static [&'static str]) {
-        let (dir, port) = (self.dir.clone(), self.port);
+        let (dir, port, args) = (self.dir.clone(), self.port, self.args.clone());
         self.server = Some(on_spawner_thread(move || {
             RedisServer::new_with_addr_tls_modules_and_spawner(
                 ConnectionAddr::Tcp("127.0.0.1".into(), port),
@@ -102,7 +117,7 @@ impl TestRedis {
                 None,
                 &[],
                 |cmd| {
-                    cmd.arg("--dir").arg(&dir).args(extra);
+                    cmd.arg("--dir").arg(&dir).args(&args).args(extra);
                     spawn_server(cmd)
                 },
             )
