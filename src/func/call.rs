@@ -144,6 +144,7 @@ where
             return Ok(V::clone(&v));
         }
         self.inner.metrics.miss();
+        node.metrics().unanswered();
         let started = std::time::Instant::now();
         let compute = || async {
             let v = compute().await;
@@ -212,6 +213,7 @@ where
         {
             return Ok(Lookup::Ready(V::clone(&v)));
         }
+        node.metrics().unanswered();
         let mut encoded = Vec::new();
         crate::codec::Bincode
             .encode_into(args, &mut encoded)
