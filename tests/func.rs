@@ -1420,6 +1420,80 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
     assert_eq!(runs.load(SeqCst), 181);
 }
 
+/// A filter naming an argument the function does not have, one it leaves
+/// out of its keys, or a value of another type than the argument's would
+/// match no key: it is refused, naming the argument, and deletes nothing.
+/// A right filter still deletes exactly its values (a `&str` matches a
+/// `String` argument: serde writes them alike).
+#[tokio::test]
+async fn delete_some_refuses_a_filter_no_key_can_match() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    let f = n
+        .func::<(u64, String, bool), String>("profile")
+        .key_args(ArgsInKey::Each)
+        .ignore_args(["2"])
+        .build()
+        .unwrap();
+    for user in 0..4u64 {
+        for lang in ["fr", "en"] {
+            let v = format!("{lang}-{user}");
+            f.call(&(user, lang.to_string(), false), || {
+                ready(Ok::<_, Infallible>(v))
+            })
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(f.key_set_size().await.unwrap(), 8);
+    let refused = |filter: Args| match f.delete_some(&filter) {
+        Err(Error::Config(text)) => text,
+        other => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(
+        refused(Args::new().arg("user", &1u64).unwrap()),
+        r#"delete_some on "profile": no argument "user" (its keys hold 0, 1)"#
+    );
+    assert_eq!(
+        refused(Args::new().arg("0", &1i32).unwrap()),
+        r#"delete_some on "profile": argument "0" is u64, the filter gives i32"#
+    );
+    assert_eq!(
+        refused(
+            Args::new()
+                .arg("1", "fr")
+                .unwrap()
+                .arg("0", &Some(1u64))
+                .unwrap()
+        ),
+        r#"delete_some on "profile": argument "0" is u64, the filter gives Option<u64>"#
+    );
+    assert_eq!(
+        refused(Args::new().arg("2", &true).unwrap()),
+        r#"delete_some on "profile": argument "2" is ignored, so no key holds it"#
+    );
+    assert_eq!(f.key_set_size().await.unwrap(), 8, "nothing deleted");
+
+    let fr = Args::new().arg("1", "fr").unwrap();
+    assert_eq!(f.delete_some(&fr).unwrap().run(|_| {}).await.unwrap(), 4);
+    let user_2 = Args::new().arg("0", &2u64).unwrap();
+    assert_eq!(
+        f.delete_some(&user_2).unwrap().run(|_| {}).await.unwrap(),
+        1
+    );
+    let en_3 = Args::new()
+        .arg("0", &3u64)
+        .unwrap()
+        .arg("1", &"en".to_string())
+        .unwrap();
+    assert_eq!(f.delete_some(&en_3).unwrap().run(|_| {}).await.unwrap(), 1);
+    assert_eq!(f.key_set_size().await.unwrap(), 2);
+    for user in [0u64, 1] {
+        let key = f.cache_key(&(user, "en".to_string(), false)).unwrap();
+        assert!(redis.exists(&key), "{user} en kept");
+    }
+}
+
 #[tokio::test]
 async fn clear_some_needs_full_args_keys() {
     let redis = TestRedis::start();

@@ -240,6 +240,7 @@ impl<'a> Cached<'a> {
         let funcname = self.funcname();
         let node = self.node();
         let calls = self.opts.builder_calls();
+        let declared = self.declared_calls();
         let handles = self.hidden("handles");
         let receiver = self.is_method.then(|| quote!(&self));
         let vis = self.hidden_vis();
@@ -255,7 +256,7 @@ impl<'a> Cached<'a> {
                 let __name: ::std::string::String = #funcname;
                 let __built = (|| -> ::cachenode::Result<::cachenode::__private::Handles<#value_ty>> {
                     ::core::result::Result::Ok(::cachenode::__private::Handles {
-                        calls: __node.func::<dyn ::cachenode::KeyArgs, #value_ty>(&__name) #calls .build()?,
+                        calls: __node.func::<dyn ::cachenode::KeyArgs, #value_ty>(&__name) #calls #declared .build()?,
                         owned: __node.func::<::cachenode::Args, #value_ty>(&__name) #calls .build()?,
                     })
                 })();
@@ -266,6 +267,61 @@ impl<'a> Cached<'a> {
                         ::core::option::Option::None
                     }
                 }
+            }
+        }
+    }
+
+    /// The builder calls that tell the handle which arguments its keys
+    /// hold (names and types) and which it leaves out, so that a partial
+    /// deletion can refuse a filter that could match nothing.
+    fn declared_calls(&self) -> TokenStream2 {
+        let arg_types = self.hidden("arg_types");
+        let arg_types = if self.is_method {
+            quote!(Self::#arg_types())
+        } else {
+            quote!(#arg_types())
+        };
+        let mut ignored: Vec<String> = self
+            .args
+            .iter()
+            .filter(|a| !a.keyed)
+            .map(Arg::key_name)
+            .collect();
+        if self.is_method && self.keyed_self.is_none() {
+            ignored.push("self".to_owned());
+        }
+        let ignore = (!ignored.is_empty()).then(|| quote!(.ignore_args([#(#ignored),*])));
+        quote!(.declared_args(&#arg_types) #ignore)
+    }
+
+    /// The function that names the keyed arguments and their types, with
+    /// the user's lifetime parameters (an argument's type may name them).
+    /// A type that cannot be named in an expression (`impl Trait`) is
+    /// declared without its type.
+    fn arg_types_fn(&self) -> TokenStream2 {
+        let self_entry = self.keyed_self.as_ref().map(|_| {
+            quote!((
+                "self",
+                ::core::option::Option::Some(::core::any::type_name::<Self>())
+            ),)
+        });
+        let entries = self.keyed().map(|a| {
+            let name = a.key_name();
+            let ty = a.ty;
+            if mentions_impl(&quote!(#ty)) {
+                quote!((#name, ::core::option::Option::None),)
+            } else {
+                quote!((#name, ::core::option::Option::Some(::core::any::type_name::<#ty>())),)
+            }
+        });
+        let arg_types = self.hidden("arg_types");
+        let generics = self.generics(quote!());
+        let where_clause = self.where_clause();
+        let vis = self.hidden_vis();
+        quote! {
+            #[allow(dead_code)]
+            #vis fn #arg_types #generics() -> ::std::vec::Vec<(&'static str, ::core::option::Option<&'static str>)> #where_clause {
+                ::std::vec![#self_entry #(#entries)*]
             }
         }
     }
@@ -508,6 +564,7 @@ impl<'a> Cached<'a> {
         let uncached = self.uncached(self.vis());
         let doc = format!("`{}` without its cache.", self.name().unraw());
         let handles = self.handles_fn();
+        let arg_types = self.arg_types_fn();
         let key_args = self.key_args_fn();
         let introspection = self.introspection();
         quote! {
@@ -515,6 +572,7 @@ impl<'a> Cached<'a> {
             #[allow(dead_code)]
             #uncached
             #handles
+            #arg_types
             #key_args
             #introspection
         }
@@ -526,6 +584,7 @@ impl<'a> Cached<'a> {
         let name = self.name();
         let uncached = self.uncached(&syn::parse_quote!(pub));
         let handles = self.handles_fn();
+        let arg_types = self.arg_types_fn();
         let key_args = self.key_args_fn();
         let introspection = self.introspection();
         quote! {
@@ -539,6 +598,7 @@ impl<'a> Cached<'a> {
                 /// The function without its cache.
                 #uncached
                 #handles
+                #arg_types
                 #key_args
                 #introspection
             }
@@ -596,6 +656,15 @@ fn must_serialize(value: &Ident, name: &str, message: &str) -> TokenStream2 {
             #write
         }
     }
+}
+
+/// Whether `tokens` (a type) mention `impl`, at any depth.
+fn mentions_impl(tokens: &TokenStream2) -> bool {
+    tokens.clone().into_iter().any(|t| match t {
+        proc_macro2::TokenTree::Ident(i) => i == "impl",
+        proc_macro2::TokenTree::Group(g) => mentions_impl(&g.stream()),
+        _ => false,
+    })
 }
 
 /// Refuses what a cached function cannot be: not async, or generic over

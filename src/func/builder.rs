@@ -50,6 +50,9 @@ pub(crate) struct Options<A: ?Sized, V> {
     pub(crate) prefix: Prefix<A>,
     pub(crate) args_mode: ArgsInKey,
     pub(crate) ignore: Vec<String>,
+    /// The arguments the keys hold, when known (a tuple's, or those the
+    /// macro declares), for checking partial-deletion filters.
+    pub(crate) declared: Option<Vec<key::DeclaredArg>>,
     pub(crate) cache_none: bool,
     pub(crate) on_computed: Option<OnComputed<V>>,
     pub(crate) with_request_path: bool,
@@ -101,6 +104,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
                 prefix: Prefix::Static(String::new()),
                 args_mode: ArgsInKey::Hashed,
                 ignore: Vec::new(),
+                declared: key::tuple_args::<A>(),
                 cache_none: false,
                 on_computed: None,
                 with_request_path: false,
@@ -184,6 +188,24 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         S: Into<String>,
     {
         self.opts.ignore.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Declares the arguments the function writes into its keys, by name,
+    /// with the type of each when it can be named
+    /// ([`std::any::type_name`]), so that a partial deletion whose filter
+    /// names another argument or gives a value of another type is refused
+    /// (what the macros call with the function's parameters).
+    #[doc(hidden)]
+    pub fn declared_args(mut self, args: &[(&str, Option<&'static str>)]) -> Self {
+        self.opts.declared = Some(
+            args.iter()
+                .map(|&(name, ty)| key::DeclaredArg {
+                    name: name.to_owned(),
+                    ty,
+                })
+                .collect(),
+        );
         self
     }
 

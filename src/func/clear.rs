@@ -118,19 +118,32 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// [`clear`](Self::clear)).
     ///
     /// # Errors
-    /// [`Error::Config`] when the function does not use full-args keys.
+    /// [`Error::Config`] when the function does not use full-args keys, or
+    /// when the filter could match no key: it names an argument the
+    /// function leaves out of its keys (`ignore_args`), or, when the
+    /// function's arguments are known (a tuple, named `0`, `1`, …, or a
+    /// function of the macros, named after its parameters), an argument it
+    /// does not have, or gives a value of another type than the argument's
+    /// (`1i32` for a `u64`). Types that serde writes alike match: a `&str`
+    /// or a `String` for a `String` argument, a slice for a `Vec`.
     pub fn delete_some(&self, filter: &key::Args) -> Result<DeleteSome> {
-        if self.inner.opts.args_mode != ArgsInKey::Each {
+        let opts = &self.inner.opts;
+        if opts.args_mode != ArgsInKey::Each {
             return Err(Error::Config(format!(
                 "delete_some on {:?} needs keys built with key_args(ArgsInKey::Each)",
                 self.inner.name
             )));
         }
+        key::check_filter(
+            &self.inner.name,
+            opts.declared.as_deref(),
+            &opts.ignore,
+            filter,
+        )?;
         let encoded = key::encode_args(filter)?;
         let parts = encoded
             .parts()
             .iter()
-            .filter(|(n, _)| !self.inner.opts.ignore.contains(n))
             .map(|(n, b)| key::arg_part(n, b))
             .collect();
         Ok(DeleteSome {
