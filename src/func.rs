@@ -252,6 +252,16 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     }
 }
 
+/// Keys through arguments objects of any lifetime, for the attribute
+/// macros (see [`CachedFn::delete_args`]). Not a public API.
+#[doc(hidden)]
+impl<V> CachedFn<dyn KeyArgs, V> {
+    /// [`cache_key`](CachedFn::cache_key) of any arguments object.
+    pub fn cache_key_args(&self, args: &dyn KeyArgs) -> Result<String> {
+        Ok(self.redis_key(&self.key_from(args, None)?))
+    }
+}
+
 #[allow(dead_code)]
 fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}

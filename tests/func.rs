@@ -1494,6 +1494,44 @@ async fn delete_some_refuses_a_filter_no_key_can_match() {
     }
 }
 
+/// `delete` and `invalidate` build the key when called: their futures
+/// borrow the handle only, so a `'static` handle's can be spawned after the
+/// arguments are gone.
+#[tokio::test]
+async fn delete_and_invalidate_futures_do_not_borrow_the_arguments() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    let f: &'static CachedFn<(String,), String> = Box::leak(Box::new(
+        n.func::<(String,), String>("owned").build().unwrap(),
+    ));
+    let probe = n
+        .func::<(String,), String>("owned")
+        .layers(Layers::Ram)
+        .build()
+        .unwrap();
+    let a = ("a".to_string(),);
+    f.call(&a, || ready(Ok::<_, Infallible>("v".to_string())))
+        .await
+        .unwrap();
+    let key = f.cache_key(&a).unwrap();
+    assert_eq!(ram_value(&probe, &a).await, Some("v".to_string()));
+
+    let invalidate = {
+        let args = ("a".to_string(),);
+        f.invalidate(&args)
+    };
+    tokio::spawn(invalidate).await.unwrap().unwrap();
+    assert_eq!(ram_value(&probe, &a).await, None, "dropped from RAM");
+    assert!(redis.exists(&key), "Redis keeps it");
+
+    let delete = {
+        let args = ("a".to_string(),);
+        f.delete(&args)
+    };
+    assert!(tokio::spawn(delete).await.unwrap().unwrap());
+    assert!(!redis.exists(&key));
+}
+
 #[tokio::test]
 async fn clear_some_needs_full_args_keys() {
     let redis = TestRedis::start();

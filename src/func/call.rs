@@ -525,16 +525,6 @@ where
     pub fn prepare_args(&self, args: &dyn KeyArgs) -> Prepared {
         self.prepared(self.key_from(args, None))
     }
-
-    pub fn cache_key_args(&self, args: &dyn KeyArgs) -> Result<String> {
-        Ok(self.redis_key(&self.key_from(args, None)?))
-    }
-
-    pub async fn delete_args(&self, args: &dyn KeyArgs) -> Result<bool> {
-        self.inner.node.check_open()?;
-        let key = self.key_from(args, None)?;
-        self.clear_key(key).await
-    }
 }
 
 /// How a computed value is written to Redis.

@@ -6,6 +6,8 @@
 //! ([`BackgroundDelete`]), and the node-wide key-set admin (listing and
 //! pruning every function's key set).
 
+use std::future::Future;
+
 use tokio::sync::watch;
 
 use super::key::{self, ArgsInKey, KeyArgs};
@@ -20,12 +22,20 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// the RAM of every instance (the seed's `clear_cached_func`). Returns
     /// whether it existed.
     ///
+    /// The key is built from `args` when this is called, so the future
+    /// borrows only the handle, not `args`: it is `Send`, and `'static` for
+    /// a `'static` handle (spawn it, or await it after `args` is gone).
+    ///
     /// # Errors
     /// When Redis fails or an argument cannot be encoded.
-    pub async fn delete(&self, args: &A) -> Result<bool> {
+    pub fn delete(&self, args: &A) -> impl Future<Output = Result<bool>> + Send + '_ {
+        self.delete_key(self.key(args))
+    }
+
+    /// [`delete`](Self::delete) of a key built beforehand.
+    pub(super) async fn delete_key(&self, key: Result<CallKey>) -> Result<bool> {
         self.inner.node.check_open()?;
-        let key = self.key(args)?;
-        self.clear_key(key).await
+        self.clear_key(key?).await
     }
 
     pub(super) async fn clear_key(&self, key: CallKey) -> Result<bool> {
@@ -59,14 +69,20 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// instance (this one at once, the others through the bus); the Redis
     /// copy stays, so the next call on any instance reads it from there.
     /// Returns once the invalidation is durable in Redis. To remove the
-    /// value everywhere, [`delete`](Self::delete) it.
+    /// value everywhere, [`delete`](Self::delete) it. Like `delete`, the
+    /// key is built when this is called: the future does not borrow `args`.
     ///
     /// # Errors
     /// When an argument cannot be encoded, or the invalidation cannot be
     /// published.
-    pub async fn invalidate(&self, args: &A) -> Result<()> {
+    pub fn invalidate(&self, args: &A) -> impl Future<Output = Result<()>> + Send + '_ {
+        self.invalidate_key(self.key(args))
+    }
+
+    /// [`invalidate`](Self::invalidate) of a key built beforehand.
+    pub(super) async fn invalidate_key(&self, key: Result<CallKey>) -> Result<()> {
         self.inner.node.check_open()?;
-        let key = self.key(args)?;
+        let key = key?;
         self.inner.node.invalidate_ram_keys(&[&key.ram]).await
     }
 
@@ -162,6 +178,30 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
             Some(shared) => self.inner.keysets.size(shared, &self.inner.name).await,
             None => Ok(0),
         }
+    }
+}
+
+/// Deletions through arguments objects of any lifetime: what the attribute
+/// macros generate (their handles are `CachedFn<dyn KeyArgs, V>`, whose
+/// `dyn KeyArgs` is `'static`). Not a public API.
+#[doc(hidden)]
+impl<V> CachedFn<dyn KeyArgs, V> {
+    /// [`delete`](CachedFn::delete): the key is built now, the future
+    /// borrows only the handle.
+    pub fn delete_args(
+        &self,
+        args: &dyn KeyArgs,
+    ) -> impl Future<Output = Result<bool>> + Send + '_ {
+        self.delete_key(self.key_from(args, None))
+    }
+
+    /// [`invalidate`](CachedFn::invalidate): the key is built now, the
+    /// future borrows only the handle.
+    pub fn invalidate_args(
+        &self,
+        args: &dyn KeyArgs,
+    ) -> impl Future<Output = Result<()>> + Send + '_ {
+        self.invalidate_key(self.key_from(args, None))
     }
 }
 
