@@ -1251,6 +1251,83 @@ async fn clear_all_of_200k_keys_deletes_them_all_with_progress() {
     clear_all_of_many_keys(200_000).await;
 }
 
+/// `invalidate_all` drops every value of the function from the RAM of
+/// every instance, at once on the caller; Redis keeps them, so the next
+/// calls read them from there without computing. Other functions keep
+/// theirs.
+#[tokio::test]
+async fn invalidate_all_drops_the_function_from_every_ram_and_redis_keeps_its_values() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let users = |n: &CacheNode, layers| {
+        n.func::<(u32,), String>("users")
+            .layers(layers)
+            .build()
+            .unwrap()
+    };
+    let (fa, fb) = (users(&a, Layers::Both), users(&b, Layers::Both));
+    let (pa, pb) = (users(&a, Layers::Ram), users(&b, Layers::Ram));
+    let orders = b.func::<(u32,), String>("orders").build().unwrap();
+    let orders_probe = b
+        .func::<(u32,), String>("orders")
+        .layers(Layers::Ram)
+        .build()
+        .unwrap();
+    let runs = AtomicUsize::new(0);
+    for id in 0..3u32 {
+        let v = format!("user-{id}");
+        fa.call(&(id,), counted(&runs, v.clone())).await.unwrap();
+        // B reads A's value from Redis and holds it in RAM.
+        assert_eq!(
+            fb.call(&(id,), counted(&runs, String::new()))
+                .await
+                .unwrap(),
+            v
+        );
+    }
+    orders
+        .call(&(1,), counted(&runs, "order-1".to_string()))
+        .await
+        .unwrap();
+    assert_eq!(runs.load(SeqCst), 4);
+    for id in 0..3u32 {
+        for probe in [&pa, &pb] {
+            assert_eq!(ram_value(probe, &(id,)).await, Some(format!("user-{id}")));
+        }
+    }
+
+    fa.invalidate_all().await.unwrap();
+
+    for id in 0..3u32 {
+        assert_eq!(ram_value(&pa, &(id,)).await, None, "dropped on the caller");
+    }
+    let dropped = eventually(PROPAGATION, || async {
+        for id in 0..3u32 {
+            if ram_value(&pb, &(id,)).await.is_some() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(dropped, "dropped from B's RAM");
+    assert_eq!(
+        ram_value(&orders_probe, &(1,)).await,
+        Some("order-1".to_string()),
+        "other functions keep their values"
+    );
+    assert_eq!(redis.keys("t:f:users:*").len(), 3, "Redis keeps them");
+    for id in 0..3u32 {
+        assert_eq!(
+            fb.call(&(id,), counted(&runs, "recomputed".to_string()))
+                .await
+                .unwrap(),
+            format!("user-{id}")
+        );
+    }
+    assert_eq!(runs.load(SeqCst), 4, "read from Redis, not computed");
+}
+
 // ---------------------------------------------------------------------------
 // delete_some
 // ---------------------------------------------------------------------------
