@@ -83,7 +83,7 @@ fn computed(v: String) -> impl FnOnce() -> std::future::Ready<Result<String, Inf
 }
 
 // ---------------------------------------------------------------------------
-// invalidate --key
+// invalidate --key, delete --key
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
@@ -155,7 +155,7 @@ async fn invalidate_key_drops_the_ram_copy_on_other_nodes_and_keeps_redis() {
 }
 
 #[tokio::test]
-async fn invalidate_key_with_delete_removes_the_redis_values_too() {
+async fn delete_key_removes_the_redis_values_too() {
     let redis = TestRedis::start();
     let (writer, reader) = (node(&redis).await, node(&redis).await);
     for key in ["a", "b"] {
@@ -192,7 +192,7 @@ async fn invalidate_key_with_delete_removes_the_redis_values_too() {
 }
 
 // ---------------------------------------------------------------------------
-// invalidate --func
+// invalidate --func, delete --func
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
@@ -281,7 +281,7 @@ async fn invalidate_func_drops_the_ram_copies_on_other_nodes_and_keeps_redis() {
 }
 
 #[tokio::test]
-async fn invalidate_func_deletes_every_value_of_the_function() {
+async fn delete_func_deletes_every_value_of_the_function() {
     let redis = TestRedis::start();
     let n = node(&redis).await;
     let f = n.func::<(u64,), String>("get_user").build().unwrap();
@@ -350,7 +350,7 @@ async fn invalidate_func_deletes_every_value_of_the_function() {
 }
 
 #[tokio::test]
-async fn invalidate_func_with_args_deletes_only_the_matching_values() {
+async fn delete_func_with_args_deletes_only_the_matching_values() {
     let redis = TestRedis::start();
     let n = node(&redis).await;
     let build = |ram_only: bool| {
@@ -444,7 +444,7 @@ async fn invalidate_func_with_args_deletes_only_the_matching_values() {
 }
 
 // ---------------------------------------------------------------------------
-// invalidate --all
+// invalidate --all, delete --all
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
