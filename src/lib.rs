@@ -169,12 +169,17 @@ pub use ttl::Ttl;
 #[cfg(feature = "macros")]
 pub use cachenode_macros::{cached, cached_for};
 
-/// Entry points for the fuzz targets in `fuzz/`; not a public API.
+/// The examples of `README.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
+
 /// The examples of `MIGRATING.md`, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../MIGRATING.md")]
 struct MigratingExamples;
 
+/// Entry points for the fuzz targets in `fuzz/`; not a public API.
 #[doc(hidden)]
 pub mod __fuzz {
     use serde::Deserialize;
