@@ -3,14 +3,13 @@
 //! A two-layer cache for every process of a service: a fast **RAM layer** in
 //! the process in front of a **Redis layer** that all instances share, kept
 //! coherent across instances by an **invalidation bus**, with **function
-//! caching** on top (the Python seed's `@cached`, as handles and attribute
-//! macros).
+//! caching** on top (as handles and attribute macros).
 //!
 //! ## Components
 //! * **The node**, [`CacheNode`]: the handle a service holds (cheap to
 //!   clone, `Send + Sync`), built with [`CacheNode::connect`] or
 //!   [`CacheNode::builder`] ([`CacheNodeBuilder`]: every setting, its
-//!   `DEFAULT_*` constant, the seed's environment variables). Its plain-key
+//!   `DEFAULT_*` constant, the environment variables it reads). Its plain-key
 //!   API reads RAM, then Redis, and fills RAM from a Redis hit; writes and
 //!   deletes go to Redis first, then RAM. It owns its background tasks: the
 //!   last handle's drop, or [`CacheNode::shutdown`], stops them.
@@ -32,7 +31,7 @@
 //!   plus one round trip ([`BusHealth`] reports its state; optional HMAC
 //!   signatures with [`bus_secret`](CacheNodeBuilder::bus_secret)).
 //! * **Function caching**, [`CachedFn`] from [`CacheNode::func`]
-//!   ([`FuncBuilder`]: every option of the seed's `cached`), or the
+//!   ([`FuncBuilder`]: every option of a cached function), or the
 //!   [`cached`] / [`cached_for`] macros on a process-wide node
 //!   ([`CacheNode::install_global`]): a call's key is a stable hash of its
 //!   arguments ([`KeyArgs`], [`Args`]); a miss computes once per process,
@@ -41,7 +40,7 @@
 //!   ([`WarmupReport`]).
 //! * **Key sets**: every key a function writes is recorded in its sharded
 //!   key set in Redis, so clearing a function walks its own keys, never the
-//!   keyspace ([`CachedFn::clear_all`], [`DeleteSome`] by argument,
+//!   keyspace ([`CachedFn::delete_all`], [`DeleteSome`] by argument,
 //!   [`BackgroundDelete`], [`Progress`]); a sweep prunes expired members.
 //! * **Narrower caches**: the **request scope** ([`with_request`], or the
 //!   tower `RequestScopeLayer`) puts a request's path and query string in
@@ -57,7 +56,8 @@
 //!   [`CacheNode::namespace_stats`], [`redact_url`]).
 //!
 //! ARCHITECTURE.md in the repository draws the modules and follows a cached
-//! call and an invalidation through them.
+//! call and an invalidation through them; MIGRATING.md maps every method
+//! and option of the Python AlanCache to its cachenode name.
 //!
 //! ## Example
 //! ```no_run

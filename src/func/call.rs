@@ -31,8 +31,7 @@ use crate::{Error, Result};
 pub enum Lookup<V> {
     /// The value.
     Ready(V),
-    /// Not cached yet: a build job is queued or running (the seed's
-    /// `AsyncValueBeingBuiltException`). Ask again later.
+    /// Not cached yet: a build job is queued or running. Ask again later.
     BeingBuilt,
 }
 

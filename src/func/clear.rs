@@ -1,6 +1,6 @@
 //! Deleting a cached function's values: one call's value
-//! ([`CachedFn::clear`]), all of them through the function's key set
-//! ([`CachedFn::clear_all`], in the order that keeps a computation begun
+//! ([`CachedFn::delete`]), all of them through the function's key set
+//! ([`CachedFn::delete_all`], in the order that keeps a computation begun
 //! before the call from storing after it), some of them by argument
 //! ([`DeleteSome`]), several functions in the background
 //! ([`BackgroundDelete`]), and the node-wide key-set admin (listing and
@@ -19,8 +19,9 @@ use crate::{Error, Result};
 
 impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// Deletes the value of the call with `args` from Redis, its key set and
-    /// the RAM of every instance (the seed's `clear_cached_func`). Returns
-    /// whether it existed.
+    /// the RAM of every instance. Returns whether it existed (in Redis or
+    /// this node's RAM). To drop it from RAM only,
+    /// [`invalidate`](Self::invalidate) it.
     ///
     /// The key is built from `args` when this is called, so the future
     /// borrows only the handle, not `args`: it is `Send`, and `'static` for
@@ -98,8 +99,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
 
     /// Deletes every value of the function: walks its key set, unlinking in
     /// batches (never a keyspace scan), then drops the function from the RAM
-    /// of every instance (the seed's `clear_cached_func_all` /
-    /// `delete_from_funcname`). Returns how many Redis keys were deleted:
+    /// of every instance. Returns how many Redis keys were deleted:
     /// the values Redis still held (every value leaves every RAM, also one
     /// whose Redis copy had expired or been evicted). Key-set members that
     /// are no value of the function are removed from the set, never deleted
@@ -112,26 +112,26 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
         self.delete_all_with(|_| {}).await
     }
 
-    /// [`clear_all`](Self::clear_all), reporting progress after each batch.
+    /// [`delete_all`](Self::delete_all), reporting progress after each batch.
     ///
     /// # Errors
-    /// As [`clear_all`](Self::clear_all).
+    /// As [`delete_all`](Self::delete_all).
     pub async fn delete_all_with(&self, progress: impl FnMut(Progress)) -> Result<u64> {
         self.inner.node.check_open()?;
         clear_function(&self.inner.node, &self.inner.name, progress).await
     }
 
     /// Starts deleting the values whose arguments match `filter` (named
-    /// arguments; the seed's `clear_cached_func_some`). Needs
+    /// arguments, every one of which must match). Needs
     /// [`key_args(ArgsInKey::Each)`](crate::FuncBuilder::key_args).
     /// Each [`DeleteSome::step`] deletes one batch and says how far it got;
     /// every matching value the key set records leaves the RAM of every
     /// instance, and [`Progress::deleted`] counts those Redis still held.
-    /// Unlike [`clear_all`](Self::clear_all) it does not change the clear
+    /// Unlike [`delete_all`](Self::delete_all) it does not change the clear
     /// generation: a matching value whose computation was running is
     /// refused by the computing node if the invalidation reached it first,
     /// and otherwise stored (the usual cache-aside race, as for
-    /// [`clear`](Self::clear)).
+    /// [`delete`](Self::delete)).
     ///
     /// # Errors
     /// [`Error::Config`] when the function does not use full-args keys, or

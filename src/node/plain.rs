@@ -498,8 +498,9 @@ impl CacheNode {
     }
 
     /// Drops every value of cached function `funcname` from the RAM of every
-    /// instance (the RAM side of the seed's "mark RAM caches to be deleted as
-    /// well on all instances"). Returns once durable in Redis.
+    /// instance (this one at once, the others through the bus); its Redis
+    /// values stay, so the next call on any instance reads them from there.
+    /// Returns once durable in Redis.
     ///
     /// # Errors
     /// [`Error::Config`] for a name no function can have; else as
