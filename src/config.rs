@@ -23,8 +23,7 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default largest encoded value accepted on write and read: 16 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
-/// Default period of the bus's deletion check (the seed's
-/// `DELETION_CHECK_FREQUENCY_SECS`): the upper bound, past one Redis round
+/// Default period of the bus's deletion check: the upper bound, past one Redis round
 /// trip, on how long a lost invalidation can leave a stale RAM entry.
 pub const DEFAULT_DELETION_CHECK_PERIOD: Duration = Duration::from_secs(1);
 

@@ -50,9 +50,29 @@ pub enum Layers {
 }
 
 /// A point-in-time view of a node's counters, for health checks and tests.
+///
+/// The read counters cover the reads of plain keys (`get`, `get_arc`,
+/// `get_many`, one per key) and the calls of cached functions (and
+/// `get_or_build`) on every handle of the node, whatever layers the handle
+/// uses: each such read is counted once, as [`ram_hits`](Self::ram_hits),
+/// [`redis_hits`](Self::redis_hits) or [`misses`](Self::misses). Reads
+/// that are not cached at all (a disabled node, an `unless` that holds)
+/// and callers that waited for another caller's computation of the same
+/// key are not counted; neither are [`MemoryFn`](crate::MemoryFn) and the
+/// other process-local memos. The Prometheus counters
+/// ([`metrics::HITS_TOTAL`](crate::metrics::HITS_TOTAL), …) count the same
+/// hits, and misses per layer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NodeStats {
+    /// Reads answered from this node's RAM.
+    pub ram_hits: u64,
+    /// Reads answered from Redis (RAM, when used, had missed).
+    pub redis_hits: u64,
+    /// Reads no layer answered: a missing key (`None`), or a function call
+    /// that ran the function. A value that does not decode is a miss too,
+    /// also counted in [`decode_failures`](Self::decode_failures).
+    pub misses: u64,
     /// Entries in the RAM layer (including invalidated ones not yet reclaimed).
     pub ram_entries: u64,
     /// Weight of the RAM layer in bytes.
@@ -279,7 +299,11 @@ impl Core {
                 l.run_pending_tasks();
                 (l.entry_count(), l.weighted_bytes(), l.capacity_bytes())
             });
+        let (ram_hits, redis_hits, misses) = self.parts.metrics.read_counts();
         NodeStats {
+            ram_hits,
+            redis_hits,
+            misses,
             ram_entries,
             ram_bytes,
             ram_capacity_bytes,

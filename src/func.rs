@@ -1,4 +1,5 @@
-//! Function caching: the seed's `@cached` / `@cached_for`, as handles.
+//! Function caching: [`CachedFn`] handles, which the `#[cached]` /
+//! `#[cached_for]` macros build too.
 //!
 //! ```no_run
 //! # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct User;
@@ -125,7 +126,8 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
         self.inner.opts.ttl
     }
 
-    /// The Redis key of the call with `args` (the seed's `make_cache_key`).
+    /// The Redis key of the call with `args`: `{namespace}:f:{name}:{suffix}`,
+    /// the suffix built from the arguments as [`key_args`](crate::FuncBuilder::key_args) says.
     ///
     /// # Errors
     /// When an argument cannot be encoded.
@@ -249,6 +251,16 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     fn resolved_ttl(&self) -> Option<Duration> {
         let default = self.inner.node.config().default_ttl;
         self.inner.opts.ttl.resolve(default)
+    }
+}
+
+/// Keys through arguments objects of any lifetime, for the attribute
+/// macros (see [`CachedFn::delete_args`]). Not a public API.
+#[doc(hidden)]
+impl<V> CachedFn<dyn KeyArgs, V> {
+    /// [`cache_key`](CachedFn::cache_key) of any arguments object.
+    pub fn cache_key_args(&self, args: &dyn KeyArgs) -> Result<String> {
+        Ok(self.redis_key(&self.key_from(args, None)?))
     }
 }
 

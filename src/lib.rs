@@ -3,14 +3,13 @@
 //! A two-layer cache for every process of a service: a fast **RAM layer** in
 //! the process in front of a **Redis layer** that all instances share, kept
 //! coherent across instances by an **invalidation bus**, with **function
-//! caching** on top (the Python seed's `@cached`, as handles and attribute
-//! macros).
+//! caching** on top (as handles and attribute macros).
 //!
 //! ## Components
 //! * **The node**, [`CacheNode`]: the handle a service holds (cheap to
 //!   clone, `Send + Sync`), built with [`CacheNode::connect`] or
 //!   [`CacheNode::builder`] ([`CacheNodeBuilder`]: every setting, its
-//!   `DEFAULT_*` constant, the seed's environment variables). Its plain-key
+//!   `DEFAULT_*` constant, the environment variables it reads). Its plain-key
 //!   API reads RAM, then Redis, and fills RAM from a Redis hit; writes and
 //!   deletes go to Redis first, then RAM. It owns its background tasks: the
 //!   last handle's drop, or [`CacheNode::shutdown`], stops them.
@@ -32,7 +31,7 @@
 //!   plus one round trip ([`BusHealth`] reports its state; optional HMAC
 //!   signatures with [`bus_secret`](CacheNodeBuilder::bus_secret)).
 //! * **Function caching**, [`CachedFn`] from [`CacheNode::func`]
-//!   ([`FuncBuilder`]: every option of the seed's `cached`), or the
+//!   ([`FuncBuilder`]: every option of a cached function), or the
 //!   [`cached`] / [`cached_for`] macros on a process-wide node
 //!   ([`CacheNode::install_global`]): a call's key is a stable hash of its
 //!   arguments ([`KeyArgs`], [`Args`]); a miss computes once per process,
@@ -57,7 +56,8 @@
 //!   [`CacheNode::namespace_stats`], [`redact_url`]).
 //!
 //! ARCHITECTURE.md in the repository draws the modules and follows a cached
-//! call and an invalidation through them.
+//! call and an invalidation through them; MIGRATING.md maps every method
+//! and option of the Python AlanCache to its cachenode name.
 //!
 //! ## Example
 //! ```no_run
@@ -169,12 +169,17 @@ pub use ttl::Ttl;
 #[cfg(feature = "macros")]
 pub use cachenode_macros::{cached, cached_for};
 
-/// Entry points for the fuzz targets in `fuzz/`; not a public API.
+/// The examples of `README.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
+
 /// The examples of `MIGRATING.md`, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../MIGRATING.md")]
 struct MigratingExamples;
 
+/// Entry points for the fuzz targets in `fuzz/`; not a public API.
 #[doc(hidden)]
 pub mod __fuzz {
     use serde::Deserialize;
@@ -221,7 +226,7 @@ pub mod __private {
     pub use serde::Serialize;
 
     use crate::func::Prepared;
-    use crate::{Args, ArgsWriter, CachedFn, Error, KeyArgs, Result};
+    use crate::{ArgsWriter, CachedFn, Error, KeyArgs, Result};
 
     /// Arguments written by a closure (what the macros generate).
     pub struct FnArgs<F>(pub F);
@@ -230,45 +235,6 @@ pub mod __private {
         fn write_args(&self, out: &mut ArgsWriter) -> Result<()> {
             (self.0)(out)
         }
-    }
-
-    /// Where a generated function writes a call's arguments: an
-    /// [`ArgsWriter`] for a call or a key, an [`OwnedArgs`] for an
-    /// invalidation. One writer per cached function serves all three, so
-    /// that an argument that is not `Serialize` is reported once.
-    pub trait ArgSink {
-        /// Adds argument `name` with `value`.
-        fn arg<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()>;
-    }
-
-    impl ArgSink for ArgsWriter {
-        fn arg<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
-            ArgsWriter::arg(self, name, value)
-        }
-    }
-
-    /// Arguments encoded into an owned [`Args`] (the same key as an
-    /// [`ArgsWriter`] gives), for a future that must not borrow them.
-    #[derive(Default)]
-    pub struct OwnedArgs(pub Args);
-
-    impl ArgSink for OwnedArgs {
-        fn arg<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
-            self.0 = std::mem::take(&mut self.0).arg(name, value)?;
-            Ok(())
-        }
-    }
-
-    /// The handles of one macro-cached function (one name, so one cache):
-    /// `calls` serves calls and keys through arguments borrowed for the
-    /// call; `owned` serves invalidations, whose futures keep their
-    /// arguments as [`Args`] (a future holding a `&dyn KeyArgs` across an
-    /// await is not `Send`).
-    pub struct Handles<V> {
-        /// Calls, keys, `invalidate_all`.
-        pub calls: CachedFn<dyn KeyArgs, V>,
-        /// Invalidations of one call's value.
-        pub owned: CachedFn<Args, V>,
     }
 
     /// A cached function's value must be `Clone`.
@@ -326,51 +292,60 @@ pub mod __private {
         h.call_prepared(prepared, compute)
     }
 
-    /// The Redis key of a call (`handles`: `None` until a node is
-    /// available); `args` is the call's arguments, or why they could not be
-    /// encoded.
-    pub fn cache_key<V>(handles: Option<&Handles<V>>, args: Result<OwnedArgs>) -> Result<String> {
-        let h = handles.ok_or(Error::NoSharedLayer { op: "cache_key" })?;
-        h.owned.cache_key(&args?.0)
+    /// The Redis key of a call (`handle`: `None` until a node is
+    /// available).
+    pub fn cache_key<V>(
+        handle: Option<&CachedFn<dyn KeyArgs, V>>,
+        args: &dyn KeyArgs,
+    ) -> Result<String> {
+        let h = handle.ok_or(Error::NoSharedLayer { op: "cache_key" })?;
+        h.cache_key_args(args)
     }
 
-    /// Deletes the value of a call everywhere; `args` is the call's
-    /// arguments, or why they could not be encoded. Owns both, so the
-    /// future is `Send` and `'static`.
-    pub async fn delete<V>(
-        handles: Option<&'static Handles<V>>,
-        args: Result<OwnedArgs>,
-    ) -> Result<bool> {
-        match handles {
-            Some(h) => h.owned.delete(&args?.0).await,
-            None => Ok(false),
+    /// Deletes the value of a call everywhere. The key is built from `args`
+    /// now: the future borrows nothing, so it is `Send` and `'static`.
+    pub fn delete<V>(
+        handle: Option<&'static CachedFn<dyn KeyArgs, V>>,
+        args: &dyn KeyArgs,
+    ) -> impl Future<Output = Result<bool>> + Send + 'static {
+        let pending = handle.map(|h| h.delete_args(args));
+        async move {
+            match pending {
+                Some(pending) => pending.await,
+                None => Ok(false),
+            }
         }
     }
 
     /// Deletes every value of a function everywhere.
-    pub async fn delete_all<V>(handles: Option<&'static Handles<V>>) -> Result<u64> {
-        match handles {
-            Some(h) => h.calls.delete_all().await,
+    pub async fn delete_all<V>(handle: Option<&'static CachedFn<dyn KeyArgs, V>>) -> Result<u64> {
+        match handle {
+            Some(h) => h.delete_all().await,
             None => Ok(0),
         }
     }
 
     /// Drops the value of a call from the RAM of every instance (Redis
-    /// keeps it); owns its arguments, as [`delete`].
-    pub async fn invalidate<V>(
-        handles: Option<&'static Handles<V>>,
-        args: Result<OwnedArgs>,
-    ) -> Result<()> {
-        match handles {
-            Some(h) => h.owned.invalidate(&args?.0).await,
-            None => Ok(()),
+    /// keeps it); the future borrows nothing, as [`delete`]'s.
+    pub fn invalidate<V>(
+        handle: Option<&'static CachedFn<dyn KeyArgs, V>>,
+        args: &dyn KeyArgs,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        let pending = handle.map(|h| h.invalidate_args(args));
+        async move {
+            match pending {
+                Some(pending) => pending.await,
+                None => Ok(()),
+            }
         }
     }
 
     /// Drops every value of a function from the RAM of every instance.
-    pub async fn invalidate_all<V>(handles: Option<&'static Handles<V>>) -> Result<()> {
-        match handles {
-            Some(h) => h.calls.invalidate_all().await,
+    pub async fn invalidate_all<V>(
+        handle: Option<&'static CachedFn<dyn KeyArgs, V>>,
+    ) -> Result<()> {
+        match handle {
+            Some(h) => h.invalidate_all().await,
             None => Ok(()),
         }
     }

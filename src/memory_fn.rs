@@ -1,8 +1,8 @@
 //! RAM-only function caches: [`MemoryFn`], a function cached in this
-//! process's RAM alone, for values that need not be serde types (the seed's
-//! `memory_only_cache` and `no_serialization`), with no Redis and no bus
-//! messages; and [`OwnerToken`], entries that live as long as an owner value
-//! (the seed's `expire_when="object_is_destroyed"`).
+//! process's RAM alone, for values that need not be serde types (nothing
+//! is encoded), with no Redis and no bus messages; and [`OwnerToken`],
+//! entries that live as long as an owner value (they are dropped when the
+//! token is).
 //!
 //! Both live in the node's RAM layer (so its byte budget and invalidations
 //! apply), which they reach through the [core](crate::core).

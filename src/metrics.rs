@@ -6,6 +6,8 @@
 //! operation, reason, source, function name): a cache key never becomes a
 //! label. When the application installs no recorder, recording is a no-op.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// Reads answered, by `layer` (`ram`, `redis`).
 pub const HITS_TOTAL: &str = "cachenode_hits_total";
 /// Reads not answered, by `layer`.
@@ -112,11 +114,25 @@ impl Layer {
 /// built so a hit costs one atomic increment, not a registry lookup. An
 /// application that installs its own recorder must therefore install it
 /// before building nodes.
-#[derive(Clone)]
+///
+/// Beside the recorder's counters, the node keeps its own [`Counts`] for
+/// [`NodeStats`](crate::NodeStats): the recorder's cannot be read back
+/// (and without a recorder they count nothing).
 pub(crate) struct NodeMetrics {
     hits: [metrics::Counter; 2],
     misses: [metrics::Counter; 2],
     writes: [metrics::Counter; 2],
+    counts: Counts,
+}
+
+/// The node's own read counters: relaxed atomic adds, on a cache line of
+/// their own, so that a hit on one core does not slow down the reads of
+/// the handles above on another.
+#[derive(Default)]
+#[repr(align(128))]
+struct Counts {
+    hits: [AtomicU64; 2],
+    unanswered: AtomicU64,
 }
 
 impl NodeMetrics {
@@ -128,17 +144,43 @@ impl NodeMetrics {
             hits: per_layer(HITS_TOTAL),
             misses: per_layer(MISSES_TOTAL),
             writes: per_layer(WRITES_TOTAL),
+            counts: Counts::default(),
         }
     }
 
+    /// A read answered by `layer`.
     #[inline]
     pub(crate) fn hit(&self, layer: Layer) {
         self.hits[layer as usize].increment(1);
+        self.counts.hits[layer as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A read `layer` did not answer (another layer may be asked next).
     #[inline]
     pub(crate) fn miss(&self, layer: Layer) {
         self.misses[layer as usize].increment(1);
+    }
+
+    /// A read no layer answered: the last layer asked missed, or there was
+    /// none to ask.
+    #[inline]
+    pub(crate) fn unanswered(&self) {
+        self.counts.unanswered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` reads no layer answered.
+    pub(crate) fn unanswered_n(&self, n: u64) {
+        self.counts.unanswered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads answered by RAM, by Redis, and by neither, so far.
+    pub(crate) fn read_counts(&self) -> (u64, u64, u64) {
+        let c = &self.counts;
+        (
+            c.hits[Layer::Ram as usize].load(Ordering::Relaxed),
+            c.hits[Layer::Redis as usize].load(Ordering::Relaxed),
+            c.unanswered.load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn write(&self, layer: Layer) {

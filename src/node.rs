@@ -78,7 +78,7 @@ impl CacheNode {
         CacheNodeBuilder::new()
     }
 
-    /// A node configured from the seed's environment variables
+    /// A node configured from the environment variables
     /// (`CACHE_TYPE`, `LOCALCACHE_TYPE`, `CACHE_REDIS_URL`,
     /// `CACHE_KEY_PREFIX`, `CACHE_DISABLED`; see
     /// [`CacheNodeBuilder::with_env`]). With none set: a RAM-only node.
@@ -169,8 +169,8 @@ impl CacheNode {
     }
 
     /// Deletes every value of each function in `funcnames` through their key
-    /// sets, then drops them from the RAM of every instance (the seed's
-    /// `delete_shared_then_local_cache_patterns`). `progress` is called with
+    /// sets (never a scan of the keyspace), then drops them from the RAM of
+    /// every instance. `progress` is called with
     /// the function's name after each batch. Returns the total deleted.
     ///
     /// # Errors
@@ -183,9 +183,9 @@ impl CacheNode {
         crate::func::delete_functions(&self.core, funcnames, progress).await
     }
 
-    /// [`delete_functions`](Self::delete_functions) as a background task (the seed's
-    /// `delete_shared_then_local_cache_funcnames_async`); the handle tells
-    /// the progress and waits for the end.
+    /// [`delete_functions`](Self::delete_functions) as a background task,
+    /// returning at once; the handle tells the progress and waits for the
+    /// end.
     pub fn delete_functions_in_background(&self, funcnames: Vec<String>) -> BackgroundDelete {
         crate::func::delete_functions_in_background(&self.core, funcnames)
     }

@@ -1,5 +1,5 @@
-//! Functions memoized per request: [`RequestCached`], the seed's
-//! `request_cached`. The memo lives in the request scope (see `scope`) and
+//! Functions memoized per request: [`RequestCached`], so that one request
+//! computes a value once however often it asks. The memo lives in the request scope (see `scope`) and
 //! is dropped with the request; outside a scope every call computes.
 
 use std::future::Future;
@@ -11,10 +11,11 @@ use crate::func::key::{self, ArgsInKey, KeyArgs};
 use crate::scope::current;
 use crate::Result;
 
-/// The longest a request memo serves values (the seed's 30 s).
+/// The longest a request memo serves a value, 30 s: a request that runs
+/// longer computes it again.
 pub const REQUEST_CACHE_MAX_AGE: Duration = Duration::from_secs(30);
 
-/// A function memoized per request (the seed's `request_cached`): RAM only,
+/// A function memoized per request: RAM only,
 /// `None` values included, for at most [`REQUEST_CACHE_MAX_AGE`], and only
 /// inside a request scope; outside one, every call computes.
 pub struct RequestCached<A: ?Sized, V> {

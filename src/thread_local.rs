@@ -1,5 +1,4 @@
-//! Per-thread memos: [`ThreadLocalFn`], the seed's
-//! `thread_local_class_cache`: synchronous, no serde, nothing shared between
+//! Per-thread memos: [`ThreadLocalFn`]: synchronous, no serde, nothing shared between
 //! threads. It needs no node: a memo lives in the thread that computed it.
 
 use std::any::Any;
@@ -22,8 +21,8 @@ thread_local! {
     static THREAD_MEMO: RefCell<ThreadMemo> = RefCell::new(HashMap::new());
 }
 
-/// A function memoized per thread (the seed's `thread_local_class_cache`):
-/// synchronous, no serde, no sharing between threads.
+/// A function memoized per thread: synchronous, no serde, no sharing
+/// between threads.
 #[derive(Debug, Clone)]
 pub struct ThreadLocalFn<A: ?Sized, V> {
     name: Arc<str>,

@@ -5,8 +5,8 @@ use std::time::Duration;
 /// The lifetime of a cached value.
 ///
 /// Converting a [`Duration`] gives [`Ttl::After`], except `Duration::ZERO`,
-/// which means [`Ttl::Never`] as in the seed's "an expiration of 0 never
-/// expires".
+/// which means [`Ttl::Never`]: a value set for zero seconds never expires
+/// (it is not a value that expires at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Ttl {
     /// The node's default TTL ([`CacheNodeBuilder::default_ttl`](crate::CacheNodeBuilder::default_ttl)).

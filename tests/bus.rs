@@ -151,6 +151,29 @@ async fn invalidate_keys_drops_ram_copies_everywhere_and_leaves_redis_alone() {
 }
 
 #[tokio::test]
+async fn invalidate_one_key_drops_it_from_every_ram_and_redis_keeps_it() {
+    let redis = TestRedis::start();
+    let all = nodes(&redis, 2, NO_CHECK).await;
+    let (a, b) = (&all[0], &all[1]);
+    for (i, key) in ["k", "kept"].iter().enumerate() {
+        a.set(key, &(i as u32), Ttl::Default).await.unwrap();
+        fill(&redis, NS, [b], key, i as u32).await;
+    }
+    assert_eq!(in_ram::<u32>(a, "k").await, Some(0), "the writer holds it");
+
+    a.invalidate("k").await.unwrap();
+
+    assert_eq!(in_ram::<u32>(a, "k").await, None, "dropped on the caller");
+    dropped_within_a_hop([b], "k").await;
+    for n in [a, b] {
+        assert_eq!(in_ram::<u32>(n, "kept").await, Some(1), "other keys stay");
+    }
+    assert!(redis.exists("t:k:k"), "Redis keeps the value");
+    assert_eq!(b.get::<u32>("k").await.unwrap(), Some(0));
+    assert_eq!(in_ram::<u32>(b, "k").await, Some(0), "refilled from Redis");
+}
+
+#[tokio::test]
 async fn invalidate_func_is_published_and_applied_by_every_other_node() {
     let redis = TestRedis::start();
     let all = nodes(&redis, 4, NO_CHECK).await;

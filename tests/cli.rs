@@ -83,7 +83,7 @@ fn computed(v: String) -> impl FnOnce() -> std::future::Ready<Result<String, Inf
 }
 
 // ---------------------------------------------------------------------------
-// invalidate --key
+// invalidate --key, delete --key
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
@@ -155,7 +155,7 @@ async fn invalidate_key_drops_the_ram_copy_on_other_nodes_and_keeps_redis() {
 }
 
 #[tokio::test]
-async fn invalidate_key_with_delete_removes_the_redis_values_too() {
+async fn delete_key_removes_the_redis_values_too() {
     let redis = TestRedis::start();
     let (writer, reader) = (node(&redis).await, node(&redis).await);
     for key in ["a", "b"] {
@@ -192,11 +192,96 @@ async fn invalidate_key_with_delete_removes_the_redis_values_too() {
 }
 
 // ---------------------------------------------------------------------------
-// invalidate --func
+// invalidate --func, delete --func
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn invalidate_func_deletes_every_value_of_the_function() {
+async fn invalidate_func_drops_the_ram_copies_on_other_nodes_and_keeps_redis() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    let build = |name: &str, layers| {
+        n.func::<(u64,), String>(name)
+            .layers(layers)
+            .build()
+            .unwrap()
+    };
+    let (f, probe) = (
+        build("get_user", Layers::Both),
+        build("get_user", Layers::Ram),
+    );
+    let (other, other_probe) = (
+        build("get_order", Layers::Both),
+        build("get_order", Layers::Ram),
+    );
+    for id in 1..=3u64 {
+        f.call(&(id,), computed(format!("user-{id}")))
+            .await
+            .unwrap();
+    }
+    other.call(&(1,), computed("order-1".into())).await.unwrap();
+    for id in 1..=3u64 {
+        assert_eq!(ram_value(&probe, &(id,)).await, Some(format!("user-{id}")));
+    }
+
+    let out = run(&redis, &["invalidate", "--func", "get_user"]).await;
+    let text = ok(&out);
+    assert!(
+        text.contains(
+            "dropped 1 function(s) from the RAM of every instance of t (Redis values kept)"
+        ),
+        "{text}"
+    );
+    let dropped = eventually(PROPAGATION, || async {
+        let mut none = true;
+        for id in 1..=3u64 {
+            none &= ram_value(&probe, &(id,)).await.is_none();
+        }
+        none
+    })
+    .await;
+    assert!(dropped, "the node's RAM copies were dropped");
+    assert_eq!(
+        ram_value(&other_probe, &(1,)).await,
+        Some("order-1".to_string()),
+        "other functions kept"
+    );
+    assert_eq!(redis.keys("t:f:get_user:*").len(), 3, "Redis keeps them");
+    assert_eq!(
+        f.call(&(2,), computed("recomputed".into())).await.unwrap(),
+        "user-2",
+        "read again from Redis"
+    );
+
+    // --json, several functions at once.
+    let v = json(
+        &run(
+            &redis,
+            &[
+                "--json",
+                "invalidate",
+                "--func",
+                "get_user",
+                "--func",
+                "get_order",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        v["funcs"],
+        serde_json::json!(["get_user", "get_order"]),
+        "{v}"
+    );
+    let dropped = eventually(PROPAGATION, || async {
+        ram_value(&other_probe, &(1,)).await.is_none() && ram_value(&probe, &(2,)).await.is_none()
+    })
+    .await;
+    assert!(dropped, "both functions dropped");
+    assert_eq!(redis.keys("t:f:*").len(), 4, "Redis keeps every value");
+}
+
+#[tokio::test]
+async fn delete_func_deletes_every_value_of_the_function() {
     let redis = TestRedis::start();
     let n = node(&redis).await;
     let f = n.func::<(u64,), String>("get_user").build().unwrap();
@@ -265,7 +350,7 @@ async fn invalidate_func_deletes_every_value_of_the_function() {
 }
 
 #[tokio::test]
-async fn invalidate_func_with_args_deletes_only_the_matching_values() {
+async fn delete_func_with_args_deletes_only_the_matching_values() {
     let redis = TestRedis::start();
     let n = node(&redis).await;
     let build = |ram_only: bool| {
@@ -359,7 +444,7 @@ async fn invalidate_func_with_args_deletes_only_the_matching_values() {
 }
 
 // ---------------------------------------------------------------------------
-// invalidate --all
+// invalidate --all, delete --all
 // ---------------------------------------------------------------------------
 
 #[tokio::test]

@@ -1251,6 +1251,83 @@ async fn clear_all_of_200k_keys_deletes_them_all_with_progress() {
     clear_all_of_many_keys(200_000).await;
 }
 
+/// `invalidate_all` drops every value of the function from the RAM of
+/// every instance, at once on the caller; Redis keeps them, so the next
+/// calls read them from there without computing. Other functions keep
+/// theirs.
+#[tokio::test]
+async fn invalidate_all_drops_the_function_from_every_ram_and_redis_keeps_its_values() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let users = |n: &CacheNode, layers| {
+        n.func::<(u32,), String>("users")
+            .layers(layers)
+            .build()
+            .unwrap()
+    };
+    let (fa, fb) = (users(&a, Layers::Both), users(&b, Layers::Both));
+    let (pa, pb) = (users(&a, Layers::Ram), users(&b, Layers::Ram));
+    let orders = b.func::<(u32,), String>("orders").build().unwrap();
+    let orders_probe = b
+        .func::<(u32,), String>("orders")
+        .layers(Layers::Ram)
+        .build()
+        .unwrap();
+    let runs = AtomicUsize::new(0);
+    for id in 0..3u32 {
+        let v = format!("user-{id}");
+        fa.call(&(id,), counted(&runs, v.clone())).await.unwrap();
+        // B reads A's value from Redis and holds it in RAM.
+        assert_eq!(
+            fb.call(&(id,), counted(&runs, String::new()))
+                .await
+                .unwrap(),
+            v
+        );
+    }
+    orders
+        .call(&(1,), counted(&runs, "order-1".to_string()))
+        .await
+        .unwrap();
+    assert_eq!(runs.load(SeqCst), 4);
+    for id in 0..3u32 {
+        for probe in [&pa, &pb] {
+            assert_eq!(ram_value(probe, &(id,)).await, Some(format!("user-{id}")));
+        }
+    }
+
+    fa.invalidate_all().await.unwrap();
+
+    for id in 0..3u32 {
+        assert_eq!(ram_value(&pa, &(id,)).await, None, "dropped on the caller");
+    }
+    let dropped = eventually(PROPAGATION, || async {
+        for id in 0..3u32 {
+            if ram_value(&pb, &(id,)).await.is_some() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(dropped, "dropped from B's RAM");
+    assert_eq!(
+        ram_value(&orders_probe, &(1,)).await,
+        Some("order-1".to_string()),
+        "other functions keep their values"
+    );
+    assert_eq!(redis.keys("t:f:users:*").len(), 3, "Redis keeps them");
+    for id in 0..3u32 {
+        assert_eq!(
+            fb.call(&(id,), counted(&runs, "recomputed".to_string()))
+                .await
+                .unwrap(),
+            format!("user-{id}")
+        );
+    }
+    assert_eq!(runs.load(SeqCst), 4, "read from Redis, not computed");
+}
+
 // ---------------------------------------------------------------------------
 // delete_some
 // ---------------------------------------------------------------------------
@@ -1418,6 +1495,118 @@ async fn clear_some_deletes_exactly_the_matching_values_with_progress() {
         "again"
     );
     assert_eq!(runs.load(SeqCst), 181);
+}
+
+/// A filter naming an argument the function does not have, one it leaves
+/// out of its keys, or a value of another type than the argument's would
+/// match no key: it is refused, naming the argument, and deletes nothing.
+/// A right filter still deletes exactly its values (a `&str` matches a
+/// `String` argument: serde writes them alike).
+#[tokio::test]
+async fn delete_some_refuses_a_filter_no_key_can_match() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    let f = n
+        .func::<(u64, String, bool), String>("profile")
+        .key_args(ArgsInKey::Each)
+        .ignore_args(["2"])
+        .build()
+        .unwrap();
+    for user in 0..4u64 {
+        for lang in ["fr", "en"] {
+            let v = format!("{lang}-{user}");
+            f.call(&(user, lang.to_string(), false), || {
+                ready(Ok::<_, Infallible>(v))
+            })
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(f.key_set_size().await.unwrap(), 8);
+    let refused = |filter: Args| match f.delete_some(&filter) {
+        Err(Error::Config(text)) => text,
+        other => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(
+        refused(Args::new().arg("user", &1u64).unwrap()),
+        r#"delete_some on "profile": no argument "user" (its keys hold 0, 1)"#
+    );
+    assert_eq!(
+        refused(Args::new().arg("0", &1i32).unwrap()),
+        r#"delete_some on "profile": argument "0" is u64, the filter gives i32"#
+    );
+    assert_eq!(
+        refused(
+            Args::new()
+                .arg("1", "fr")
+                .unwrap()
+                .arg("0", &Some(1u64))
+                .unwrap()
+        ),
+        r#"delete_some on "profile": argument "0" is u64, the filter gives Option<u64>"#
+    );
+    assert_eq!(
+        refused(Args::new().arg("2", &true).unwrap()),
+        r#"delete_some on "profile": argument "2" is ignored, so no key holds it"#
+    );
+    assert_eq!(f.key_set_size().await.unwrap(), 8, "nothing deleted");
+
+    let fr = Args::new().arg("1", "fr").unwrap();
+    assert_eq!(f.delete_some(&fr).unwrap().run(|_| {}).await.unwrap(), 4);
+    let user_2 = Args::new().arg("0", &2u64).unwrap();
+    assert_eq!(
+        f.delete_some(&user_2).unwrap().run(|_| {}).await.unwrap(),
+        1
+    );
+    let en_3 = Args::new()
+        .arg("0", &3u64)
+        .unwrap()
+        .arg("1", &"en".to_string())
+        .unwrap();
+    assert_eq!(f.delete_some(&en_3).unwrap().run(|_| {}).await.unwrap(), 1);
+    assert_eq!(f.key_set_size().await.unwrap(), 2);
+    for user in [0u64, 1] {
+        let key = f.cache_key(&(user, "en".to_string(), false)).unwrap();
+        assert!(redis.exists(&key), "{user} en kept");
+    }
+}
+
+/// `delete` and `invalidate` build the key when called: their futures
+/// borrow the handle only, so a `'static` handle's can be spawned after the
+/// arguments are gone.
+#[tokio::test]
+async fn delete_and_invalidate_futures_do_not_borrow_the_arguments() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    let f: &'static CachedFn<(String,), String> = Box::leak(Box::new(
+        n.func::<(String,), String>("owned").build().unwrap(),
+    ));
+    let probe = n
+        .func::<(String,), String>("owned")
+        .layers(Layers::Ram)
+        .build()
+        .unwrap();
+    let a = ("a".to_string(),);
+    f.call(&a, || ready(Ok::<_, Infallible>("v".to_string())))
+        .await
+        .unwrap();
+    let key = f.cache_key(&a).unwrap();
+    assert_eq!(ram_value(&probe, &a).await, Some("v".to_string()));
+
+    let invalidate = {
+        let args = ("a".to_string(),);
+        f.invalidate(&args)
+    };
+    tokio::spawn(invalidate).await.unwrap().unwrap();
+    assert_eq!(ram_value(&probe, &a).await, None, "dropped from RAM");
+    assert!(redis.exists(&key), "Redis keeps it");
+
+    let delete = {
+        let args = ("a".to_string(),);
+        f.delete(&args)
+    };
+    assert!(tokio::spawn(delete).await.unwrap().unwrap());
+    assert!(!redis.exists(&key));
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cachenode::{cached, cached_for, CacheNode, Ttl};
+use cachenode::{cached, cached_for, Args, CacheNode, Ttl};
 use serde::{Deserialize, Serialize};
 use support::TestRedis;
 
@@ -509,6 +509,87 @@ async fn a_method_with_an_explicit_node_is_invalidated_through_its_receiver() {
     assert_eq!(ledger.calls.load(Ordering::SeqCst), 4);
 }
 
+/// A full-args method, for partial deletes by its parameter names.
+struct Profiles {
+    node: CacheNode,
+}
+
+impl Profiles {
+    #[cached(key_args = Each, ignore_self, ignore = [verbose], node = self.node, name = "profiles.get")]
+    async fn get(&self, user_id: u64, lang: &str, verbose: bool) -> String {
+        let _ = verbose;
+        format!("{lang}-{user_id}")
+    }
+}
+
+/// A partial delete names the function's parameters; a filter no key can
+/// match (an unknown or ignored name, a value of another type) is refused
+/// with the parameter's name and type, and deletes nothing.
+#[tokio::test]
+async fn delete_some_on_a_macro_function_checks_the_filter_against_its_parameters() {
+    let redis = TestRedis::start();
+    let node = CacheNode::builder()
+        .redis_url(redis.url())
+        .namespace("profiles")
+        .build()
+        .await
+        .unwrap();
+    let p = Profiles { node };
+    for user_id in 0..3u64 {
+        for lang in ["fr", "en"] {
+            assert_eq!(
+                p.get(user_id, lang, false).await,
+                format!("{lang}-{user_id}")
+            );
+        }
+    }
+    let stored = || redis.keys("profiles:f:profiles.get:*").len();
+    assert_eq!(stored(), 6);
+    let h = p.get_handle().unwrap();
+    let refused = |filter: Args| match h.delete_some(&filter) {
+        Err(cachenode::Error::Config(text)) => text,
+        other => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(
+        refused(Args::new().arg("user", &1u64).unwrap()),
+        r#"delete_some on "profiles.get": no argument "user" (its keys hold user_id, lang)"#
+    );
+    assert_eq!(
+        refused(Args::new().arg("user_id", &1i32).unwrap()),
+        r#"delete_some on "profiles.get": argument "user_id" is u64, the filter gives i32"#
+    );
+    assert_eq!(
+        refused(Args::new().arg("lang", &7u8).unwrap()),
+        r#"delete_some on "profiles.get": argument "lang" is &str, the filter gives u8"#
+    );
+    for ignored in ["verbose", "self"] {
+        assert_eq!(
+            refused(Args::new().arg(ignored, &true).unwrap()),
+            format!(
+                r#"delete_some on "profiles.get": argument "{ignored}" is ignored, so no key holds it"#
+            )
+        );
+    }
+    assert_eq!(stored(), 6, "nothing deleted");
+
+    let fr = Args::new().arg("lang", &"fr".to_string()).unwrap();
+    assert_eq!(h.delete_some(&fr).unwrap().run(|_| {}).await.unwrap(), 3);
+    let en_1 = Args::new()
+        .arg("user_id", &1u64)
+        .unwrap()
+        .arg("lang", "en")
+        .unwrap();
+    assert_eq!(h.delete_some(&en_1).unwrap().run(|_| {}).await.unwrap(), 1);
+    assert_eq!(stored(), 2);
+}
+
+/// A function whose argument type names a lifetime of its own (the
+/// generated items, the declared argument types among them, take it too).
+#[cached(key_args = Each)]
+async fn greeting<'a>(name: &'a str) -> String {
+    format!("hello {name}")
+}
+
 /// Whether `F` can be awaited in an axum handler or given to `tokio::spawn`.
 fn assert_send<F: std::future::Future + Send>(f: F) -> F {
     f
@@ -541,6 +622,9 @@ fn generated_futures_are_send(db: &Db, repo: &Repo, tenant: &Tenant, ledger: &Le
     drop(assert_send(ledger.balance(1)));
     drop(assert_send(ledger.balance_uncached(1)));
     drop(assert_send(ledger.balance_delete(&1)));
+    drop(assert_send(greeting("ada")));
+    drop(assert_send(greeting::delete(&"ada")));
+    drop(assert_send(greeting::invalidate(&"ada")));
 }
 
 /// The README's use: invalidating from an axum handler (whose future

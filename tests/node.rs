@@ -8,7 +8,7 @@ use std::time::Duration;
 use cachenode::{CacheNode, Error, Layers, Ttl};
 use redis::Commands;
 use serde::{Deserialize, Serialize};
-use support::{eventually, node, node_in, TestRedis};
+use support::{bus_seq, caught_up, eventually, node, node_in, TestRedis};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct User {
@@ -341,6 +341,62 @@ async fn corrupt_values_in_redis_are_counted_misses_and_removed() {
         redis.keys("t:k:*").is_empty(),
         "undecodable values are removed"
     );
+}
+
+/// `stats()` counts, for plain keys and cached functions together, the
+/// reads each layer answered and the reads no layer answered, exactly.
+#[tokio::test]
+async fn stats_count_ram_hits_redis_hits_and_misses_of_keys_and_functions() {
+    let redis = TestRedis::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    a.set("k", &1u32, Ttl::Default).await.unwrap();
+    a.set("k2", &2u32, Ttl::Default).await.unwrap();
+    // b must have applied a's announcements, or one arriving during b's
+    // read would rightly keep b from filling its RAM.
+    caught_up([&b], bus_seq(&redis, "t")).await;
+
+    // Plain keys. a: three RAM hits.
+    for _ in 0..3 {
+        assert_eq!(a.get::<u32>("k").await.unwrap(), Some(1));
+    }
+    // b: a Redis hit that fills RAM, then a RAM hit; a miss in both layers.
+    assert_eq!(b.get::<u32>("k").await.unwrap(), Some(1));
+    assert_eq!(b.get::<u32>("k").await.unwrap(), Some(1));
+    assert_eq!(b.get::<u32>("missing").await.unwrap(), None);
+    // A batch: one of each.
+    assert_eq!(
+        b.get_many::<u32>(&["k", "k2", "missing"]).await.unwrap(),
+        vec![Some(1), Some(2), None]
+    );
+    // A RAM-only read: a hit, and a miss (Redis is not asked).
+    let ram = b.with_layers(Layers::Ram);
+    assert_eq!(ram.get::<u32>("k2").await.unwrap(), Some(2));
+    assert_eq!(ram.get::<u32>("nope").await.unwrap(), None);
+    // A value that does not decode is a miss.
+    let _: () = redis.conn().set("t:k:corrupt", "x").unwrap();
+    assert_eq!(b.get::<u32>("corrupt").await.unwrap(), None);
+
+    // A function: computed on a (a miss), then a RAM hit; on b a Redis hit,
+    // then a RAM hit. (A first write is not announced: nothing to wait for.)
+    let f = a.func::<(u32,), u32>("squares").build().unwrap();
+    assert_eq!(f.call(&(3,), || async { Ok::<_, ()>(9) }).await, Ok(9));
+    assert_eq!(f.call(&(3,), || async { Ok::<_, ()>(0) }).await, Ok(9));
+    let g = b.func::<(u32,), u32>("squares").build().unwrap();
+    assert_eq!(g.call(&(3,), || async { Ok::<_, ()>(0) }).await, Ok(9));
+    assert_eq!(g.call(&(3,), || async { Ok::<_, ()>(0) }).await, Ok(9));
+
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(
+        (sa.ram_hits, sa.redis_hits, sa.misses),
+        (4, 0, 1),
+        "a: {sa:?}"
+    );
+    assert_eq!(
+        (sb.ram_hits, sb.redis_hits, sb.misses),
+        (4, 3, 4),
+        "b: {sb:?}"
+    );
+    assert_eq!(sb.decode_failures, 1);
 }
 
 #[tokio::test]

@@ -225,7 +225,7 @@ impl<'a> Cached<'a> {
         }
     }
 
-    /// The node to build the handles with, as an `Option<CacheNode>`.
+    /// The node to build the handle with, as an `Option<CacheNode>`.
     fn node(&self) -> TokenStream2 {
         match &self.opts.node {
             Some(e) => quote!(::core::option::Option::Some(::cachenode::CacheNode::clone(&#e))),
@@ -233,39 +233,92 @@ impl<'a> Cached<'a> {
         }
     }
 
-    /// The function returning the handles, built once, by the first call
+    /// The function returning the handle, built once, by the first call
     /// that finds a node (`node = self.node` is evaluated until then).
-    fn handles_fn(&self) -> TokenStream2 {
+    fn handle_fn(&self) -> TokenStream2 {
         let value_ty = self.value_ty();
         let funcname = self.funcname();
         let node = self.node();
         let calls = self.opts.builder_calls();
-        let handles = self.hidden("handles");
+        let declared = self.declared_calls();
+        let handle = self.hidden("handle");
         let receiver = self.is_method.then(|| quote!(&self));
         let vis = self.hidden_vis();
         quote! {
             #[allow(dead_code)]
-            #vis fn #handles(#receiver) -> ::core::option::Option<&'static ::cachenode::__private::Handles<#value_ty>> {
-                static __HANDLES: ::std::sync::OnceLock<::cachenode::__private::Handles<#value_ty>> =
+            #vis fn #handle(#receiver) -> ::core::option::Option<&'static ::cachenode::CachedFn<dyn ::cachenode::KeyArgs, #value_ty>> {
+                static __HANDLE: ::std::sync::OnceLock<::cachenode::CachedFn<dyn ::cachenode::KeyArgs, #value_ty>> =
                     ::std::sync::OnceLock::new();
-                if let ::core::option::Option::Some(h) = __HANDLES.get() {
+                if let ::core::option::Option::Some(h) = __HANDLE.get() {
                     return ::core::option::Option::Some(h);
                 }
                 let __node: ::cachenode::CacheNode = #node?;
                 let __name: ::std::string::String = #funcname;
-                let __built = (|| -> ::cachenode::Result<::cachenode::__private::Handles<#value_ty>> {
-                    ::core::result::Result::Ok(::cachenode::__private::Handles {
-                        calls: __node.func::<dyn ::cachenode::KeyArgs, #value_ty>(&__name) #calls .build()?,
-                        owned: __node.func::<::cachenode::Args, #value_ty>(&__name) #calls .build()?,
-                    })
-                })();
+                let __built = __node
+                    .func::<dyn ::cachenode::KeyArgs, #value_ty>(&__name) #calls #declared
+                    .build();
                 match __built {
-                    ::core::result::Result::Ok(h) => ::core::option::Option::Some(__HANDLES.get_or_init(|| h)),
+                    ::core::result::Result::Ok(h) => ::core::option::Option::Some(__HANDLE.get_or_init(|| h)),
                     ::core::result::Result::Err(e) => {
                         ::cachenode::__private::report_build_error(&__name, &e);
                         ::core::option::Option::None
                     }
                 }
+            }
+        }
+    }
+
+    /// The builder calls that tell the handle which arguments its keys
+    /// hold (names and types) and which it leaves out, so that a partial
+    /// deletion can refuse a filter that could match nothing.
+    fn declared_calls(&self) -> TokenStream2 {
+        let arg_types = self.hidden("arg_types");
+        let arg_types = if self.is_method {
+            quote!(Self::#arg_types())
+        } else {
+            quote!(#arg_types())
+        };
+        let mut ignored: Vec<String> = self
+            .args
+            .iter()
+            .filter(|a| !a.keyed)
+            .map(Arg::key_name)
+            .collect();
+        if self.is_method && self.keyed_self.is_none() {
+            ignored.push("self".to_owned());
+        }
+        let ignore = (!ignored.is_empty()).then(|| quote!(.ignore_args([#(#ignored),*])));
+        quote!(.declared_args(&#arg_types) #ignore)
+    }
+
+    /// The function that names the keyed arguments and their types, with
+    /// the user's lifetime parameters (an argument's type may name them).
+    /// A type that cannot be named in an expression (`impl Trait`) is
+    /// declared without its type.
+    fn arg_types_fn(&self) -> TokenStream2 {
+        let self_entry = self.keyed_self.as_ref().map(|_| {
+            quote!((
+                "self",
+                ::core::option::Option::Some(::core::any::type_name::<Self>())
+            ),)
+        });
+        let entries = self.keyed().map(|a| {
+            let name = a.key_name();
+            let ty = a.ty;
+            if mentions_impl(&quote!(#ty)) {
+                quote!((#name, ::core::option::Option::None),)
+            } else {
+                quote!((#name, ::core::option::Option::Some(::core::any::type_name::<#ty>())),)
+            }
+        });
+        let arg_types = self.hidden("arg_types");
+        let generics = self.generics(quote!());
+        let where_clause = self.where_clause();
+        let vis = self.hidden_vis();
+        quote! {
+            #[allow(dead_code)]
+            #vis fn #arg_types #generics() -> ::std::vec::Vec<(&'static str, ::core::option::Option<&'static str>)> #where_clause {
+                ::std::vec![#self_entry #(#entries)*]
             }
         }
     }
@@ -290,8 +343,8 @@ impl<'a> Cached<'a> {
         }
     }
 
-    /// The one function that writes a call's key arguments (into an
-    /// `ArgsWriter` or an owned `Args`). An argument that is not
+    /// The one function that writes a call's key arguments into an
+    /// `ArgsWriter` (for a call, a key, a deletion). An argument that is not
     /// `Serialize` is reported here, once, at the argument, with a bound
     /// whose message says how to leave it out.
     fn key_args_fn(&self) -> TokenStream2 {
@@ -310,14 +363,14 @@ impl<'a> Cached<'a> {
             must_serialize(a.ident, &name, &message)
         });
         let key_args = self.hidden("key_args");
-        let generics = self.generics(quote!(__S: ::cachenode::__private::ArgSink));
+        let generics = self.generics(quote!());
         let where_clause = self.where_clause();
         let receiver = self.is_method.then(|| quote!(&self,));
         let params = self.ref_params();
         let vis = self.hidden_vis();
         quote! {
             #[allow(dead_code)]
-            #vis fn #key_args #generics(#receiver __sink: &mut __S, #(#params),*) -> ::cachenode::Result<()> #where_clause {
+            #vis fn #key_args #generics(#receiver __sink: &mut ::cachenode::ArgsWriter, #(#params),*) -> ::cachenode::Result<()> #where_clause {
                 #self_write
                 #(#writes)*
                 ::core::result::Result::Ok(())
@@ -337,17 +390,17 @@ impl<'a> Cached<'a> {
         }
     }
 
-    /// The call's key arguments as a `Result<OwnedArgs>` (in a generated
-    /// item, whose parameters are references).
-    fn owned_args(&self) -> TokenStream2 {
-        let write = self.call_from_item(&self.hidden("key_args"), {
-            let idents = self.key_idents();
-            quote!(&mut __args, #idents)
-        });
-        quote!({
-            let mut __args = ::cachenode::__private::OwnedArgs::default();
-            #write.map(|()| __args)
-        })
+    /// The call's key arguments as a `KeyArgs`, in a generated item (whose
+    /// parameters are references). Borrowed only while the item builds the
+    /// key: the futures the items return do not hold them.
+    fn item_args(&self) -> TokenStream2 {
+        let idents = self.key_idents();
+        let write = self.call_from_item(&self.hidden("key_args"), quote!(__w, #idents));
+        quote! {
+            &::cachenode::__private::FnArgs(
+                |__w: &mut ::cachenode::ArgsWriter| -> ::cachenode::Result<()> { #write },
+            )
+        }
     }
 
     /// The cached function, in place of the user's.
@@ -369,7 +422,7 @@ impl<'a> Cached<'a> {
                 }
             }
         });
-        let handles = self.call_from_body(&self.hidden("handles"), quote!());
+        let handle = self.call_from_body(&self.hidden("handle"), quote!());
         let args = self.borrowed_args();
         // Spanned at the return type: a value type that cannot be cached
         // is one error there, not one per helper.
@@ -378,7 +431,7 @@ impl<'a> Cached<'a> {
         let prepare = quote_spanned!(span=> ::cachenode::__private::prepare::<#value_ty>);
         let value = quote_spanned! {span=>
             #outcome::join(
-                ::cachenode::__private::call::<#value_ty, _, _, _>(&__h.calls, __prepared, move || async move {
+                ::cachenode::__private::call::<#value_ty, _, _, _>(__h, __prepared, move || async move {
                     #outcome::split(#uncached_call.await)
                 })
                 .await,
@@ -393,9 +446,9 @@ impl<'a> Cached<'a> {
             #vis #sig {
                 let _: fn() = #cacheable;
                 #unless_check
-                match #handles {
+                match #handle {
                     ::core::option::Option::Some(__h) => {
-                        let __prepared = #prepare(&__h.calls, #args);
+                        let __prepared = #prepare(__h, #args);
                         #value
                     }
                     ::core::option::Option::None => #uncached_call.await,
@@ -414,8 +467,8 @@ impl<'a> Cached<'a> {
         let params = self.key_params();
         let generics = self.generics(quote!());
         let where_clause = self.where_clause();
-        let handles = self.call_from_item(&self.hidden("handles"), quote!());
-        let owned_args = self.owned_args();
+        let handle_call = self.call_from_item(&self.hidden("handle"), quote!());
+        let args = self.item_args();
         let (handle, ttl, cache_key) = (
             self.item("handle"),
             self.item("ttl"),
@@ -452,7 +505,7 @@ impl<'a> Cached<'a> {
             #[doc = #doc_handle]
             #[allow(dead_code)]
             #vis fn #handle(#receiver) -> ::core::option::Option<&'static ::cachenode::CachedFn<dyn ::cachenode::KeyArgs, #value_ty>> {
-                #handles.map(|h| &h.calls)
+                #handle_call
             }
 
             #[doc = #doc_expire]
@@ -464,7 +517,7 @@ impl<'a> Cached<'a> {
             #[doc = #doc_key]
             #[allow(dead_code)]
             #vis fn #cache_key #generics(#params) -> ::cachenode::Result<::std::string::String> #where_clause {
-                ::cachenode::__private::cache_key(#handles, #owned_args)
+                ::cachenode::__private::cache_key(#handle_call, #args)
             }
 
             #[doc = #doc_delete]
@@ -473,7 +526,7 @@ impl<'a> Cached<'a> {
                 -> impl ::core::future::Future<Output = ::cachenode::Result<bool>> + ::core::marker::Send + 'static
                 #where_clause
             {
-                ::cachenode::__private::delete(#handles, #owned_args)
+                ::cachenode::__private::delete(#handle_call, #args)
             }
 
             #[doc = #doc_delete_all]
@@ -481,7 +534,7 @@ impl<'a> Cached<'a> {
             #vis fn #delete_all(#receiver)
                 -> impl ::core::future::Future<Output = ::cachenode::Result<u64>> + ::core::marker::Send + 'static
             {
-                ::cachenode::__private::delete_all(#handles)
+                ::cachenode::__private::delete_all(#handle_call)
             }
 
             #[doc = #doc_invalidate]
@@ -490,7 +543,7 @@ impl<'a> Cached<'a> {
                 -> impl ::core::future::Future<Output = ::cachenode::Result<()>> + ::core::marker::Send + 'static
                 #where_clause
             {
-                ::cachenode::__private::invalidate(#handles, #owned_args)
+                ::cachenode::__private::invalidate(#handle_call, #args)
             }
 
             #[doc = #doc_invalidate_all]
@@ -498,7 +551,7 @@ impl<'a> Cached<'a> {
             #vis fn #invalidate_all(#receiver)
                 -> impl ::core::future::Future<Output = ::cachenode::Result<()>> + ::core::marker::Send + 'static
             {
-                ::cachenode::__private::invalidate_all(#handles)
+                ::cachenode::__private::invalidate_all(#handle_call)
             }
         }
     }
@@ -507,14 +560,16 @@ impl<'a> Cached<'a> {
     fn method_items(&self) -> TokenStream2 {
         let uncached = self.uncached(self.vis());
         let doc = format!("`{}` without its cache.", self.name().unraw());
-        let handles = self.handles_fn();
+        let handle = self.handle_fn();
+        let arg_types = self.arg_types_fn();
         let key_args = self.key_args_fn();
         let introspection = self.introspection();
         quote! {
             #[doc = #doc]
             #[allow(dead_code)]
             #uncached
-            #handles
+            #handle
+            #arg_types
             #key_args
             #introspection
         }
@@ -525,7 +580,8 @@ impl<'a> Cached<'a> {
         let vis = self.vis();
         let name = self.name();
         let uncached = self.uncached(&syn::parse_quote!(pub));
-        let handles = self.handles_fn();
+        let handle = self.handle_fn();
+        let arg_types = self.arg_types_fn();
         let key_args = self.key_args_fn();
         let introspection = self.introspection();
         quote! {
@@ -538,7 +594,8 @@ impl<'a> Cached<'a> {
 
                 /// The function without its cache.
                 #uncached
-                #handles
+                #handle
+                #arg_types
                 #key_args
                 #introspection
             }
@@ -586,16 +643,25 @@ fn must_serialize(value: &Ident, name: &str, message: &str) -> TokenStream2 {
         {
             #[diagnostic::on_unimplemented(message = #message, label = "not `Serialize`")]
             trait __KeyArg {
-                fn __write<__W: ::cachenode::__private::ArgSink>(&self, sink: &mut __W, name: &str) -> ::cachenode::Result<()>;
+                fn __write(&self, sink: &mut ::cachenode::ArgsWriter, name: &str) -> ::cachenode::Result<()>;
             }
             impl<__T: ?::core::marker::Sized + ::cachenode::__private::Serialize> __KeyArg for __T {
-                fn __write<__W: ::cachenode::__private::ArgSink>(&self, sink: &mut __W, name: &str) -> ::cachenode::Result<()> {
+                fn __write(&self, sink: &mut ::cachenode::ArgsWriter, name: &str) -> ::cachenode::Result<()> {
                     sink.arg(name, self)
                 }
             }
             #write
         }
     }
+}
+
+/// Whether `tokens` (a type) mention `impl`, at any depth.
+fn mentions_impl(tokens: &TokenStream2) -> bool {
+    tokens.clone().into_iter().any(|t| match t {
+        proc_macro2::TokenTree::Ident(i) => i == "impl",
+        proc_macro2::TokenTree::Group(g) => mentions_impl(&g.stream()),
+        _ => false,
+    })
 }
 
 /// Refuses what a cached function cannot be: not async, or generic over

@@ -27,7 +27,9 @@ use crate::shared::{ttl_millis, SharedLayer};
 use crate::Result;
 
 /// How a cached function's computation is coordinated across instances
-/// (the seed's `atomic_writes`).
+/// ([`FuncBuilder::atomic_writes`](crate::FuncBuilder::atomic_writes)); without
+/// it, each instance computes a missing value on its own (once per
+/// process) and the last write wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtomicWrites {
     /// Across all instances, the function runs at most once per key and

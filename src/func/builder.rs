@@ -1,5 +1,5 @@
-//! Configuring a cached function: [`FuncBuilder`], every option of the
-//! seed's `cached` with its default, the checks [`build`](FuncBuilder::build)
+//! Configuring a cached function: [`FuncBuilder`], every option with its
+//! default, the checks [`build`](FuncBuilder::build)
 //! makes (a bad combination is refused there, with a clear error), and the
 //! registration of a build function for async compute, refresh and warm-up.
 
@@ -42,7 +42,7 @@ pub(crate) enum Prefix<A: ?Sized> {
     Computed(Arc<dyn Fn() -> String + Send + Sync>),
 }
 
-/// The options of a cached function: every option of the seed's `cached`.
+/// The options of a cached function, as its builder set them.
 pub(crate) struct Options<A: ?Sized, V> {
     pub(crate) ttl: Ttl,
     pub(crate) unless: Option<Unless<A>>,
@@ -50,6 +50,9 @@ pub(crate) struct Options<A: ?Sized, V> {
     pub(crate) prefix: Prefix<A>,
     pub(crate) args_mode: ArgsInKey,
     pub(crate) ignore: Vec<String>,
+    /// The arguments the keys hold, when known (a tuple's, or those the
+    /// macro declares), for checking partial-deletion filters.
+    pub(crate) declared: Option<Vec<key::DeclaredArg>>,
     pub(crate) cache_none: bool,
     pub(crate) on_computed: Option<OnComputed<V>>,
     pub(crate) with_request_path: bool,
@@ -101,6 +104,7 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
                 prefix: Prefix::Static(String::new()),
                 args_mode: ArgsInKey::Hashed,
                 ignore: Vec::new(),
+                declared: key::tuple_args::<A>(),
                 cache_none: false,
                 on_computed: None,
                 with_request_path: false,
@@ -161,8 +165,8 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         self
     }
 
-    /// A prefix computed per call without looking at the arguments (the
-    /// seed's no-argument prefix callback); `|` and `;` become `_`.
+    /// A prefix computed per call without looking at the arguments (a
+    /// tenant from the request, a deployment's version); `|` and `;` become `_`.
     pub fn key_prefix_from(mut self, prefix: impl Fn() -> String + Send + Sync + 'static) -> Self {
         self.opts.prefix = Prefix::Computed(Arc::new(prefix));
         self
@@ -184,6 +188,24 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         S: Into<String>,
     {
         self.opts.ignore.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Declares the arguments the function writes into its keys, by name,
+    /// with the type of each when it can be named
+    /// ([`std::any::type_name`]), so that a partial deletion whose filter
+    /// names another argument or gives a value of another type is refused
+    /// (what the macros call with the function's parameters).
+    #[doc(hidden)]
+    pub fn declared_args(mut self, args: &[(&str, Option<&'static str>)]) -> Self {
+        self.opts.declared = Some(
+            args.iter()
+                .map(|&(name, ty)| key::DeclaredArg {
+                    name: name.to_owned(),
+                    ty,
+                })
+                .collect(),
+        );
         self
     }
 
@@ -224,8 +246,8 @@ impl<A: KeyArgs + ?Sized, V> FuncBuilder<A, V> {
         self
     }
 
-    /// Coordinates computation across instances (the seed's
-    /// `atomic_writes`); see [`AtomicWrites`]. Needs Redis: ignored for
+    /// Coordinates computation across instances: see [`AtomicWrites`].
+    /// Needs Redis: ignored for
     /// RAM-only functions.
     pub fn atomic_writes(mut self, mode: AtomicWrites) -> Self {
         self.opts.atomic = Some(mode);
@@ -386,7 +408,7 @@ where
         self
     }
 
-    /// Builds values in the background (the seed's `async_compute`): a
+    /// Builds values in the background: a
     /// lookup of a cold key with [`CachedFn::get_or_build`] enqueues a build
     /// job and answers [`Lookup::BeingBuilt`](crate::Lookup::BeingBuilt) at once; a node with the
     /// [builder role](crate::CacheNodeBuilder::builder_role) runs `build`
@@ -406,7 +428,7 @@ where
     }
 
     /// Recomputes every value of the function in the background every
-    /// `period` (the seed's `refresh_every`), on one builder instance
+    /// `period`, on one builder instance
     /// per period; readers keep the old value until the new one is written.
     /// Needs [`computed_by`](Self::computed_by) (or `async_compute`), a
     /// period of at least the node's
@@ -420,7 +442,8 @@ where
     }
 
     /// Computes the values of these calls when
-    /// [`CacheNode::warm_up`](crate::CacheNode::warm_up) runs (the seed's `warm_up_with`). Needs
+    /// [`CacheNode::warm_up`](crate::CacheNode::warm_up) runs (at start, so
+    /// the first callers find them). Needs
     /// [`computed_by`](Self::computed_by) and no request path or query
     /// string in keys.
     pub fn warm_up_with(mut self, calls: impl IntoIterator<Item = A>) -> Self {
@@ -447,8 +470,7 @@ where
     }
 
     /// How long a build job may run before another builder takes it over
-    /// (the seed's `async_compute_job_timeout`; default
-    /// [`DEFAULT_JOB_TIMEOUT`](crate::DEFAULT_JOB_TIMEOUT)).
+    /// (default [`DEFAULT_JOB_TIMEOUT`](crate::DEFAULT_JOB_TIMEOUT)).
     pub fn async_compute_job_timeout(mut self, timeout: Duration) -> Self {
         self.opts.async_compute = Some(timeout);
         self

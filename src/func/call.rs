@@ -31,8 +31,7 @@ use crate::{Error, Result};
 pub enum Lookup<V> {
     /// The value.
     Ready(V),
-    /// Not cached yet: a build job is queued or running (the seed's
-    /// `AsyncValueBeingBuiltException`). Ask again later.
+    /// Not cached yet: a build job is queued or running. Ask again later.
     BeingBuilt,
 }
 
@@ -144,6 +143,7 @@ where
             return Ok(V::clone(&v));
         }
         self.inner.metrics.miss();
+        node.metrics().unanswered();
         let started = std::time::Instant::now();
         let compute = || async {
             let v = compute().await;
@@ -212,6 +212,7 @@ where
         {
             return Ok(Lookup::Ready(V::clone(&v)));
         }
+        node.metrics().unanswered();
         let mut encoded = Vec::new();
         crate::codec::Bincode
             .encode_into(args, &mut encoded)
@@ -522,16 +523,6 @@ where
 {
     pub fn prepare_args(&self, args: &dyn KeyArgs) -> Prepared {
         self.prepared(self.key_from(args, None))
-    }
-
-    pub fn cache_key_args(&self, args: &dyn KeyArgs) -> Result<String> {
-        Ok(self.redis_key(&self.key_from(args, None)?))
-    }
-
-    pub async fn delete_args(&self, args: &dyn KeyArgs) -> Result<bool> {
-        self.inner.node.check_open()?;
-        let key = self.key_from(args, None)?;
-        self.clear_key(key).await
     }
 }
 

@@ -1,10 +1,12 @@
 //! Deleting a cached function's values: one call's value
-//! ([`CachedFn::clear`]), all of them through the function's key set
-//! ([`CachedFn::clear_all`], in the order that keeps a computation begun
+//! ([`CachedFn::delete`]), all of them through the function's key set
+//! ([`CachedFn::delete_all`], in the order that keeps a computation begun
 //! before the call from storing after it), some of them by argument
 //! ([`DeleteSome`]), several functions in the background
 //! ([`BackgroundDelete`]), and the node-wide key-set admin (listing and
 //! pruning every function's key set).
+
+use std::future::Future;
 
 use tokio::sync::watch;
 
@@ -17,15 +19,24 @@ use crate::{Error, Result};
 
 impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// Deletes the value of the call with `args` from Redis, its key set and
-    /// the RAM of every instance (the seed's `clear_cached_func`). Returns
-    /// whether it existed.
+    /// the RAM of every instance. Returns whether it existed (in Redis or
+    /// this node's RAM). To drop it from RAM only,
+    /// [`invalidate`](Self::invalidate) it.
+    ///
+    /// The key is built from `args` when this is called, so the future
+    /// borrows only the handle, not `args`: it is `Send`, and `'static` for
+    /// a `'static` handle (spawn it, or await it after `args` is gone).
     ///
     /// # Errors
     /// When Redis fails or an argument cannot be encoded.
-    pub async fn delete(&self, args: &A) -> Result<bool> {
+    pub fn delete(&self, args: &A) -> impl Future<Output = Result<bool>> + Send + '_ {
+        self.delete_key(self.key(args))
+    }
+
+    /// [`delete`](Self::delete) of a key built beforehand.
+    pub(super) async fn delete_key(&self, key: Result<CallKey>) -> Result<bool> {
         self.inner.node.check_open()?;
-        let key = self.key(args)?;
-        self.clear_key(key).await
+        self.clear_key(key?).await
     }
 
     pub(super) async fn clear_key(&self, key: CallKey) -> Result<bool> {
@@ -59,14 +70,20 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// instance (this one at once, the others through the bus); the Redis
     /// copy stays, so the next call on any instance reads it from there.
     /// Returns once the invalidation is durable in Redis. To remove the
-    /// value everywhere, [`delete`](Self::delete) it.
+    /// value everywhere, [`delete`](Self::delete) it. Like `delete`, the
+    /// key is built when this is called: the future does not borrow `args`.
     ///
     /// # Errors
     /// When an argument cannot be encoded, or the invalidation cannot be
     /// published.
-    pub async fn invalidate(&self, args: &A) -> Result<()> {
+    pub fn invalidate(&self, args: &A) -> impl Future<Output = Result<()>> + Send + '_ {
+        self.invalidate_key(self.key(args))
+    }
+
+    /// [`invalidate`](Self::invalidate) of a key built beforehand.
+    pub(super) async fn invalidate_key(&self, key: Result<CallKey>) -> Result<()> {
         self.inner.node.check_open()?;
-        let key = self.key(args)?;
+        let key = key?;
         self.inner.node.invalidate_ram_keys(&[&key.ram]).await
     }
 
@@ -82,8 +99,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
 
     /// Deletes every value of the function: walks its key set, unlinking in
     /// batches (never a keyspace scan), then drops the function from the RAM
-    /// of every instance (the seed's `clear_cached_func_all` /
-    /// `delete_from_funcname`). Returns how many Redis keys were deleted:
+    /// of every instance. Returns how many Redis keys were deleted:
     /// the values Redis still held (every value leaves every RAM, also one
     /// whose Redis copy had expired or been evicted). Key-set members that
     /// are no value of the function are removed from the set, never deleted
@@ -106,7 +122,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     }
 
     /// Starts deleting the values whose arguments match `filter` (named
-    /// arguments; the seed's `clear_cached_func_some`). Needs
+    /// arguments, every one of which must match). Needs
     /// [`key_args(ArgsInKey::Each)`](crate::FuncBuilder::key_args).
     /// Each [`DeleteSome::step`] deletes one batch and says how far it got;
     /// every matching value the key set records leaves the RAM of every
@@ -118,19 +134,32 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// [`delete`](Self::delete)).
     ///
     /// # Errors
-    /// [`Error::Config`] when the function does not use full-args keys.
+    /// [`Error::Config`] when the function does not use full-args keys, or
+    /// when the filter could match no key: it names an argument the
+    /// function leaves out of its keys (`ignore_args`), or, when the
+    /// function's arguments are known (a tuple, named `0`, `1`, …, or a
+    /// function of the macros, named after its parameters), an argument it
+    /// does not have, or gives a value of another type than the argument's
+    /// (`1i32` for a `u64`). Types that serde writes alike match: a `&str`
+    /// or a `String` for a `String` argument, a slice for a `Vec`.
     pub fn delete_some(&self, filter: &key::Args) -> Result<DeleteSome> {
-        if self.inner.opts.args_mode != ArgsInKey::Each {
+        let opts = &self.inner.opts;
+        if opts.args_mode != ArgsInKey::Each {
             return Err(Error::Config(format!(
                 "delete_some on {:?} needs keys built with key_args(ArgsInKey::Each)",
                 self.inner.name
             )));
         }
+        key::check_filter(
+            &self.inner.name,
+            opts.declared.as_deref(),
+            &opts.ignore,
+            filter,
+        )?;
         let encoded = key::encode_args(filter)?;
         let parts = encoded
             .parts()
             .iter()
-            .filter(|(n, _)| !self.inner.opts.ignore.contains(n))
             .map(|(n, b)| key::arg_part(n, b))
             .collect();
         Ok(DeleteSome {
@@ -149,6 +178,30 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
             Some(shared) => self.inner.keysets.size(shared, &self.inner.name).await,
             None => Ok(0),
         }
+    }
+}
+
+/// Deletions through arguments objects of any lifetime: what the attribute
+/// macros generate (their handles are `CachedFn<dyn KeyArgs, V>`, whose
+/// `dyn KeyArgs` is `'static`). Not a public API.
+#[doc(hidden)]
+impl<V> CachedFn<dyn KeyArgs, V> {
+    /// [`delete`](CachedFn::delete): the key is built now, the future
+    /// borrows only the handle.
+    pub fn delete_args(
+        &self,
+        args: &dyn KeyArgs,
+    ) -> impl Future<Output = Result<bool>> + Send + '_ {
+        self.delete_key(self.key_from(args, None))
+    }
+
+    /// [`invalidate`](CachedFn::invalidate): the key is built now, the
+    /// future borrows only the handle.
+    pub fn invalidate_args(
+        &self,
+        args: &dyn KeyArgs,
+    ) -> impl Future<Output = Result<()>> + Send + '_ {
+        self.invalidate_key(self.key_from(args, None))
     }
 }
 

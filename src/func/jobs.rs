@@ -1,4 +1,4 @@
-//! Async computation (the seed's `async_compute` with its RQ builder queue):
+//! Async computation ([`FuncBuilder::async_compute`](crate::FuncBuilder::async_compute)):
 //! a call on a cold key enqueues a *build job* and returns at once; builder
 //! nodes consume the jobs and write the values.
 //!

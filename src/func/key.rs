@@ -100,6 +100,9 @@ tuple_args!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
 #[derive(Debug, Default, Clone)]
 pub struct Args {
     parts: Vec<(String, Vec<u8>)>,
+    /// The type of each part's value ([`std::any::type_name`]), so that a
+    /// filter can be checked against the function's arguments.
+    types: Vec<&'static str>,
 }
 
 impl Args {
@@ -118,6 +121,7 @@ impl Args {
         let mut w = ArgsWriter::default();
         w.arg(name, value)?;
         self.parts.append(&mut w.parts);
+        self.types.push(std::any::type_name::<T>());
         Ok(self)
     }
 }
@@ -127,6 +131,184 @@ impl KeyArgs for Args {
         out.parts.extend(self.parts.iter().cloned());
         Ok(())
     }
+}
+
+/// An argument a function's keys hold: its name and, when known, the type
+/// of its value ([`std::any::type_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeclaredArg {
+    pub(crate) name: String,
+    pub(crate) ty: Option<&'static str>,
+}
+
+/// The arguments of `A` when it is a tuple, named `0`, `1`, … as
+/// [`KeyArgs`] writes them, with their types; `None` for any other type
+/// (whose arguments are only known from its values).
+///
+/// Read from `A`'s type name, the one thing known of an unsized `A` (a
+/// function's arguments may be `dyn KeyArgs`): every tuple that implements
+/// `KeyArgs` is one of this module's impls, since a tuple is never a
+/// user's local type.
+pub(crate) fn tuple_args<A: ?Sized>() -> Option<Vec<DeclaredArg>> {
+    let name = std::any::type_name::<A>();
+    let inner = name.strip_prefix('(')?.strip_suffix(')')?;
+    Some(
+        split_top(inner, ',')
+            .into_iter()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .enumerate()
+            .map(|(i, ty)| DeclaredArg {
+                name: i.to_string(),
+                ty: Some(ty),
+            })
+            .collect(),
+    )
+}
+
+/// Checks a partial deletion's `filter` against the arguments the keys of
+/// `func` hold (`declared`, when known) and those it leaves out
+/// (`ignored`): a filter naming an argument no key holds, or giving a value
+/// of another type than the argument's, would match nothing, silently.
+pub(crate) fn check_filter(
+    func: &str,
+    declared: Option<&[DeclaredArg]>,
+    ignored: &[String],
+    filter: &Args,
+) -> Result<()> {
+    let refuse = |why: String| Err(Error::Config(format!("delete_some on {func:?}: {why}")));
+    for ((name, _), &given) in filter.parts.iter().zip(&filter.types) {
+        if ignored.contains(name) {
+            return refuse(format!("argument {name:?} is ignored, so no key holds it"));
+        }
+        let Some(declared) = declared else { continue };
+        let Some(arg) = declared.iter().find(|d| d.name == *name) else {
+            let held: Vec<&str> = declared
+                .iter()
+                .map(|d| d.name.as_str())
+                .filter(|n| !ignored.iter().any(|i| i == n))
+                .collect();
+            let held = if held.is_empty() {
+                "no arguments".to_owned()
+            } else {
+                held.join(", ")
+            };
+            return refuse(format!("no argument {name:?} (its keys hold {held})"));
+        };
+        if let Some(expected) = arg.ty {
+            if canonical_type(expected) != canonical_type(given) {
+                return refuse(format!(
+                    "argument {name:?} is {}, the filter gives {}",
+                    short_type(expected),
+                    short_type(given)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `s` split at each `sep` outside brackets (`<>`, `()`, `[]`, `{}`; the
+/// `>` of a `->` is no bracket).
+fn split_top(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start, mut prev) = (0usize, 0, '\0');
+    for (i, c) in s.char_indices() {
+        match c {
+            '<' | '(' | '[' | '{' => depth += 1,
+            '>' if prev == '-' => {}
+            '>' | ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            c if c == sep && depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+        prev = c;
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// A type name with what serde writes alike made the same: references
+/// removed, `String` as `str`, `Vec<T>` as `[T]`, `Box`, `Arc`, `Rc` and
+/// `Cow` as their content, `usize` / `isize` as `u64` / `i64`, lifetimes
+/// dropped, at every depth. Two arguments whose types give the same
+/// canonical name encode a value alike; others (`u64` and `i32`, `[T]` and
+/// `[T; N]`) do not.
+fn canonical_type(t: &str) -> String {
+    let t = t.trim();
+    if let Some(rest) = t.strip_prefix('&') {
+        let rest = rest.trim_start();
+        let rest = match rest.strip_prefix('\'') {
+            Some(lt) => lt.split_once(' ').map_or("", |(_, r)| r),
+            None => rest,
+        };
+        return canonical_type(rest.strip_prefix("mut ").unwrap_or(rest));
+    }
+    match t {
+        "alloc::string::String" => return "str".to_owned(),
+        "usize" => return "u64".to_owned(),
+        "isize" => return "i64".to_owned(),
+        _ => {}
+    }
+    if let Some(inner) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return match split_top(inner, ';').as_slice() {
+            [elem] => format!("[{}]", canonical_type(elem)),
+            [elem, len] => format!("[{}; {}]", canonical_type(elem), len.trim()),
+            _ => t.to_owned(),
+        };
+    }
+    if let Some(inner) = t.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+        let elems: Vec<String> = split_top(inner, ',')
+            .into_iter()
+            .filter(|e| !e.trim().is_empty())
+            .map(canonical_type)
+            .collect();
+        return match elems.as_slice() {
+            [one] => format!("({one},)"),
+            _ => format!("({})", elems.join(", ")),
+        };
+    }
+    if let (Some(open), true) = (t.find('<'), t.ends_with('>')) {
+        let path = &t[..open];
+        let args: Vec<String> = split_top(&t[open + 1..t.len() - 1], ',')
+            .into_iter()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && !a.starts_with('\''))
+            .map(canonical_type)
+            .collect();
+        return match (path, args.as_slice()) {
+            (
+                "alloc::boxed::Box" | "alloc::sync::Arc" | "alloc::rc::Rc" | "alloc::borrow::Cow",
+                [inner],
+            ) => inner.clone(),
+            ("alloc::vec::Vec", [inner]) => format!("[{inner}]"),
+            _ => format!("{path}<{}>", args.join(", ")),
+        };
+    }
+    t.to_owned()
+}
+
+/// A type name as a user writes it: each path cut to its last segment
+/// (`core::option::Option<alloc::string::String>` is `Option<String>`).
+fn short_type(t: &str) -> String {
+    let mut out = String::with_capacity(t.len());
+    let mut path = String::new();
+    let flush = |path: &mut String, out: &mut String| {
+        out.push_str(path.rsplit("::").next().unwrap_or(""));
+        path.clear();
+    };
+    for c in t.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            path.push(c);
+        } else {
+            flush(&mut path, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut path, &mut out);
+    out
 }
 
 /// Checks that `name` is an identifier.
@@ -475,6 +657,94 @@ mod tests {
         assert!(check_prefix("tenant-1").is_ok());
         assert!(check_prefix("a|b").is_err());
         assert_eq!(sanitize_prefix("a|b;c".into()), "a_b_c");
+    }
+
+    #[test]
+    fn tuple_arguments_are_read_from_the_type_name() {
+        use std::any::type_name;
+        type Nested = (
+            Vec<(u8, String)>,
+            [u8; 2],
+            Option<&'static str>,
+            fn(u8, u16) -> u8,
+        );
+        let args = tuple_args::<Nested>().unwrap();
+        let names: Vec<&str> = args.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["0", "1", "2", "3"]);
+        let types: Vec<&str> = args.iter().map(|a| a.ty.unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                type_name::<Vec<(u8, String)>>(),
+                type_name::<[u8; 2]>(),
+                type_name::<Option<&str>>(),
+                type_name::<fn(u8, u16) -> u8>(),
+            ]
+        );
+        assert_eq!(tuple_args::<(u64,)>().unwrap().len(), 1);
+        assert_eq!(tuple_args::<()>(), Some(Vec::new()));
+        assert_eq!(tuple_args::<Args>(), None);
+        assert_eq!(tuple_args::<dyn KeyArgs>(), None);
+    }
+
+    #[test]
+    fn types_serde_writes_alike_have_one_canonical_name() {
+        use std::any::type_name;
+        use std::borrow::Cow;
+        use std::sync::Arc;
+        fn same<A: ?Sized, B: ?Sized>() -> bool {
+            canonical_type(type_name::<A>()) == canonical_type(type_name::<B>())
+        }
+        assert!(same::<String, str>());
+        assert!(same::<&str, String>());
+        assert!(same::<&mut String, Box<str>>());
+        assert!(same::<Arc<str>, Cow<'static, str>>());
+        assert!(same::<Vec<u64>, [u64]>());
+        assert!(same::<&[u64], Vec<u64>>());
+        assert!(same::<Option<String>, Option<&str>>());
+        assert!(same::<Vec<(String, u8)>, [(&str, u8)]>());
+        assert!(same::<usize, u64>());
+        assert!(same::<(u8,), (u8,)>());
+        assert!(!same::<u64, i32>());
+        assert!(!same::<u64, Option<u64>>());
+        assert!(!same::<[u8; 3], [u8]>());
+        assert!(!same::<(u8,), u8>());
+        assert!(!same::<Option<u32>, Option<u64>>());
+        assert_eq!(
+            short_type(type_name::<Option<Vec<String>>>()),
+            "Option<Vec<String>>"
+        );
+        assert_eq!(short_type(type_name::<&str>()), "&str");
+    }
+
+    #[test]
+    fn filters_are_checked_against_the_declared_arguments() {
+        let declared = tuple_args::<(u64, String, bool)>().unwrap();
+        let ignored = vec!["2".to_string()];
+        let check = |f: Args| check_filter("f", Some(&declared), &ignored, &f);
+        assert!(check(Args::new().arg("0", &1u64).unwrap()).is_ok());
+        assert!(check(Args::new().arg("1", "fr").unwrap()).is_ok());
+        let err = |f: Args| check(f).unwrap_err().to_string();
+        assert_eq!(
+            err(Args::new().arg("3", &1u64).unwrap()),
+            r#"invalid configuration: delete_some on "f": no argument "3" (its keys hold 0, 1)"#
+        );
+        assert_eq!(
+            err(Args::new().arg("1", &vec![1u8]).unwrap()),
+            r#"invalid configuration: delete_some on "f": argument "1" is String, the filter gives Vec<u8>"#
+        );
+        // Without declared arguments, only ignored names are refused.
+        let f = Args::new().arg("x", &1u8).unwrap();
+        assert!(check_filter("f", None, &ignored, &f).is_ok());
+        let f = Args::new().arg("2", &true).unwrap();
+        assert!(check_filter("f", None, &ignored, &f).is_err());
+        let none: Vec<DeclaredArg> = Vec::new();
+        assert_eq!(
+            check_filter("g", Some(&none), &[], &Args::new().arg("a", &1u8).unwrap())
+                .unwrap_err()
+                .to_string(),
+            r#"invalid configuration: delete_some on "g": no argument "a" (its keys hold no arguments)"#
+        );
     }
 
     #[test]

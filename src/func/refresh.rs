@@ -1,5 +1,6 @@
-//! Periodic refresh and warm-up of cached functions (the seed's
-//! `refresh_every` and `warm_up_with`).
+//! Periodic refresh and warm-up of cached functions
+//! ([`FuncBuilder::refresh_every`](crate::FuncBuilder::refresh_every),
+//! [`FuncBuilder::warm_up_with`](crate::FuncBuilder::warm_up_with)).
 //!
 //! Both run a function's registered build function (see
 //! [`FuncBuilder::computed_by`](crate::FuncBuilder::computed_by)) and write
@@ -8,7 +9,7 @@
 //! later), and a bus invalidation so no instance keeps the old value in RAM.
 //!
 //! * **Refresh.** On nodes with the builder role, a task wakes every
-//!   *granularity* (the seed's `REFRESH_EVERY_GRANULARITY`) and, for each
+//!   *granularity* ([`CacheNodeBuilder::refresh_granularity`](crate::CacheNodeBuilder::refresh_granularity)) and, for each
 //!   function due (its last run, kept in Redis in `{ns}:refresh:last`, is
 //!   older than its period), takes the function's refresh lock so one
 //!   instance per period rebuilds the function's *live* values: those whose
@@ -38,11 +39,13 @@ use crate::{Error, Result};
 /// Default period between two looks at which functions are due.
 pub const DEFAULT_REFRESH_GRANULARITY: Duration = Duration::from_secs(60);
 
-/// Default smallest refresh period accepted (the seed's 5 minutes).
+/// Default smallest refresh period accepted: a function built with a
+/// shorter `refresh_every` is refused.
 pub const DEFAULT_MIN_REFRESH_PERIOD: Duration = Duration::from_secs(300);
 
-/// Default bound on one function's warm-up (the seed's
-/// `DEFAULT_WARMUP_STARTUP_TIMEOUT`).
+/// Default bound on one function's warm-up: a warm-up that runs longer is
+/// abandoned and reported in the [`WarmupReport`]; the values it did not
+/// fill are computed when called.
 pub const DEFAULT_WARMUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Recorded calls read per `HSCAN` step of a refresh pass.

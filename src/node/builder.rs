@@ -1,6 +1,7 @@
-//! The node's builder: every setting with its default, the seed's
-//! environment variables, and the checks that turn them into a
-//! [`Config`] (a bad setting is refused at build, with a clear error).
+//! The node's builder: every setting with its default, the environment
+//! variables it reads ([`CacheNodeBuilder::with_env`]), and the checks that
+//! turn them into a [`Config`] (a bad setting is refused at build, with a
+//! clear error).
 
 use std::time::Duration;
 
@@ -104,14 +105,15 @@ impl CacheNodeBuilder {
         self
     }
 
-    /// No RAM layer: every read goes to Redis (the seed's
-    /// `LOCALCACHE_TYPE=null`).
+    /// No RAM layer: every read goes to Redis (also set by
+    /// `LOCALCACHE_TYPE=null`, see [`with_env`](Self::with_env)).
     pub fn without_ram(mut self) -> Self {
         self.ram = false;
         self
     }
 
-    /// The namespace all Redis keys live under (the seed's key prefix);
+    /// The namespace of every Redis key and of the bus channel this node
+    /// uses (`{namespace}:k:{key}`, `{namespace}:f:…`, `{namespace}:bus`, …);
     /// default [`DEFAULT_NAMESPACE`]. Nodes that should share values use the
     /// same namespace.
     pub fn namespace(mut self, ns: impl Into<String>) -> Self {
@@ -160,8 +162,9 @@ impl CacheNodeBuilder {
         self
     }
 
-    /// A node that stores nothing and always misses (the seed's
-    /// `disable_cache`), for tests of the application's own code.
+    /// A node that stores nothing and always misses: reads answer `None`,
+    /// cached functions always run, writes and deletes do nothing. For
+    /// tests of the application's own code.
     pub fn disabled(mut self) -> Self {
         self.disabled = true;
         self
@@ -241,7 +244,9 @@ impl CacheNodeBuilder {
     }
 
     /// Gives this node the builder role: it consumes the build jobs of
-    /// async-compute functions (the seed's RQ `CACHE_BUILDER_QUEUE` worker).
+    /// async-compute functions from the namespace's Redis stream (any
+    /// number of nodes may have it; each job is built by one of them) and
+    /// refreshes functions due for refresh.
     /// The functions must be registered on it too (by building their
     /// handles with [`FuncBuilder::async_compute`](crate::FuncBuilder::async_compute)).
     pub fn builder_role(mut self, on: bool) -> Self {
@@ -249,8 +254,8 @@ impl CacheNodeBuilder {
         self
     }
 
-    /// How often a builder node looks for functions due for refresh (the
-    /// seed's `REFRESH_EVERY_GRANULARITY`; default
+    /// How often a builder node looks for functions due for refresh: a
+    /// refresh runs up to this late (default
     /// [`DEFAULT_REFRESH_GRANULARITY`](crate::DEFAULT_REFRESH_GRANULARITY)).
     pub fn refresh_granularity(mut self, every: Duration) -> Self {
         self.refresh_granularity = every;
@@ -259,7 +264,7 @@ impl CacheNodeBuilder {
 
     /// The smallest `refresh_every` accepted (default
     /// [`DEFAULT_MIN_REFRESH_PERIOD`](crate::DEFAULT_MIN_REFRESH_PERIOD),
-    /// the seed's 5 minutes); lower it for tests.
+    /// 5 minutes; a shorter period is refused at build); lower it for tests.
     pub fn min_refresh_period(mut self, period: Duration) -> Self {
         self.min_refresh_period = period;
         self
@@ -281,7 +286,7 @@ impl CacheNodeBuilder {
         self
     }
 
-    /// Applies the seed's environment variables on top of this builder:
+    /// Applies the environment variables below on top of this builder:
     ///
     /// | variable | effect |
     /// |---|---|

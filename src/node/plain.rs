@@ -80,12 +80,16 @@ impl CacheNode {
     {
         let ram = self.core.ram();
         let Some(shared) = self.core.redis("get")? else {
+            if ram.is_some() {
+                self.core.metrics().unanswered();
+            }
             return Ok(None);
         };
         let ticket = ram.map(LocalLayer::ticket);
         let redis_key = self.core.config().keys.plain(key);
         let Some(bytes) = shared.get(&redis_key).await? else {
             self.core.metrics().miss(Layer::Redis);
+            self.core.metrics().unanswered();
             return Ok(None);
         };
         let Some((expires_at_ms, value)) = self
@@ -93,6 +97,7 @@ impl CacheNode {
             .decode::<T>(shared, &redis_key, &plain_ram_key(key), &bytes)
             .await
         else {
+            self.core.metrics().unanswered();
             return Ok(None);
         };
         self.core.metrics().hit(Layer::Redis);
@@ -142,6 +147,9 @@ impl CacheNode {
             }
         }
         let Some(shared) = self.core.redis("get_many")? else {
+            if ram.is_some() {
+                self.core.metrics().unanswered_n(missing.len() as u64);
+            }
             return Ok(out);
         };
         if missing.is_empty() {
@@ -156,6 +164,7 @@ impl CacheNode {
         for ((&i, redis_key), bytes) in missing.iter().zip(&redis_keys).zip(found) {
             let Some(bytes) = bytes else {
                 self.core.metrics().miss(Layer::Redis);
+                self.core.metrics().unanswered();
                 continue;
             };
             let Some((expires_at_ms, value)) = self
@@ -163,6 +172,7 @@ impl CacheNode {
                 .decode::<T>(shared, redis_key, &plain_ram_key(keys[i]), &bytes)
                 .await
             else {
+                self.core.metrics().unanswered();
                 continue;
             };
             self.core.metrics().hit(Layer::Redis);
@@ -488,8 +498,9 @@ impl CacheNode {
     }
 
     /// Drops every value of cached function `funcname` from the RAM of every
-    /// instance (the RAM side of the seed's "mark RAM caches to be deleted as
-    /// well on all instances"). Returns once durable in Redis.
+    /// instance (this one at once, the others through the bus); its Redis
+    /// values stay, so the next call on any instance reads them from there.
+    /// Returns once durable in Redis.
     ///
     /// # Errors
     /// [`Error::Config`] for a name no function can have; else as
