@@ -6,6 +6,10 @@
 //!   vs a bare `GET` on a connection of the same kind plus the bincode
 //!   decode of the payload.
 //! * Set: `CacheNode::set` (Redis `SET` + RAM insert) vs a bare `SET`.
+//! * Codec: encoding and decoding a payload with the codec crate's typed
+//!   serde functions (what a node runs for its built-in codecs) vs through
+//!   the object-safe [`Codec`](cachenode::Codec) trait (what it runs for a
+//!   user's codec), for the small struct and a list of 100 of them.
 //!
 //! Starts its own redis-server on a free loopback port.
 //! Run: `cargo bench --bench layers`.
@@ -13,8 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cachenode::Layers;
-use cachenode::{CacheNode, Ttl};
+use cachenode::{Bincode, CacheNode, Codec, Layers, MsgPack, Ttl};
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
 use redis::AsyncCommands;
@@ -33,6 +36,102 @@ fn small() -> Small {
         name: "ada lovelace".into(),
         score: 0.5,
     }
+}
+
+/// Typed serde calls against the same codec through `dyn Codec`.
+fn codec_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("codec");
+    let list: Vec<Small> = (0..100).map(|_| small()).collect();
+    let bincode_dyn: &dyn Codec = &Bincode;
+    let msgpack_dyn: &dyn Codec = &MsgPack;
+    let config = bincode::config::standard();
+    for (shape, one) in [("small", false), ("list100", true)] {
+        let encode_typed = |out: &mut Vec<u8>| {
+            if one {
+                bincode::serde::encode_into_std_write(&list, out, config).unwrap();
+            } else {
+                bincode::serde::encode_into_std_write(small(), out, config).unwrap();
+            }
+        };
+        let mut bin = Vec::new();
+        encode_typed(&mut bin);
+        let mut mp = Vec::new();
+        if one {
+            rmp_serde::encode::write_named(&mut mp, &list).unwrap();
+        } else {
+            rmp_serde::encode::write_named(&mut mp, &small()).unwrap();
+        }
+        g.bench_function(format!("bincode_typed_encode_{shape}"), |b| {
+            let mut out = Vec::with_capacity(8192);
+            b.iter(|| {
+                out.clear();
+                encode_typed(&mut out);
+                out.len()
+            })
+        });
+        g.bench_function(format!("bincode_dyn_encode_{shape}"), |b| {
+            let mut out = Vec::with_capacity(8192);
+            b.iter(|| {
+                out.clear();
+                if one {
+                    bincode_dyn.encode_value(&list, &mut out).unwrap();
+                } else {
+                    bincode_dyn.encode_value(&small(), &mut out).unwrap();
+                }
+                out.len()
+            })
+        });
+        g.bench_function(format!("msgpack_typed_encode_{shape}"), |b| {
+            let mut out = Vec::with_capacity(8192);
+            b.iter(|| {
+                out.clear();
+                if one {
+                    rmp_serde::encode::write_named(&mut out, &list).unwrap();
+                } else {
+                    rmp_serde::encode::write_named(&mut out, &small()).unwrap();
+                }
+                out.len()
+            })
+        });
+        g.bench_function(format!("msgpack_dyn_encode_{shape}"), |b| {
+            let mut out = Vec::with_capacity(8192);
+            b.iter(|| {
+                out.clear();
+                if one {
+                    msgpack_dyn.encode_value(&list, &mut out).unwrap();
+                } else {
+                    msgpack_dyn.encode_value(&small(), &mut out).unwrap();
+                }
+                out.len()
+            })
+        });
+        macro_rules! decodes {
+            ($t:ty) => {
+                g.bench_function(format!("bincode_typed_decode_{shape}"), |b| {
+                    b.iter(|| {
+                        let (v, _): ($t, usize) =
+                            bincode::serde::decode_from_slice(&bin, config).unwrap();
+                        v
+                    })
+                });
+                g.bench_function(format!("bincode_dyn_decode_{shape}"), |b| {
+                    b.iter(|| bincode_dyn.decode_value::<$t>(&bin, 1 << 20).unwrap())
+                });
+                g.bench_function(format!("msgpack_typed_decode_{shape}"), |b| {
+                    b.iter(|| rmp_serde::from_slice::<$t>(&mp).unwrap())
+                });
+                g.bench_function(format!("msgpack_dyn_decode_{shape}"), |b| {
+                    b.iter(|| msgpack_dyn.decode_value::<$t>(&mp, 1 << 20).unwrap())
+                });
+            };
+        }
+        if one {
+            decodes!(Vec<Small>);
+        } else {
+            decodes!(Small);
+        }
+    }
+    g.finish();
 }
 
 fn benches(c: &mut Criterion) {
@@ -138,6 +237,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = benches
+    targets = benches, codec_benches
 }
 criterion_main!(layers);

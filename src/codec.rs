@@ -1,11 +1,14 @@
-//! How values are turned into bytes for Redis, and back.
+//! How values are turned into bytes for Redis, and back: the envelope, the
+//! [`Codec`] trait that encodes the payload, and the node's resolved codec.
 //!
 //! Every value stored in Redis is wrapped in a small versioned *envelope*:
 //!
 //! ```text
 //! byte 0       magic 0xCB (a cachenode value)
 //! byte 1       envelope version (2)
-//! byte 2       codec format id (1 = bincode 2, standard config)
+//! byte 2       codec format id: 1 = bincode 2 (standard config),
+//!              2 = MessagePack (rmp-serde, structs as maps),
+//!              3..=63 reserved for cachenode, 64..=255 a user's codec
 //! byte 3       flags (reserved, 0)
 //! bytes 4..12  absolute expiry, Unix milliseconds, little endian (0 = never)
 //! bytes 12..20 type fingerprint of the value, little endian (see below)
@@ -17,6 +20,47 @@
 //! header field and decodes the payload under a size limit, so bytes planted in
 //! Redis by anything else are refused without panicking or allocating without
 //! bound.
+//!
+//! # Codecs
+//!
+//! A node encodes every value it stores with one codec, chosen at build
+//! ([`CacheNodeBuilder::codec`](crate::CacheNodeBuilder::codec), default
+//! [`Bincode`]): the built-in [`Bincode`] and `MsgPack` (feature
+//! `msgpack`), or a user's type implementing [`Codec`] with a format id in
+//! [`USER_CODEC_IDS`]. A user's codec claiming a reserved id is refused at
+//! build ([`Error::Config`](crate::Error::Config)).
+//!
+//! The format id is checked on every read, before the payload is looked at:
+//! a value written with another codec (a node of the namespace configured
+//! differently, the fleet half-way through a change of codec) is a counted
+//! miss, never a misread. Like a value of another type, it is left in
+//! Redis: it is sound, and the nodes of its codec read it well (removing it
+//! would make two halves of a fleet delete each other's values, each removal
+//! a bus message). The reader computes its own value or is given one, and
+//! its write replaces the other (a cached function's store, a `set`; not a
+//! `fill`, which writes only where Redis holds nothing, so that key misses on
+//! the reader until the value expires or is written over).
+//!
+//! The codec is for values only. What cachenode writes for itself (the
+//! argument encodings hashed into function keys, bus messages, build jobs,
+//! recorded arguments) is always bincode, so nodes with different codecs
+//! still agree on every key and hear each other's invalidations.
+//!
+//! ## Why the trait looks the way it does
+//!
+//! A node holds its codec as an `Arc<dyn Codec>`, so the trait must be
+//! object safe, and serde's `Serialize` / `Deserialize` are generic. The
+//! trait takes the value as a [`ValueRef`] (any serde value behind
+//! [erased-serde](https://docs.rs/erased-serde)'s object-safe `Serialize`;
+//! it implements `serde::Serialize`) and returns it through a [`ValueSlot`]
+//! (which takes the codec's own `serde::Deserializer` and runs the
+//! requested type's `Deserialize` through erased-serde's object-safe
+//! `Deserializer`). A codec implements it with its format's ordinary serde
+//! entry points and never names erased-serde. The cost is a virtual call
+//! per serde event (each field, each element). The built-in codecs skip it:
+//! a node whose codec is [`Bincode`] or `MsgPack` (recognised by type when
+//! the node is built) calls the codec's serde functions directly, typed, as
+//! before this trait was object safe ([`NodeCodec`]).
 //!
 //! # The type fingerprint
 //!
@@ -41,8 +85,21 @@
 //! Values written in version 1 of the envelope (no fingerprint) are read as
 //! an unknown version: a counted miss, the key removed.
 
+use std::any::Any;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+mod bincode;
+#[cfg(feature = "msgpack")]
+mod msgpack;
+
+pub use self::bincode::Bincode;
+pub(crate) use self::bincode::{decode as bincode_decode, encode_into as bincode_encode_into};
+#[cfg(feature = "msgpack")]
+pub use self::msgpack::MsgPack;
 
 /// Length of the envelope header in bytes.
 pub(crate) const HEADER_LEN: usize = 20;
@@ -51,93 +108,338 @@ const MAGIC: u8 = 0xCB;
 /// fingerprint).
 pub(crate) const ENVELOPE_VERSION: u8 = 2;
 
+/// The format ids a user's [`Codec`] may take: 64 to 255. Ids below are
+/// cachenode's (1 [`Bincode`], 2 `MsgPack`, the rest reserved); a user's
+/// codec that claims one is refused at build with
+/// [`Error::Config`](crate::Error::Config).
+pub const USER_CODEC_IDS: RangeInclusive<u8> = 64..=255;
+
 /// The type fingerprint of `T` (see the [module docs](self)): the XXH3-64
 /// hash of its [`type_name`](std::any::type_name).
 pub(crate) fn type_fingerprint<T: ?Sized>() -> u64 {
     xxhash_rust::xxh3::xxh3_64(std::any::type_name::<T>().as_bytes())
 }
 
-/// A serialization format for values stored in Redis.
+/// A serialization format for the values a node stores in Redis: the
+/// built-in [`Bincode`] (the default) and `MsgPack` (feature `msgpack`),
+/// or your own, given to
+/// [`CacheNodeBuilder::codec`](crate::CacheNodeBuilder::codec).
 ///
-/// The envelope records the codec's [`FORMAT`](Codec::FORMAT) id, so a value
-/// written in another format is recognised as such and treated as a miss
-/// instead of being misread.
-pub trait Codec: Send + Sync + 'static {
-    /// The id written into every envelope (1 is [`Bincode`]).
-    const FORMAT: u8;
+/// Every value's envelope records the codec's [format
+/// id](Codec::format_id), and a read checks it first: a value written with
+/// another codec is a counted miss
+/// ([`NodeStats::decode_failures`](crate::NodeStats::decode_failures), the
+/// reason `other_codec`), never a misread. Your codec's id must be in
+/// [`USER_CODEC_IDS`], and stay the same as long as values it wrote may be
+/// in Redis: nodes of one namespace should share a codec.
+///
+/// The trait is object safe: the value to encode comes as a [`ValueRef`],
+/// which implements `serde::Serialize`, and the decoded value goes into a
+/// [`ValueSlot`], which takes your format's `serde::Deserializer`. Only
+/// values go through it; keys and the bus are always bincode.
+///
+/// # Example: a JSON codec
+///
+/// ```
+/// use cachenode::{Codec, ValueRef, ValueSlot};
+///
+/// #[derive(Debug)]
+/// struct Json;
+///
+/// impl Codec for Json {
+///     fn format_id(&self) -> u8 {
+///         64
+///     }
+///     fn name(&self) -> &str {
+///         "json"
+///     }
+///     fn encode(&self, value: ValueRef<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+///         serde_json::to_writer(out, &value).map_err(|e| e.to_string())
+///     }
+///     fn decode(&self, bytes: &[u8], _limit: usize, slot: ValueSlot<'_>) -> Result<(), String> {
+///         let mut de = serde_json::Deserializer::from_slice(bytes);
+///         slot.deserialize(&mut de).map_err(|e| e.to_string())?;
+///         de.end().map_err(|e| e.to_string()) // no trailing bytes
+///     }
+/// }
+///
+/// let json: &dyn Codec = &Json;
+/// let mut bytes = Vec::new();
+/// json.encode_value(&vec![1u8, 2], &mut bytes).unwrap();
+/// assert_eq!(bytes, b"[1,2]");
+/// assert_eq!(json.decode_value::<Vec<u8>>(&bytes, 1 << 20), Ok(vec![1, 2]));
+///
+/// # async fn build() -> cachenode::Result<()> {
+/// let node = cachenode::CacheNode::builder().codec(Json).build().await?;
+/// # Ok(()) }
+/// ```
+pub trait Codec: Any + Send + Sync {
+    /// The id written into every envelope this codec encodes (byte 2): for
+    /// your codec, one of [`USER_CODEC_IDS`]. It must not change while values
+    /// written with it may be read.
+    fn format_id(&self) -> u8;
+
+    /// A short name for logs and errors (`"bincode"`, `"msgpack"`).
+    fn name(&self) -> &str {
+        std::any::type_name::<Self>()
+    }
 
     /// Appends the encoding of `value` to `out`.
     ///
     /// # Errors
-    /// A message describing why the value cannot be encoded.
-    fn encode_into<T: Serialize + ?Sized>(
-        &self,
-        value: &T,
-        out: &mut Vec<u8>,
-    ) -> Result<(), String>;
+    /// A message saying why the value cannot be encoded; the write fails
+    /// with [`Error::Encode`](crate::Error::Encode).
+    fn encode(&self, value: ValueRef<'_>, out: &mut Vec<u8>) -> Result<(), String>;
 
-    /// Decodes a whole `bytes` slice into a `T`, allocating at most about
-    /// `limit` bytes. Trailing bytes are an error.
+    /// Decodes the whole of `bytes` into `slot`, by handing
+    /// [`ValueSlot::deserialize`] a deserializer over `bytes`.
+    ///
+    /// `bytes` comes from Redis and may be anything: a codec must refuse
+    /// trailing bytes after the value, and must not allocate much more than
+    /// `limit` (the node's [value
+    /// limit](crate::CacheNodeBuilder::max_value_bytes); `bytes` is never
+    /// longer) whatever lengths the bytes claim, nor panic.
     ///
     /// # Errors
-    /// A message describing why the bytes are not a `T`.
-    fn decode<T: DeserializeOwned>(&self, bytes: &[u8], limit: usize) -> Result<T, String>;
+    /// A message saying why `bytes` is not a value of the requested type:
+    /// the read is a counted miss, and the value is removed from Redis.
+    /// Returning `Ok` without having called `slot` is such an error too.
+    fn decode(&self, bytes: &[u8], limit: usize, slot: ValueSlot<'_>) -> Result<(), String>;
 
     /// The encoded size of `value` in bytes, used to weigh RAM entries that
-    /// are never written to Redis.
-    fn encoded_len<T: Serialize + ?Sized>(&self, value: &T) -> Option<usize>;
+    /// are never written to Redis; `None` when it cannot be encoded. By
+    /// default, the length of [`encode`](Self::encode)'s output.
+    fn encoded_len(&self, value: ValueRef<'_>) -> Option<usize> {
+        let mut out = Vec::new();
+        self.encode(value, &mut out).ok()?;
+        Some(out.len())
+    }
 }
 
-/// The default codec: bincode 2 with its standard configuration (varints).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Bincode;
-
-impl Codec for Bincode {
-    const FORMAT: u8 = 1;
-
-    fn encode_into<T: Serialize + ?Sized>(
+impl dyn Codec {
+    /// Encodes `value` through this codec's object-safe methods (the path a
+    /// node takes for a codec of yours), appending to `out`.
+    ///
+    /// # Errors
+    /// The codec's message when the value cannot be encoded.
+    pub fn encode_value<T: Serialize + ?Sized>(
         &self,
         value: &T,
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
-        bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.encode(ValueRef::new(&SizedRef(value)), out)
     }
 
-    fn decode<T: DeserializeOwned>(&self, bytes: &[u8], limit: usize) -> Result<T, String> {
-        // bincode's limit is a const generic; pick the smallest tier that
-        // admits `limit`. The limit bounds what a hostile length prefix can
-        // make the decoder allocate before it notices the input is too short.
-        const MIB: usize = 1 << 20;
-        let decoded = if limit <= 4 * MIB {
-            decode_with::<T, { 4 * MIB }>(bytes)
-        } else if limit <= 64 * MIB {
-            decode_with::<T, { 64 * MIB }>(bytes)
-        } else {
-            decode_with::<T, { 1024 * MIB }>(bytes)
+    /// Decodes the whole of `bytes` as a `T` through this codec's object-safe
+    /// methods (the path a node takes for a codec of yours).
+    ///
+    /// # Errors
+    /// The codec's message when `bytes` is not a `T`.
+    pub fn decode_value<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        limit: usize,
+    ) -> Result<T, String> {
+        let mut value = None;
+        let mut fill = |de: &mut dyn erased_serde::Deserializer<'_>| {
+            value = Some(erased_serde::deserialize::<T>(de)?);
+            Ok(())
         };
-        let (value, used) = decoded.map_err(|e| e.to_string())?;
-        if used != bytes.len() {
-            return Err(format!(
-                "{} trailing bytes after the value",
-                bytes.len() - used
-            ));
-        }
-        Ok(value)
-    }
-
-    fn encoded_len<T: Serialize + ?Sized>(&self, value: &T) -> Option<usize> {
-        let mut size = bincode::enc::write::SizeWriter::default();
-        bincode::serde::encode_into_writer(value, &mut size, bincode::config::standard()).ok()?;
-        Some(size.bytes_written)
+        self.decode(bytes, limit, ValueSlot { fill: &mut fill })?;
+        value.ok_or_else(|| format!("codec {} decoded no value", self.name()))
     }
 }
 
-fn decode_with<T: DeserializeOwned, const N: usize>(
-    bytes: &[u8],
-) -> Result<(T, usize), bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard().with_limit::<N>())
+/// The value a [`Codec`] encodes: any serde value, behind an object-safe
+/// `Serialize`. It implements [`serde::Serialize`]: hand it to your format's
+/// serializer.
+#[derive(Clone, Copy)]
+pub struct ValueRef<'a>(&'a dyn erased_serde::Serialize);
+
+impl<'a> ValueRef<'a> {
+    /// `value`, to be encoded.
+    pub fn new<T: Serialize>(value: &'a T) -> Self {
+        ValueRef(value)
+    }
+}
+
+impl Serialize for ValueRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl std::fmt::Debug for ValueRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ValueRef")
+    }
+}
+
+/// Where a [`Codec`] puts the value it decodes: hand
+/// [`deserialize`](Self::deserialize) your format's `serde::Deserializer`,
+/// and the type the node asked for is read from it.
+pub struct ValueSlot<'a> {
+    fill: &'a mut dyn FnMut(
+        &mut dyn erased_serde::Deserializer<'_>,
+    ) -> Result<(), erased_serde::Error>,
+}
+
+impl ValueSlot<'_> {
+    /// Reads the requested value from `deserializer`.
+    ///
+    /// # Errors
+    /// The deserializer's error when its input is not a value of the
+    /// requested type.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<(), D::Error> {
+        let mut erased = <dyn erased_serde::Deserializer<'de>>::erase(deserializer);
+        (self.fill)(&mut erased).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Debug for ValueSlot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ValueSlot")
+    }
+}
+
+/// A possibly unsized value, made sized so that it can stand behind
+/// erased-serde's `dyn Serialize`.
+struct SizedRef<'a, T: ?Sized>(&'a T);
+
+impl<T: Serialize + ?Sized> Serialize for SizedRef<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// How a node runs its codec: typed for the built-in ones, through the
+/// object-safe trait for a user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Bincode,
+    #[cfg(feature = "msgpack")]
+    MsgPack,
+    Erased,
+}
+
+/// A node's codec, resolved when the node is built: the `Arc<dyn Codec>`
+/// it was given, its format id (read once), and whether it is a built-in
+/// codec run on the typed path (see the [module docs](self)).
+#[derive(Clone)]
+pub(crate) struct NodeCodec {
+    codec: Arc<dyn Codec>,
+    format_id: u8,
+    path: Path,
+}
+
+impl Default for NodeCodec {
+    fn default() -> Self {
+        NodeCodec::new(Arc::new(Bincode))
+    }
+}
+
+impl std::fmt::Debug for NodeCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCodec")
+            .field("name", &self.codec.name())
+            .field("format_id", &self.format_id)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl NodeCodec {
+    /// Resolves `codec`; [`check`](Self::check) says whether a node may
+    /// use it.
+    pub(crate) fn new(codec: Arc<dyn Codec>) -> Self {
+        let any: &dyn Any = &*codec;
+        let path = if any.is::<Bincode>() {
+            Path::Bincode
+        } else {
+            #[cfg(feature = "msgpack")]
+            if any.is::<MsgPack>() {
+                return NodeCodec {
+                    format_id: MsgPack::FORMAT_ID,
+                    path: Path::MsgPack,
+                    codec,
+                };
+            }
+            Path::Erased
+        };
+        NodeCodec {
+            format_id: codec.format_id(),
+            path,
+            codec,
+        }
+    }
+
+    /// Refuses a user's codec that claims one of cachenode's format ids.
+    pub(crate) fn check(&self) -> crate::Result<()> {
+        if self.path == Path::Erased && !USER_CODEC_IDS.contains(&self.format_id) {
+            return Err(crate::Error::Config(format!(
+                "codec {:?} claims format id {}, which is reserved for cachenode's codecs; \
+                 a codec of your own takes an id in {}..={}",
+                self.codec.name(),
+                self.format_id,
+                USER_CODEC_IDS.start(),
+                USER_CODEC_IDS.end()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The id written into byte 2 of every envelope.
+    #[inline]
+    pub(crate) fn format_id(&self) -> u8 {
+        self.format_id
+    }
+
+    /// The codec's name, for logs.
+    pub(crate) fn name(&self) -> &str {
+        self.codec.name()
+    }
+
+    /// Appends the encoding of `value` to `out`.
+    pub(crate) fn encode_into<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        match self.path {
+            Path::Bincode => bincode::encode_into(value, out),
+            #[cfg(feature = "msgpack")]
+            Path::MsgPack => msgpack::encode_into(value, out),
+            Path::Erased => self.codec.encode_value(value, out),
+        }
+    }
+
+    /// Decodes the whole of `bytes` as a `T`, allocating at most about
+    /// `limit` bytes.
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        limit: usize,
+    ) -> Result<T, String> {
+        match self.path {
+            Path::Bincode => bincode::decode(bytes, limit),
+            #[cfg(feature = "msgpack")]
+            Path::MsgPack => msgpack::decode(bytes),
+            Path::Erased => self.codec.decode_value(bytes, limit),
+        }
+    }
+
+    /// The encoded size of `value`, for RAM-only entries.
+    pub(crate) fn encoded_len<T: Serialize + ?Sized>(&self, value: &T) -> Option<usize> {
+        match self.path {
+            Path::Bincode => bincode::encoded_len(value),
+            #[cfg(feature = "msgpack")]
+            Path::MsgPack => msgpack::encoded_len(value),
+            Path::Erased => self.codec.encoded_len(ValueRef::new(&SizedRef(value))),
+        }
+    }
 }
 
 /// Why bytes read from Redis could not be turned back into a value.
@@ -150,8 +452,14 @@ pub(crate) enum DecodeError {
     NotAnEnvelope,
     /// Written by a newer cachenode with an envelope this build cannot read.
     UnknownVersion(u8),
-    /// Written with another codec.
-    UnknownFormat(u8),
+    /// Written with another codec than this node's. The value is sound:
+    /// nodes of its codec read it.
+    OtherCodec {
+        /// The format id in the envelope.
+        found: u8,
+        /// This node's codec's format id.
+        expected: u8,
+    },
     /// Written as another type than the one asked for (the fingerprints
     /// differ). The value is sound: the reader asked for the wrong type.
     WrongType {
@@ -172,7 +480,7 @@ impl DecodeError {
         match self {
             DecodeError::NotAnEnvelope => "not_an_envelope",
             DecodeError::UnknownVersion(_) => "unknown_version",
-            DecodeError::UnknownFormat(_) => "unknown_format",
+            DecodeError::OtherCodec { .. } => "other_codec",
             DecodeError::WrongType { .. } => "wrong_type",
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::Payload(_) => "payload",
@@ -188,7 +496,10 @@ impl std::fmt::Display for DecodeError {
                 f,
                 "unknown envelope version {v} (this build reads {ENVELOPE_VERSION})"
             ),
-            DecodeError::UnknownFormat(c) => write!(f, "unknown codec format {c}"),
+            DecodeError::OtherCodec { found, expected } => write!(
+                f,
+                "written with codec format {found}, this node's codec is format {expected}"
+            ),
             DecodeError::WrongType { found, expected } => write!(
                 f,
                 "written as another type (fingerprint {found:016x}, expected {expected:016x})"
@@ -201,10 +512,11 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-/// The header of an envelope for a `T` expiring at `expires_at_ms`.
-pub(crate) fn header<C: Codec, T: ?Sized>(expires_at_ms: u64) -> [u8; HEADER_LEN] {
+/// The header of an envelope for a `T` encoded with codec `format_id`,
+/// expiring at `expires_at_ms`.
+pub(crate) fn header<T: ?Sized>(format_id: u8, expires_at_ms: u64) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
-    h[..4].copy_from_slice(&[MAGIC, ENVELOPE_VERSION, C::FORMAT, 0]);
+    h[..4].copy_from_slice(&[MAGIC, ENVELOPE_VERSION, format_id, 0]);
     h[4..12].copy_from_slice(&expires_at_ms.to_le_bytes());
     h[12..20].copy_from_slice(&type_fingerprint::<T>().to_le_bytes());
     h
@@ -216,14 +528,14 @@ pub(crate) fn header<C: Codec, T: ?Sized>(expires_at_ms: u64) -> [u8; HEADER_LEN
 /// # Errors
 /// [`Error::Encode`](crate::Error::Encode) when the codec fails,
 /// [`Error::ValueTooLarge`](crate::Error::ValueTooLarge) past `limit`.
-pub(crate) fn seal<C: Codec, T: Serialize + ?Sized>(
-    codec: &C,
+pub(crate) fn seal<T: Serialize + ?Sized>(
+    codec: &NodeCodec,
     value: &T,
     expires_at_ms: u64,
     limit: usize,
 ) -> crate::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&header::<C, T>(expires_at_ms));
+    out.extend_from_slice(&header::<T>(codec.format_id(), expires_at_ms));
     codec
         .encode_into(value, &mut out)
         .map_err(crate::Error::Encode)?;
@@ -243,9 +555,9 @@ pub(crate) struct Header {
     pub(crate) type_fingerprint: u64,
 }
 
-/// Checks the header of `bytes` (all but the type) and returns it with the
-/// payload.
-pub(crate) fn open<C: Codec>(bytes: &[u8]) -> Result<(Header, &[u8]), DecodeError> {
+/// Checks the header of `bytes` (all but the type) against codec
+/// `format_id` and returns it with the payload.
+pub(crate) fn open(bytes: &[u8], format_id: u8) -> Result<(Header, &[u8]), DecodeError> {
     if bytes.len() < 2 || bytes[0] != MAGIC {
         return Err(DecodeError::NotAnEnvelope);
     }
@@ -255,8 +567,11 @@ pub(crate) fn open<C: Codec>(bytes: &[u8]) -> Result<(Header, &[u8]), DecodeErro
     if bytes.len() < HEADER_LEN {
         return Err(DecodeError::NotAnEnvelope);
     }
-    if bytes[2] != C::FORMAT {
-        return Err(DecodeError::UnknownFormat(bytes[2]));
+    if bytes[2] != format_id {
+        return Err(DecodeError::OtherCodec {
+            found: bytes[2],
+            expected: format_id,
+        });
     }
     let word = |at: usize| {
         let mut w = [0u8; 8];
@@ -274,15 +589,16 @@ pub(crate) fn open<C: Codec>(bytes: &[u8]) -> Result<(Header, &[u8]), DecodeErro
 
 /// Opens an envelope and decodes its payload as a `T`.
 ///
-/// A value written as another type is [`DecodeError::WrongType`], checked
-/// before the size limit and the payload: it says nothing about the value,
-/// which other readers may read well.
-pub(crate) fn unseal<C: Codec, T: DeserializeOwned>(
-    codec: &C,
+/// A value written with another codec ([`DecodeError::OtherCodec`]) or as
+/// another type ([`DecodeError::WrongType`]) is refused before the size
+/// limit and the payload: it says nothing about the value, which other
+/// readers may read well.
+pub(crate) fn unseal<T: DeserializeOwned>(
+    codec: &NodeCodec,
     bytes: &[u8],
     limit: usize,
 ) -> Result<(Header, T), DecodeError> {
-    let (header, payload) = open::<C>(bytes)?;
+    let (header, payload) = open(bytes, codec.format_id())?;
     let expected = type_fingerprint::<T>();
     if header.type_fingerprint != expected {
         return Err(DecodeError::WrongType {
@@ -312,6 +628,32 @@ mod tests {
         tags: Vec<String>,
     }
 
+    fn bin() -> NodeCodec {
+        NodeCodec::default()
+    }
+
+    /// Every built-in codec, on its typed path and through the trait.
+    fn codecs() -> Vec<NodeCodec> {
+        let all = vec![
+            bin(),
+            erased(Arc::new(Bincode)),
+            #[cfg(feature = "msgpack")]
+            NodeCodec::new(Arc::new(MsgPack)),
+            #[cfg(feature = "msgpack")]
+            erased(Arc::new(MsgPack)),
+        ];
+        all
+    }
+
+    /// `codec` run through the object-safe trait, as a user's codec is.
+    fn erased(codec: Arc<dyn Codec>) -> NodeCodec {
+        NodeCodec {
+            format_id: codec.format_id(),
+            path: Path::Erased,
+            codec,
+        }
+    }
+
     fn user() -> User {
         User {
             id: 7,
@@ -322,8 +664,8 @@ mod tests {
 
     #[test]
     fn roundtrip_keeps_value_and_expiry() {
-        let bytes = seal(&Bincode, &user(), 1234, 1 << 20).unwrap();
-        let (h, u): (Header, User) = unseal(&Bincode, &bytes, 1 << 20).unwrap();
+        let bytes = seal(&bin(), &user(), 1234, 1 << 20).unwrap();
+        let (h, u): (Header, User) = unseal(&bin(), &bytes, 1 << 20).unwrap();
         assert_eq!(h.expires_at_ms, 1234);
         assert_eq!(u, user());
     }
@@ -331,41 +673,44 @@ mod tests {
     #[test]
     fn refuses_foreign_and_future_bytes() {
         assert_eq!(
-            unseal::<_, User>(&Bincode, b"hello world, plain", 1 << 20).unwrap_err(),
+            unseal::<User>(&bin(), b"hello world, plain", 1 << 20).unwrap_err(),
             DecodeError::NotAnEnvelope
         );
         assert_eq!(
-            unseal::<_, User>(&Bincode, &[], 1 << 20).unwrap_err(),
+            unseal::<User>(&bin(), &[], 1 << 20).unwrap_err(),
             DecodeError::NotAnEnvelope
         );
-        let mut bytes = seal(&Bincode, &user(), 0, 1 << 20).unwrap();
+        let mut bytes = seal(&bin(), &user(), 0, 1 << 20).unwrap();
         bytes[1] = 9;
         assert_eq!(
-            unseal::<_, User>(&Bincode, &bytes, 1 << 20).unwrap_err(),
+            unseal::<User>(&bin(), &bytes, 1 << 20).unwrap_err(),
             DecodeError::UnknownVersion(9)
         );
         bytes[1] = ENVELOPE_VERSION;
         bytes[2] = 77;
         assert_eq!(
-            unseal::<_, User>(&Bincode, &bytes, 1 << 20).unwrap_err(),
-            DecodeError::UnknownFormat(77)
+            unseal::<User>(&bin(), &bytes, 1 << 20).unwrap_err(),
+            DecodeError::OtherCodec {
+                found: 77,
+                expected: 1
+            }
         );
     }
 
     #[test]
     fn truncated_and_mistyped_payloads_are_errors() {
-        let bytes = seal(&Bincode, &user(), 0, 1 << 20).unwrap();
+        let bytes = seal(&bin(), &user(), 0, 1 << 20).unwrap();
         let cut = &bytes[..bytes.len() - 3];
         assert!(matches!(
-            unseal::<_, User>(&Bincode, cut, 1 << 20),
+            unseal::<User>(&bin(), cut, 1 << 20),
             Err(DecodeError::Payload(_))
         ));
         // A u8 would read the first byte of the User and leave trailing
         // bytes: the payload decoder refuses it...
-        assert!(Bincode.decode::<u8>(&bytes[HEADER_LEN..], 1 << 20).is_err());
+        assert!(bin().decode::<u8>(&bytes[HEADER_LEN..], 1 << 20).is_err());
         // ...and the fingerprint refuses it before the payload is read.
         assert!(matches!(
-            unseal::<_, u8>(&Bincode, &bytes, 1 << 20),
+            unseal::<u8>(&bin(), &bytes, 1 << 20),
             Err(DecodeError::WrongType { .. })
         ));
     }
@@ -373,25 +718,25 @@ mod tests {
     #[test]
     fn a_value_read_as_another_type_is_refused_even_when_its_bytes_fit() {
         // bincode writes a u64 0 as the byte 0: also an empty String.
-        let bytes = seal(&Bincode, &0u64, 0, 1 << 20).unwrap();
+        let bytes = seal(&bin(), &0u64, 0, 1 << 20).unwrap();
         assert_eq!(
-            Bincode.decode::<String>(&bytes[HEADER_LEN..], 1 << 20),
+            bin().decode::<String>(&bytes[HEADER_LEN..], 1 << 20),
             Ok(String::new())
         );
         assert_eq!(
-            unseal::<_, String>(&Bincode, &bytes, 1 << 20).unwrap_err(),
+            unseal::<String>(&bin(), &bytes, 1 << 20).unwrap_err(),
             DecodeError::WrongType {
                 found: type_fingerprint::<u64>(),
                 expected: type_fingerprint::<String>(),
             }
         );
-        assert_eq!(unseal::<_, u64>(&Bincode, &bytes, 1 << 20).unwrap().1, 0);
+        assert_eq!(unseal::<u64>(&bin(), &bytes, 1 << 20).unwrap().1, 0);
         // The same payload under an older envelope without a fingerprint.
-        let mut v1 = vec![MAGIC, 1, Bincode::FORMAT, 0];
+        let mut v1 = vec![MAGIC, 1, Bincode::FORMAT_ID, 0];
         v1.extend_from_slice(&0u64.to_le_bytes());
         v1.push(0);
         assert_eq!(
-            unseal::<_, u64>(&Bincode, &v1, 1 << 20).unwrap_err(),
+            unseal::<u64>(&bin(), &v1, 1 << 20).unwrap_err(),
             DecodeError::UnknownVersion(1)
         );
     }
@@ -406,7 +751,7 @@ mod tests {
         );
         assert_ne!(type_fingerprint::<u64>(), type_fingerprint::<u32>());
         assert_ne!(type_fingerprint::<Vec<u8>>(), type_fingerprint::<String>());
-        let bytes = seal(&Bincode, &user(), 0, 1 << 20).unwrap();
+        let bytes = seal(&bin(), &user(), 0, 1 << 20).unwrap();
         assert_eq!(
             bytes[12..20],
             type_fingerprint::<User>().to_le_bytes(),
@@ -417,11 +762,11 @@ mod tests {
     #[test]
     fn hostile_length_prefix_does_not_allocate_unbounded() {
         // A Vec<u64> claiming 2^60 elements in a 20-byte payload.
-        let mut bytes = header::<Bincode, Vec<u64>>(0).to_vec();
+        let mut bytes = header::<Vec<u64>>(Bincode::FORMAT_ID, 0).to_vec();
         bytes.push(253); // varint tag for a u64 length
         bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
         assert!(matches!(
-            unseal::<_, Vec<u64>>(&Bincode, &bytes, 1 << 20),
+            unseal::<Vec<u64>>(&bin(), &bytes, 1 << 20),
             Err(DecodeError::Payload(_))
         ));
     }
@@ -430,20 +775,141 @@ mod tests {
     fn size_limit_applies_on_write_and_read() {
         let big = vec![1u8; 5000];
         assert!(matches!(
-            seal(&Bincode, &big, 0, 1000),
+            seal(&bin(), &big, 0, 1000),
             Err(crate::Error::ValueTooLarge { limit: 1000, .. })
         ));
-        let bytes = seal(&Bincode, &big, 0, 1 << 20).unwrap();
+        let bytes = seal(&bin(), &big, 0, 1 << 20).unwrap();
         assert!(matches!(
-            unseal::<_, Vec<u8>>(&Bincode, &bytes, 1000),
+            unseal::<Vec<u8>>(&bin(), &bytes, 1000),
             Err(DecodeError::TooLarge { limit: 1000, .. })
         ));
     }
 
     #[test]
     fn encoded_len_matches_encoding() {
-        let mut out = Vec::new();
-        Bincode.encode_into(&user(), &mut out).unwrap();
-        assert_eq!(Bincode.encoded_len(&user()), Some(out.len()));
+        for codec in codecs() {
+            let mut out = Vec::new();
+            codec.encode_into(&user(), &mut out).unwrap();
+            assert_eq!(codec.encoded_len(&user()), Some(out.len()), "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn every_codec_round_trips_on_both_paths() {
+        for codec in codecs() {
+            let bytes = seal(&codec, &user(), 99, 1 << 20).unwrap();
+            assert_eq!(bytes[2], codec.format_id(), "{codec:?}");
+            let (h, u): (Header, User) = unseal(&codec, &bytes, 1 << 20).unwrap();
+            assert_eq!((h.expires_at_ms, u), (99, user()), "{codec:?}");
+            // An unsized value (under the fingerprint of `str`), and a cut
+            // payload.
+            let s = seal(&codec, "text", 0, 1 << 20).unwrap();
+            assert_eq!(
+                codec.decode::<String>(&s[HEADER_LEN..], 1 << 20).unwrap(),
+                "text"
+            );
+            assert!(
+                matches!(
+                    unseal::<User>(&codec, &bytes[..bytes.len() - 1], 1 << 20),
+                    Err(DecodeError::Payload(_))
+                ),
+                "{codec:?}"
+            );
+            let mut long = bytes.clone();
+            long.push(0);
+            assert!(
+                matches!(
+                    unseal::<User>(&codec, &long, 1 << 20),
+                    Err(DecodeError::Payload(_))
+                ),
+                "{codec:?}: trailing bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn the_typed_and_erased_paths_write_the_same_bytes() {
+        let all = codecs();
+        for pair in all.chunks(2) {
+            let typed = seal(&pair[0], &user(), 5, 1 << 20).unwrap();
+            let erased = seal(&pair[1], &user(), 5, 1 << 20).unwrap();
+            assert_eq!(typed, erased, "{pair:?}");
+            assert_ne!(pair[0].path, Path::Erased, "built-in codecs run typed");
+            assert_eq!(pair[1].path, Path::Erased);
+        }
+    }
+
+    #[cfg(feature = "msgpack")]
+    #[test]
+    fn a_value_written_with_another_codec_is_refused_before_its_payload() {
+        let msgpack = NodeCodec::new(Arc::new(MsgPack));
+        let bytes = seal(&bin(), &user(), 0, 1 << 20).unwrap();
+        assert_eq!(
+            unseal::<User>(&msgpack, &bytes, 1 << 20).unwrap_err(),
+            DecodeError::OtherCodec {
+                found: 1,
+                expected: 2
+            }
+        );
+        let bytes = seal(&msgpack, &user(), 0, 1 << 20).unwrap();
+        assert_eq!(
+            unseal::<User>(&bin(), &bytes, 1 << 20).unwrap_err(),
+            DecodeError::OtherCodec {
+                found: 2,
+                expected: 1
+            }
+        );
+        assert_eq!(
+            DecodeError::OtherCodec {
+                found: 2,
+                expected: 1
+            }
+            .label(),
+            "other_codec"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Claims(u8);
+
+    impl Codec for Claims {
+        fn format_id(&self) -> u8 {
+            self.0
+        }
+        fn encode(&self, value: ValueRef<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+            bincode::encode_into(&value, out)
+        }
+        fn decode(&self, _: &[u8], _: usize, _: ValueSlot<'_>) -> Result<(), String> {
+            // Never fills the slot.
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_users_codec_must_take_an_id_of_its_range() {
+        for id in [0, 1, 2, 3, 63] {
+            let e = NodeCodec::new(Arc::new(Claims(id))).check().unwrap_err();
+            assert!(
+                matches!(&e, crate::Error::Config(m) if m.contains(&format!("format id {id},")) && m.contains("64..=255")),
+                "{e}"
+            );
+        }
+        for id in [64, 200, 255] {
+            NodeCodec::new(Arc::new(Claims(id))).check().unwrap();
+        }
+        NodeCodec::new(Arc::new(Bincode)).check().unwrap();
+        #[cfg(feature = "msgpack")]
+        NodeCodec::new(Arc::new(MsgPack)).check().unwrap();
+    }
+
+    #[test]
+    fn a_codec_that_fills_no_value_is_an_error_not_a_panic() {
+        let codec = NodeCodec::new(Arc::new(Claims(64)));
+        let bytes = seal(&codec, &5u32, 0, 1 << 20).unwrap();
+        assert_eq!(bytes[2], 64);
+        assert!(matches!(
+            unseal::<u32>(&codec, &bytes, 1 << 20),
+            Err(DecodeError::Payload(m)) if m.contains("decoded no value")
+        ));
     }
 }

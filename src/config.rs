@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::codec::NodeCodec;
 use crate::keys::Keys;
 use crate::shared::SharedConfig;
 use crate::Ttl;
@@ -50,6 +51,8 @@ pub(crate) struct Config {
     pub(crate) default_ttl: Ttl,
     pub(crate) ram_max_ttl: Option<Duration>,
     pub(crate) max_value_bytes: usize,
+    /// The codec of values in Redis (checked: a user's codec has a user id).
+    pub(crate) codec: NodeCodec,
     pub(crate) disabled: bool,
     pub(crate) bus: Option<crate::bus::BusConfig>,
     pub(crate) before_fill: Option<Hook>,

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::bus::{Bus, BusHealth, Invalidation};
-use crate::codec::{self, Bincode, Codec};
+use crate::codec::{self, NodeCodec};
 use crate::config::Config;
 use crate::local::LocalLayer;
 use crate::metrics::{self, Layer};
@@ -80,7 +80,8 @@ pub struct NodeStats {
     /// The RAM layer's byte budget (0 without a RAM layer).
     pub ram_capacity_bytes: u64,
     /// Values read from Redis that did not decode, each a miss: read as
-    /// another type than written (kept), or undecodable (removed).
+    /// another type than written or written with another codec than this
+    /// node's (both kept), or undecodable (removed).
     pub decode_failures: u64,
 }
 
@@ -121,7 +122,6 @@ struct Parts {
     config: Config,
     local: Option<Arc<LocalLayer>>,
     shared: Option<SharedLayer>,
-    codec: Bincode,
     metrics: metrics::NodeMetrics,
     bus: Option<Bus>,
     /// Build functions of async-compute cached functions, by name.
@@ -186,7 +186,6 @@ impl Core {
                 config,
                 local,
                 shared,
-                codec: Bincode,
                 metrics: metrics::NodeMetrics::new(),
                 bus,
                 jobs: Arc::new(JobRegistry::default()),
@@ -248,8 +247,9 @@ impl Core {
     }
 
     /// The codec of values stored in Redis.
-    pub(crate) fn codec(&self) -> &Bincode {
-        &self.parts.codec
+    #[inline]
+    pub(crate) fn codec(&self) -> &NodeCodec {
+        &self.parts.config.codec
     }
 
     /// This node's RAM layer, whatever layers this handle uses.
@@ -376,8 +376,11 @@ impl Core {
     ///
     /// A value written as another type is left where it is: the caller
     /// asked for the wrong type, and readers of the right type still read
-    /// it. Any other failure (corrupt or foreign bytes, another envelope
-    /// version or codec, over the size limit) removes the value from Redis
+    /// it. So is a value written with another codec: it is sound, the nodes
+    /// of its codec read it, and this node's next write of the key replaces
+    /// it (see [`codec`](crate::codec)). Any other failure (corrupt or foreign
+    /// bytes, another envelope version, over the size limit) removes the
+    /// value from Redis
     /// and announces the removal, so that no instance keeps serving a RAM
     /// copy of a value Redis no longer holds (such as the writer of a value
     /// that was damaged since, or that another release cannot read).
@@ -388,8 +391,8 @@ impl Core {
         ram_key: &str,
         bytes: &[u8],
     ) -> Option<(u64, T)> {
-        let e = match codec::unseal::<_, T>(
-            &self.parts.codec,
+        let e = match codec::unseal::<T>(
+            &self.parts.config.codec,
             bytes,
             self.parts.config.max_value_bytes,
         ) {
@@ -399,15 +402,28 @@ impl Core {
         self.parts.decode_failures.fetch_add(1, Ordering::Relaxed);
         metrics::decode_failure(e.label());
         self.parts.metrics.miss(Layer::Redis);
-        if let codec::DecodeError::WrongType { .. } = e {
-            tracing::warn!(
-                namespace = self.namespace(),
-                reason = e.label(),
-                expected = std::any::type_name::<T>(),
-                error = %e,
-                "value in Redis was written as another type than asked for; a miss, the value is kept"
-            );
-            return None;
+        match e {
+            codec::DecodeError::WrongType { .. } => {
+                tracing::warn!(
+                    namespace = self.namespace(),
+                    reason = e.label(),
+                    expected = std::any::type_name::<T>(),
+                    error = %e,
+                    "value in Redis was written as another type than asked for; a miss, the value is kept"
+                );
+                return None;
+            }
+            codec::DecodeError::OtherCodec { .. } => {
+                tracing::warn!(
+                    namespace = self.namespace(),
+                    reason = e.label(),
+                    codec = self.parts.config.codec.name(),
+                    error = %e,
+                    "value in Redis was written with another codec than this node's; a miss, the value is kept"
+                );
+                return None;
+            }
+            _ => {}
         }
         tracing::warn!(
             namespace = self.namespace(),
@@ -537,7 +553,7 @@ impl Core {
         value: &T,
     ) -> usize {
         encoded_len
-            .or_else(|| self.parts.codec.encoded_len(value))
+            .or_else(|| self.parts.config.codec.encoded_len(value))
             .unwrap_or(std::mem::size_of_val(value))
     }
 }

@@ -18,10 +18,12 @@
 //!   old value back ([`Layers`] chooses the layers of a handle's calls).
 //! * **The Redis layer**: one server for all instances; every command runs
 //!   under a timeout, the connection comes back by itself. Values are any
-//!   serde type, stored in a small versioned envelope that records their
-//!   type ([`Codec`], [`Bincode`]): a value read as another type is a counted
-//!   miss, never a misread; one that does not decode is a miss, removed and
-//!   counted, never a panic.
+//!   serde type, encoded by the node's [`Codec`] ([`Bincode`] by default,
+//!   `MsgPack` with the `msgpack` feature, or one of your own, chosen with
+//!   [`CacheNodeBuilder::codec`]) in a small versioned envelope that records
+//!   the codec and the type: a value written with another codec or read as
+//!   another type is a counted miss, never a misread; one that does not
+//!   decode is a miss, removed and counted, never a panic.
 //! * **The bus**: every write or delete announces itself (a counter, a
 //!   capped log and pub/sub, in one atomic step); each node's listener
 //!   applies the announcements to its RAM, catches up from the log after a
@@ -140,7 +142,9 @@ pub use bus::{
     decode_channel_payload, BusHealth, BusMessage, Invalidation, MalformedMessage, RamKey,
     DEFAULT_LOG_LEN,
 };
-pub use codec::{Bincode, Codec};
+#[cfg(feature = "msgpack")]
+pub use codec::MsgPack;
+pub use codec::{Bincode, Codec, ValueRef, ValueSlot, USER_CODEC_IDS};
 #[doc(hidden)]
 pub use config::FillHook;
 pub use config::{
@@ -182,30 +186,94 @@ struct MigratingExamples;
 /// Entry points for the fuzz targets in `fuzz/`; not a public API.
 #[doc(hidden)]
 pub mod __fuzz {
-    use serde::Deserialize;
+    use serde::{Deserialize, Serialize};
 
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    struct Shape {
-        id: u64,
-        name: String,
-        tags: Vec<String>,
-        score: Option<f64>,
+    /// A struct the envelope target decodes (its corpus seeds are envelopes
+    /// of it).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct Shape {
+        pub id: u64,
+        pub name: String,
+        pub tags: Vec<String>,
+        pub score: Option<f64>,
     }
 
     /// Decodes `data` as an envelope holding several value types, and as the
     /// payload of a valid envelope of each (so that the payload decoder is
-    /// reached past the type fingerprint).
+    /// reached past the type fingerprint), with every built-in codec (typed,
+    /// as a node runs them) and the bincode codec through the object-safe
+    /// trait (as a node runs a user's codec).
     pub fn decode_envelope(data: &[u8]) {
-        fn as_envelope_of<T: serde::de::DeserializeOwned>(data: &[u8]) {
+        use std::sync::Arc;
+
+        use crate::codec::{Codec, NodeCodec};
+
+        fn as_envelope_of<T: serde::de::DeserializeOwned>(codec: &NodeCodec, data: &[u8]) {
             let limit = crate::config::DEFAULT_MAX_VALUE_BYTES;
-            let _ = crate::codec::unseal::<_, T>(&crate::Bincode, data, limit);
-            let framed = [&crate::codec::header::<crate::Bincode, T>(0)[..], data].concat();
-            let _ = crate::codec::unseal::<_, T>(&crate::Bincode, &framed, limit);
+            let _ = crate::codec::unseal::<T>(codec, data, limit);
+            let framed = [&crate::codec::header::<T>(codec.format_id(), 0)[..], data].concat();
+            let _ = crate::codec::unseal::<T>(codec, &framed, limit);
         }
-        as_envelope_of::<String>(data);
-        as_envelope_of::<Vec<u64>>(data);
-        as_envelope_of::<Shape>(data);
+        /// Bincode, through the trait.
+        struct Erased;
+        impl Codec for Erased {
+            fn format_id(&self) -> u8 {
+                crate::Bincode::FORMAT_ID
+            }
+            fn encode(&self, value: crate::ValueRef<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+                crate::Bincode.encode(value, out)
+            }
+            fn decode(
+                &self,
+                bytes: &[u8],
+                limit: usize,
+                slot: crate::ValueSlot<'_>,
+            ) -> Result<(), String> {
+                crate::Bincode.decode(bytes, limit, slot)
+            }
+        }
+        let codecs = [
+            NodeCodec::new(Arc::new(crate::Bincode)),
+            NodeCodec::new(Arc::new(Erased)),
+            #[cfg(feature = "msgpack")]
+            NodeCodec::new(Arc::new(crate::MsgPack)),
+        ];
+        for codec in &codecs {
+            as_envelope_of::<String>(codec, data);
+            as_envelope_of::<Vec<u64>>(codec, data);
+            as_envelope_of::<Shape>(codec, data);
+        }
+    }
+
+    /// `data` opened as the envelope of a `T` written with `codec`, under the
+    /// default value limit: the value, or the reason it is refused (the
+    /// metric label).
+    ///
+    /// # Errors
+    /// The reason, as [`crate::metrics::DECODE_FAILURES_TOTAL`] labels it.
+    pub fn unseal_with<T: serde::de::DeserializeOwned>(
+        codec: impl crate::Codec,
+        data: &[u8],
+    ) -> Result<T, &'static str> {
+        let codec = crate::codec::NodeCodec::new(std::sync::Arc::new(codec));
+        let limit = crate::config::DEFAULT_MAX_VALUE_BYTES;
+        crate::codec::unseal::<T>(&codec, data, limit)
+            .map(|(_, value)| value)
+            .map_err(|e| e.label())
+    }
+
+    /// A valid envelope of `value` encoded with `codec`, never expiring (for
+    /// corpus seeds and tests).
+    ///
+    /// # Errors
+    /// As a write of the value.
+    pub fn seal_with<T: serde::Serialize>(
+        codec: impl crate::Codec,
+        value: &T,
+    ) -> crate::Result<Vec<u8>> {
+        let codec = crate::codec::NodeCodec::new(std::sync::Arc::new(codec));
+        crate::codec::seal(&codec, value, 0, usize::MAX)
     }
 
     /// Decodes `data` as a channel payload, and as a bare message body.

@@ -80,7 +80,7 @@ impl CacheNode {
 
     /// A node configured from the environment variables
     /// (`CACHE_TYPE`, `LOCALCACHE_TYPE`, `CACHE_REDIS_URL`,
-    /// `CACHE_KEY_PREFIX`, `CACHE_DISABLED`; see
+    /// `CACHE_KEY_PREFIX`, `CACHE_DISABLED`) and `CACHE_CODEC` (see
     /// [`CacheNodeBuilder::with_env`]). With none set: a RAM-only node.
     ///
     /// # Errors

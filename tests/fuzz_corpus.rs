@@ -28,6 +28,58 @@ fn corpus_seeds_are_valid_messages() {
     assert_eq!(msg.seq, 1);
 }
 
+/// The MessagePack seeds reach the payload decoder: valid envelopes of the
+/// target's types decode to their values, the damaged ones are refused by
+/// it (`payload`), not by a header check.
+#[cfg(feature = "msgpack")]
+#[test]
+fn msgpack_seeds_reach_the_msgpack_decoder() {
+    use cachenode::__fuzz::{unseal_with, Shape};
+    use cachenode::{Bincode, MsgPack};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/envelope");
+    let seed = |name: &str| std::fs::read(dir.join(name)).expect("seed");
+    assert_eq!(
+        unseal_with::<Shape>(MsgPack, &seed("msgpack_shape")),
+        Ok(Shape {
+            id: 7,
+            name: "ada".into(),
+            tags: vec!["a".into(), "b".into()],
+            score: Some(0.5),
+        })
+    );
+    assert_eq!(
+        unseal_with::<Shape>(MsgPack, &seed("msgpack_shape_none")),
+        Ok(Shape {
+            id: u64::MAX,
+            name: String::new(),
+            tags: vec![],
+            score: None,
+        })
+    );
+    assert_eq!(
+        unseal_with::<String>(MsgPack, &seed("msgpack_string")).as_deref(),
+        Ok("ünïcödé ☃")
+    );
+    assert_eq!(
+        unseal_with::<Vec<u64>>(MsgPack, &seed("msgpack_vec_u64")),
+        Ok(vec![0, 1, 300, 70000, u64::MAX])
+    );
+    assert_eq!(
+        unseal_with::<Shape>(MsgPack, &seed("msgpack_shape_cut")),
+        Err("payload")
+    );
+    assert_eq!(
+        unseal_with::<Vec<u64>>(MsgPack, &seed("msgpack_vec_u64_lying_length")),
+        Err("payload")
+    );
+    // Read by a bincode node: another codec, refused before the payload.
+    assert_eq!(
+        unseal_with::<Shape>(Bincode, &seed("msgpack_shape")),
+        Err("other_codec")
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -39,8 +91,15 @@ proptest! {
 
     #[test]
     fn envelope_header_with_random_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..128)) {
+        // The older header (version 1), and the current one of each codec.
         let mut data = vec![0xCB, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        data.extend(payload);
+        data.extend(&payload);
         cachenode::__fuzz::decode_envelope(&data);
+        for format_id in [1, 2] {
+            let mut data = vec![0xCB, 2, format_id];
+            data.extend([0; 17]);
+            data.extend(&payload);
+            cachenode::__fuzz::decode_envelope(&data);
+        }
     }
 }

@@ -27,8 +27,6 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::codec::{Bincode, Codec};
-
 /// The body version this build writes and reads without a secret.
 pub(crate) const VERSION: u8 = 1;
 /// The body version written and required with a bus secret.
@@ -152,9 +150,7 @@ pub(crate) fn encode(body: &Body, auth: Option<&BusAuth>) -> crate::Result<Vec<u
             out
         }
     };
-    Bincode
-        .encode_into(body, &mut out)
-        .map_err(crate::Error::Encode)?;
+    crate::codec::bincode_encode_into(body, &mut out).map_err(crate::Error::Encode)?;
     if let Some(auth) = auth {
         let tag = auth.tag(&out[1 + TAG_LEN..]);
         out[1..1 + TAG_LEN].copy_from_slice(&tag);
@@ -195,9 +191,7 @@ pub(crate) fn decode(bytes: &[u8], auth: Option<&BusAuth>) -> Result<Body, Malfo
         (Some(_), Some(_)) => return Err(Malformed::Unsigned),
         (Some(_), None) => return Err(Malformed::UnknownVersion),
     };
-    Bincode
-        .decode(encoded, MAX_MESSAGE_BYTES)
-        .map_err(|_| Malformed::Garbage)
+    crate::codec::bincode_decode(encoded, MAX_MESSAGE_BYTES).map_err(|_| Malformed::Garbage)
 }
 
 /// Whether `bytes` is a signed body (version 2), whatever its tag.

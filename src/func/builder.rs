@@ -15,7 +15,7 @@ use super::atomic::AtomicWrites;
 use super::key::{self, ArgsInKey, KeyArgs};
 use super::{CachedFn, FnInner};
 use crate::clock::unix_millis;
-use crate::codec::{self, Codec};
+use crate::codec;
 use crate::core::{Core, Layers};
 use crate::keysets::KeySets;
 use crate::singleflight::Flights;
@@ -380,11 +380,14 @@ where
     {
         let build = Arc::new(build);
         let limit = self.node.config().max_value_bytes;
+        // The value is the node's to store: its codec. The arguments are
+        // cachenode's own bytes (the job, the refresh record): bincode.
+        let value_codec = self.node.codec().clone();
         let job: crate::registry::JobFn = Arc::new(move |args: Vec<u8>, ttl_ms: u64| {
             let build = build.clone();
+            let value_codec = value_codec.clone();
             Box::pin(async move {
-                let args: A = crate::codec::Bincode
-                    .decode(&args, limit)
+                let args: A = crate::codec::bincode_decode(&args, limit)
                     .map_err(|e| format!("arguments do not decode: {e}"))?;
                 let value = build(args).await.map_err(|e| e.to_string())?;
                 let expires_at_ms = if ttl_ms == 0 {
@@ -392,15 +395,14 @@ where
                 } else {
                     unix_millis().saturating_add(ttl_ms)
                 };
-                codec::seal(&crate::codec::Bincode, &value, expires_at_ms, limit)
-                    .map_err(|e| e.to_string())
+                codec::seal(&value_codec, &value, expires_at_ms, limit).map_err(|e| e.to_string())
             })
         });
         self.node.jobs().register(&self.name, job.clone());
         self.opts.rebuild = Some(RebuildSpec {
             encode: Arc::new(|a: &A| {
                 let mut out = Vec::new();
-                crate::codec::Bincode.encode_into(a, &mut out).ok()?;
+                crate::codec::bincode_encode_into(a, &mut out).ok()?;
                 Some(out)
             }),
             build: job,
@@ -448,14 +450,13 @@ where
     /// string in keys.
     pub fn warm_up_with(mut self, calls: impl IntoIterator<Item = A>) -> Self {
         self.opts.warmup_decode = Some(Arc::new(|bytes: &[u8]| {
-            crate::codec::Bincode
-                .decode::<A>(bytes, usize::MAX)
+            crate::codec::bincode_decode::<A>(bytes, usize::MAX)
                 .ok()
                 .map(Box::new)
         }));
         for a in calls {
             let mut out = Vec::new();
-            if crate::codec::Bincode.encode_into(&a, &mut out).is_ok() {
+            if crate::codec::bincode_encode_into(&a, &mut out).is_ok() {
                 self.opts.warmup.push(out);
             }
         }

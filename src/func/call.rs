@@ -18,7 +18,7 @@ use super::key::{self, KeyArgs};
 use super::{CachedFn, CallKey, Computed, Prepared};
 use crate::backoff::Backoff;
 use crate::bus::Invalidation;
-use crate::codec::{self, Codec};
+use crate::codec;
 use crate::func::atomic::GenerationCheck;
 use crate::keysets::Generation;
 use crate::local::{Expiry, Fence, Fill, FillTicket, LocalLayer};
@@ -214,9 +214,9 @@ where
         }
         node.metrics().unanswered();
         let mut encoded = Vec::new();
-        crate::codec::Bincode
-            .encode_into(args, &mut encoded)
-            .map_err(Error::Encode)?;
+        // Arguments of a build job are cachenode's own bytes: bincode,
+        // whatever the node's value codec.
+        crate::codec::bincode_encode_into(args, &mut encoded).map_err(Error::Encode)?;
         let job = crate::func::jobs::Job {
             func: self.inner.name.clone(),
             record_args: self.inner.opts.refresh_every.is_some(),

@@ -33,7 +33,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
-use crate::codec::{Bincode, Codec};
 use crate::keys::{job_marker_key, Keys};
 use crate::keysets::KeySets;
 use crate::registry::JobRegistry;
@@ -68,13 +67,13 @@ const JOB_VERSION: u8 = 1;
 
 fn encode(job: &Job) -> Result<Vec<u8>> {
     let mut out = vec![JOB_VERSION];
-    Bincode.encode_into(job, &mut out).map_err(Error::Encode)?;
+    crate::codec::bincode_encode_into(job, &mut out).map_err(Error::Encode)?;
     Ok(out)
 }
 
 fn decode(bytes: &[u8]) -> Option<Job> {
     match bytes.split_first() {
-        Some((&JOB_VERSION, rest)) => Bincode.decode(rest, 64 << 20).ok(),
+        Some((&JOB_VERSION, rest)) => crate::codec::bincode_decode(rest, 64 << 20).ok(),
         _ => None,
     }
 }

@@ -22,7 +22,6 @@
 use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
-use crate::codec::{Bincode, Codec};
 use crate::{Error, Result};
 
 /// Arguments of a cached call, written into its key.
@@ -57,8 +56,7 @@ impl ArgsWriter {
     /// [`Error::Encode`] when the value cannot be encoded.
     pub fn arg<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
         let mut bytes = Vec::new();
-        Bincode
-            .encode_into(value, &mut bytes)
+        crate::codec::bincode_encode_into(value, &mut bytes)
             .map_err(|e| Error::Encode(format!("argument {name}: {e}")))?;
         self.parts.push((name.to_owned(), bytes));
         Ok(())

@@ -3,8 +3,10 @@
 //! turn them into a [`Config`] (a bad setting is refused at build, with a
 //! clear error).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::codec::{Codec, NodeCodec};
 use crate::config::{
     Config, FillHook, Hook, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELETION_CHECK_PERIOD,
     DEFAULT_MAX_VALUE_BYTES, DEFAULT_NAMESPACE, DEFAULT_OP_TIMEOUT, DEFAULT_RAM_CAPACITY_BYTES,
@@ -42,6 +44,7 @@ pub struct CacheNodeBuilder {
     op_timeout: Duration,
     connect_timeout: Duration,
     max_value_bytes: usize,
+    codec: NodeCodec,
     disabled: bool,
     deletion_check_period: Duration,
     bus: bool,
@@ -69,6 +72,7 @@ impl Default for CacheNodeBuilder {
             op_timeout: DEFAULT_OP_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            codec: NodeCodec::default(),
             disabled: false,
             deletion_check_period: DEFAULT_DELETION_CHECK_PERIOD,
             bus: true,
@@ -159,6 +163,32 @@ impl CacheNodeBuilder {
     /// [`Error::ValueTooLarge`]; larger reads are counted misses.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.max_value_bytes = bytes;
+        self
+    }
+
+    /// The codec of the values this node stores in Redis: [`Bincode`](crate::Bincode)
+    /// (the default), `MsgPack` (feature `msgpack`), or
+    /// your own [`Codec`], whose format id must be in
+    /// [`USER_CODEC_IDS`](crate::USER_CODEC_IDS) ([`build`](Self::build)
+    /// refuses it otherwise). Also `CACHE_CODEC` in
+    /// [`with_env`](Self::with_env).
+    ///
+    /// Nodes that share a namespace should share a codec: a value written
+    /// with another codec than the reader's is a counted miss (never a
+    /// misread), left in Redis for the nodes of its codec. Keys and bus
+    /// messages do not depend on the codec.
+    ///
+    /// ```no_run
+    /// # async fn f() -> cachenode::Result<()> {
+    /// let node = cachenode::CacheNode::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .codec(cachenode::MsgPack)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn codec(mut self, codec: impl Codec) -> Self {
+        self.codec = NodeCodec::new(Arc::new(codec));
         self
     }
 
@@ -286,7 +316,8 @@ impl CacheNodeBuilder {
         self
     }
 
-    /// Applies the environment variables below on top of this builder:
+    /// Applies the environment variables below, `CACHE_CODEC` among them, on
+    /// top of this builder:
     ///
     /// | variable | effect |
     /// |---|---|
@@ -295,6 +326,7 @@ impl CacheNodeBuilder {
     /// | `CACHE_REDIS_URL` | the Redis URL; alone, it implies `CACHE_TYPE=redis` |
     /// | `CACHE_KEY_PREFIX` | the namespace |
     /// | `CACHE_DISABLED` | `1`/`true`/`yes` disables the cache |
+    /// | `CACHE_CODEC` | the [codec](Self::codec) of values: `bincode` (default) or `msgpack` (feature `msgpack`) |
     ///
     /// # Errors
     /// [`Error::Config`] for an unknown value or a missing URL.
@@ -343,6 +375,27 @@ impl CacheNodeBuilder {
         if let Some(prefix) = var("CACHE_KEY_PREFIX").filter(|p| !p.is_empty()) {
             self.namespace = prefix;
         }
+        match var("CACHE_CODEC")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("") => {}
+            Some("bincode") => self = self.codec(crate::Bincode),
+            #[cfg(feature = "msgpack")]
+            Some("msgpack") => self = self.codec(crate::MsgPack),
+            #[cfg(not(feature = "msgpack"))]
+            Some("msgpack") => {
+                return Err(Error::Config(
+                    "CACHE_CODEC=msgpack needs cachenode's msgpack feature".into(),
+                ))
+            }
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "CACHE_CODEC={other:?}: expected bincode or msgpack"
+                )))
+            }
+        }
         match var("CACHE_DISABLED")
             .as_deref()
             .map(str::to_ascii_lowercase)
@@ -388,6 +441,7 @@ impl CacheNodeBuilder {
                 "bus_log_len must be greater than zero".into(),
             ));
         }
+        self.codec.check()?;
         if self.max_value_bytes == 0 {
             return Err(Error::Config(
                 "max_value_bytes must be greater than zero".into(),
@@ -404,6 +458,7 @@ impl CacheNodeBuilder {
             default_ttl: self.default_ttl,
             ram_max_ttl: self.ram_max_ttl,
             max_value_bytes: self.max_value_bytes,
+            codec: self.codec,
             disabled: self.disabled,
             bus: self.bus.then_some(crate::bus::BusConfig {
                 deletion_check_period: self.deletion_check_period,
@@ -476,6 +531,30 @@ mod tests {
             .into_config()
             .unwrap();
         assert!(c.disabled);
+    }
+
+    #[test]
+    fn env_chooses_the_codec() {
+        let codec = |pairs: &[(&str, &str)]| {
+            CacheNodeBuilder::new()
+                .with_vars(env(pairs))
+                .map(|b| b.into_config().unwrap().codec.format_id())
+        };
+        assert_eq!(codec(&[]).unwrap(), 1);
+        assert_eq!(codec(&[("CACHE_CODEC", "")]).unwrap(), 1);
+        assert_eq!(codec(&[("CACHE_CODEC", "BinCode")]).unwrap(), 1);
+        #[cfg(feature = "msgpack")]
+        assert_eq!(codec(&[("CACHE_CODEC", "msgpack")]).unwrap(), 2);
+        #[cfg(not(feature = "msgpack"))]
+        assert!(codec(&[("CACHE_CODEC", "msgpack")])
+            .unwrap_err()
+            .to_string()
+            .contains("msgpack feature"));
+        let e = codec(&[("CACHE_CODEC", "json")]).unwrap_err();
+        assert!(
+            matches!(&e, Error::Config(m) if m.contains("\"json\"") && m.contains("bincode or msgpack")),
+            "{e}"
+        );
     }
 
     #[test]

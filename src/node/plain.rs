@@ -30,9 +30,11 @@ impl CacheNode {
     /// records the type, see the [crate docs](crate)) is a miss, counted in
     /// [`NodeStats::decode_failures`](crate::NodeStats::decode_failures) and logged, never a misread; the value
     /// is kept, since the mistake is the reader's and readers of the right
-    /// type still read it. A Redis value that does not decode for any other
-    /// reason (corrupt or foreign bytes, another envelope version or codec,
-    /// over the size limit) is a miss too: the key is removed, the removal
+    /// type still read it. So is a value written with another
+    /// [codec](crate::CacheNodeBuilder::codec) than this node's: a counted
+    /// miss, kept for the nodes of its codec. A Redis value that does not
+    /// decode for any other reason (corrupt or foreign bytes, another
+    /// envelope version, over the size limit) is a miss too: the key is removed, the removal
     /// announced on the bus (so every instance drops its RAM copy, as for a
     /// [`delete`](Self::delete)), and the event counted and logged.
     ///
