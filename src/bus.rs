@@ -145,7 +145,7 @@ pub(crate) struct BusState {
 }
 
 /// The bus as a node sees it: for health checks and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct BusHealth {
     /// Whether the listener is subscribed to the channel now.

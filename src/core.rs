@@ -61,8 +61,9 @@ pub enum Layers {
 /// key are not counted; neither are [`MemoryFn`](crate::MemoryFn) and the
 /// other process-local memos. The Prometheus counters
 /// ([`metrics::HITS_TOTAL`](crate::metrics::HITS_TOTAL), …) count the same
-/// hits, and misses per layer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// hits, and misses per layer. Serializes with serde (a JSON stats endpoint:
+/// `serde_json::to_string(&node.stats())`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct NodeStats {
     /// Reads answered from this node's RAM.

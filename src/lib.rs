@@ -436,6 +436,25 @@ pub mod __private {
         tracing::error!(func = funcname, %error, "cached function cannot be built; calls run uncached");
     }
 
+    /// Logs, once per function, that a cached function was called before
+    /// any node was installed ([`CacheNode::install_global`](crate::CacheNode::install_global), or its
+    /// `node = ...` gave none): its calls run uncached, and its deletions
+    /// do nothing, until one is.
+    pub fn report_no_node(funcname: &str) {
+        static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.iter().any(|w| w == funcname) {
+            return;
+        }
+        warned.push(funcname.to_owned());
+        tracing::warn!(
+            func = funcname,
+            "cached function called with no cache node (call CacheNode::install_global, \
+             or give the macro `node = ...`); it runs uncached, and deleting or \
+             invalidating its values does nothing, until there is one"
+        );
+    }
+
     /// Tells, from the type alone, whether a function's return type `R` is
     /// a `Result` (see [`CacheOutcome`]): `Probe::<R>::IS_RESULT` is this
     /// inherent constant when `R` is one, whatever it is spelled

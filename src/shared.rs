@@ -52,13 +52,34 @@ impl SharedLayer {
     /// answer in time.
     pub(crate) async fn connect(config: &SharedConfig) -> Result<Self> {
         let url = redact_url(&config.url);
-        let connect_err = |source| Error::Connect {
+        let connect_err = |source: redis::RedisError| Error::Connect {
             url: url.clone(),
-            source,
+            source: if source.kind() == redis::ErrorKind::Parse {
+                // Something answered, not in Redis's protocol.
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the server there does not speak the Redis protocol (is it a Redis \
+                         server, and the right port?): {}",
+                        source.to_string().replace('\n', " ")
+                    ),
+                ))
+            } else {
+                source
+            },
         };
         // A URL the client refuses is the caller's to fix, not Redis's.
-        let client = Client::open(config.url.as_str())
-            .map_err(|e| Error::Config(format!("invalid Redis URL {url}: {e}")))?;
+        let client = Client::open(config.url.as_str()).map_err(|e| {
+            let tls = if config.url.starts_with("rediss://") && !cfg!(feature = "tls") {
+                " (a rediss:// URL needs cachenode's `tls` feature)"
+            } else {
+                ""
+            };
+            Error::Config(format!(
+                "invalid Redis URL {url:?}: {e}{tls}; expected \
+                 redis://[user:password@]host[:port][/db] or rediss://… for TLS"
+            ))
+        })?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.op_timeout))
@@ -66,12 +87,16 @@ impl SharedLayer {
             .set_max_delay(Duration::from_secs(1));
         let connecting = ConnectionManager::new_with_config(client.clone(), manager_config);
         // The manager retries a few times; bound the whole attempt.
-        let mut conn = match tokio::time::timeout(config.connect_timeout * 4, connecting).await {
+        let attempt = config.connect_timeout * 4;
+        let mut conn = match tokio::time::timeout(attempt, connecting).await {
             Ok(conn) => conn.map_err(connect_err)?,
             Err(_) => {
                 return Err(connect_err(redis::RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    "connection timed out",
+                    format!(
+                        "no connection within {attempt:?} (connect_timeout {:?}, with retries)",
+                        config.connect_timeout
+                    ),
                 ))))
             }
         };

@@ -280,6 +280,26 @@ async fn invalidate_func_drops_the_ram_copies_on_other_nodes_and_keeps_redis() {
     assert_eq!(redis.keys("t:f:*").len(), 4, "Redis keeps every value");
 }
 
+/// A function name with no key set (a typo, the wrong namespace) is said
+/// on stderr, for `invalidate` as for `delete`; a known one is not.
+#[tokio::test]
+async fn invalidate_func_notes_a_name_with_no_key_set() {
+    let redis = TestRedis::start();
+    let n = node(&redis).await;
+    let f = n.func::<(u64,), String>("get_user").build().unwrap();
+    f.call(&(1,), computed("user-1".into())).await.unwrap();
+    let known = run(&redis, &["invalidate", "--func", "get_user"]).await;
+    ok(&known);
+    assert!(!stderr(&known).contains("note:"), "{}", stderr(&known));
+    let typo = run(&redis, &["invalidate", "--func", "get_usr"]).await;
+    ok(&typo);
+    assert!(
+        stderr(&typo).contains("note: get_usr has no key set in t; check the name"),
+        "{}",
+        stderr(&typo)
+    );
+}
+
 #[tokio::test]
 async fn delete_func_deletes_every_value_of_the_function() {
     let redis = TestRedis::start();

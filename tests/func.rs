@@ -1549,6 +1549,12 @@ async fn delete_some_refuses_a_filter_no_key_can_match() {
         refused(Args::new().arg("2", &true).unwrap()),
         r#"delete_some on "profile": argument "2" is ignored, so no key holds it"#
     );
+    // An empty filter would match every value, without the clear
+    // generation delete_all sets.
+    assert_eq!(
+        refused(Args::new()),
+        r#"delete_some on "profile": an empty filter matches every value; delete_all deletes them all"#
+    );
     assert_eq!(f.key_set_size().await.unwrap(), 8, "nothing deleted");
 
     let fr = Args::new().arg("1", "fr").unwrap();

@@ -397,6 +397,12 @@ async fn stats_count_ram_hits_redis_hits_and_misses_of_keys_and_functions() {
         "b: {sb:?}"
     );
     assert_eq!(sb.decode_failures, 1);
+    // For a JSON stats endpoint.
+    let json = serde_json::to_value(&sb).unwrap();
+    assert_eq!(
+        (json["ram_hits"].as_u64(), json["misses"].as_u64()),
+        (Some(4), Some(4))
+    );
 }
 
 #[tokio::test]
@@ -563,4 +569,45 @@ async fn a_url_that_does_not_parse_is_a_config_error_not_a_connect_error() {
         assert!(matches!(e, Error::Config(_)), "{url}: {e:?}");
         assert!(e.to_string().contains("Redis URL"), "{url}: {e}");
     }
+}
+
+/// A URL that does not parse says which form is expected; a server that
+/// answers in another protocol (an HTTP port given by mistake) is named
+/// as such, on one line.
+#[tokio::test]
+async fn connect_errors_say_what_to_fix() {
+    let e = CacheNode::connect("redis//127.0.0.1:6390")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("expected redis://[user:password@]host[:port][/db]"),
+        "{e}"
+    );
+    let e = CacheNode::connect("").await.unwrap_err();
+    assert!(e.to_string().contains(r#"invalid Redis URL """#), "{e}");
+
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = http.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in http.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 512];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let e = CacheNode::builder()
+        .redis_url(format!("redis://127.0.0.1:{port}"))
+        .connect_timeout(std::time::Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, Error::Connect { .. }), "{e:?}");
+    assert!(
+        text.contains("does not speak the Redis protocol") && !text.contains('\n'),
+        "{text}"
+    );
 }

@@ -252,8 +252,14 @@ impl<'a> Cached<'a> {
                 if let ::core::option::Option::Some(h) = __HANDLE.get() {
                     return ::core::option::Option::Some(h);
                 }
-                let __node: ::cachenode::CacheNode = #node?;
                 let __name: ::std::string::String = #funcname;
+                let __node: ::cachenode::CacheNode = match #node {
+                    ::core::option::Option::Some(n) => n,
+                    ::core::option::Option::None => {
+                        ::cachenode::__private::report_no_node(&__name);
+                        return ::core::option::Option::None;
+                    }
+                };
                 let __built = __node
                     .func::<dyn ::cachenode::KeyArgs, #value_ty>(&__name) #calls #declared
                     .build();
@@ -352,13 +358,16 @@ impl<'a> Cached<'a> {
             must_serialize(
                 s,
                 "self",
-                "`self` must be Serialize to be part of the key; add `ignore_self`",
+                "`self` must be Serialize to be part of the key: derive Serialize for its type, \
+                 or add `ignore_self` if the result does not depend on it",
             )
         });
         let writes = self.keyed().map(|a| {
             let name = a.key_name();
             let message = format!(
-                "argument `{name}` must be Serialize to be part of the key; add it to `ignore = [{name}]`"
+                "argument `{name}` must be Serialize to be part of the key: derive Serialize for its \
+                 type, or add it to `ignore = [{name}]` if the result does not depend on it (a \
+                 connection, a client)"
             );
             must_serialize(a.ident, &name, &message)
         });

@@ -141,12 +141,16 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// function of the macros, named after its parameters), an argument it
     /// does not have, or gives a value of another type than the argument's
     /// (`1i32` for a `u64`). Types that serde writes alike match: a `&str`
-    /// or a `String` for a `String` argument, a slice for a `Vec`.
+    /// or a `String` for a `String` argument, a slice for a `Vec`. An empty
+    /// filter is refused too: it would match every value
+    /// ([`delete_all`](Self::delete_all) deletes them all, and also keeps
+    /// out the values of computations running meanwhile).
     pub fn delete_some(&self, filter: &key::Args) -> Result<DeleteSome> {
         let opts = &self.inner.opts;
         if opts.args_mode != ArgsInKey::Each {
             return Err(Error::Config(format!(
-                "delete_some on {:?} needs keys built with key_args(ArgsInKey::Each)",
+                "delete_some on {:?} needs keys built with key_args(ArgsInKey::Each) \
+                 (`key_args = Each` in the macros)",
                 self.inner.name
             )));
         }

@@ -175,6 +175,9 @@ pub(crate) fn check_filter(
     filter: &Args,
 ) -> Result<()> {
     let refuse = |why: String| Err(Error::Config(format!("delete_some on {func:?}: {why}")));
+    if filter.parts.is_empty() {
+        return refuse("an empty filter matches every value; delete_all deletes them all".into());
+    }
     for ((name, _), &given) in filter.parts.iter().zip(&filter.types) {
         if ignored.contains(name) {
             return refuse(format!("argument {name:?} is ignored, so no key holds it"));

@@ -109,7 +109,7 @@ async fn run(cli: &Cli) -> Result<Option<Report>, Failure> {
         .await
         .map_err(|e| Failure::from_error(e, &url))?;
     let result = match &cli.command {
-        Command::Invalidate(target) => invalidate(&node, target).await.map(Some),
+        Command::Invalidate(target) => invalidate(&node, cli, target).await.map(Some),
         Command::Delete(target) => delete(&node, cli, target).await.map(Some),
         Command::Keysets => keysets(&node).await.map(Some),
         Command::Tail { count } => tail(&node, cli, *count).await.map(|()| None),
@@ -145,7 +145,7 @@ fn check_target(target: &Target, delete: bool) -> Result<(), Failure> {
 }
 
 /// `cachenode invalidate`: the RAM of every instance; Redis keeps its values.
-async fn invalidate(node: &CacheNode, target: &Target) -> cachenode::Result<Report> {
+async fn invalidate(node: &CacheNode, cli: &Cli, target: &Target) -> cachenode::Result<Report> {
     let ns = node.namespace().to_owned();
     if !target.keys.is_empty() {
         let keys: Vec<&str> = target.keys.iter().map(String::as_str).collect();
@@ -169,6 +169,12 @@ async fn invalidate(node: &CacheNode, target: &Target) -> cachenode::Result<Repo
     }
     for name in &target.funcs {
         node.invalidate_function(name).await?;
+        if !cli.json && node.func_key_set_size(name).await? == 0 {
+            eprintln!(
+                "note: {name} has no key set in {ns}; check the name (`cachenode keysets` \
+                 lists the functions with values in Redis; a RAM-only function has none)"
+            );
+        }
     }
     Ok(Report {
         text: format!(
