@@ -117,6 +117,8 @@ pub(crate) struct NodeMetrics {
     hits: [metrics::Counter; 2],
     misses: [metrics::Counter; 2],
     writes: [metrics::Counter; 2],
+    /// [`OPERATION_SECONDS`] of the sampled RAM lookups.
+    ram_seconds: metrics::Histogram,
 }
 
 impl NodeMetrics {
@@ -128,7 +130,14 @@ impl NodeMetrics {
             hits: per_layer(HITS_TOTAL),
             misses: per_layer(MISSES_TOTAL),
             writes: per_layer(WRITES_TOTAL),
+            ram_seconds: metrics::histogram!(OPERATION_SECONDS, "layer" => Layer::Ram.label()),
         }
+    }
+
+    /// Records a sampled RAM lookup (see [`sample_ram`]) that took `took`.
+    #[inline]
+    pub(crate) fn ram_operation(&self, took: std::time::Duration) {
+        self.ram_seconds.record(took.as_secs_f64());
     }
 
     #[inline]
@@ -162,8 +171,11 @@ pub(crate) fn sample_ram() -> bool {
     })
 }
 
-pub(crate) fn operation(layer: Layer, took: std::time::Duration) {
-    metrics::histogram!(OPERATION_SECONDS, "layer" => layer.label()).record(took.as_secs_f64());
+/// Records a Redis command that took `took` (RAM lookups are recorded
+/// through [`NodeMetrics::ram_operation`]).
+pub(crate) fn redis_operation(took: std::time::Duration) {
+    metrics::histogram!(OPERATION_SECONDS, "layer" => Layer::Redis.label())
+        .record(took.as_secs_f64());
 }
 
 /// Per-function handles, registered when the function's handle is built.

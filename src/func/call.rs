@@ -101,7 +101,7 @@ where
         let started = sampled.then(std::time::Instant::now);
         let found = ram.and_then(|l| l.get_typed::<V>(&key.ram));
         if let Some(started) = started {
-            crate::metrics::operation(Layer::Ram, started.elapsed());
+            node.metrics().ram_operation(started.elapsed());
         }
         if let Some(v) = found {
             node.metrics().hit(Layer::Ram);
