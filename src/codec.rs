@@ -100,8 +100,9 @@ impl Codec for Bincode {
         value: &T,
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
-        bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
-            .map(|_| ())
+        // Straight into the vector: the same bytes as through
+        // `std::io::Write`, without its adapter on every write.
+        bincode::serde::encode_into_writer(value, VecWriter(out), bincode::config::standard())
             .map_err(|e| e.to_string())
     }
 
@@ -131,6 +132,17 @@ impl Codec for Bincode {
         let mut size = bincode::enc::write::SizeWriter::default();
         bincode::serde::encode_into_writer(value, &mut size, bincode::config::standard()).ok()?;
         Some(size.bytes_written)
+    }
+}
+
+/// Appends bincode's output to a vector.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
     }
 }
 
