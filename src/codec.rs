@@ -95,6 +95,7 @@ pub struct Bincode;
 impl Codec for Bincode {
     const FORMAT: u8 = 1;
 
+    #[inline]
     fn encode_into<T: Serialize + ?Sized>(
         &self,
         value: &T,

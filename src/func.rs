@@ -198,6 +198,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
     /// prefix computed from `A`, when the function has one. Allocates
     /// nothing once `buf` has grown to the size of such keys (but for a
     /// prefix computed per call).
+    #[inline]
     fn write_ram_key<K: KeyArgs + ?Sized>(
         &self,
         args: &K,

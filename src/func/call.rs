@@ -53,8 +53,13 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let prepared = self.prepare(args);
-        self.call_prepared(prepared, compute).await
+        // As `call_prepared`, without a future inside this one: a hit is
+        // answered in this future's first poll with nothing moved.
+        match self.prepare(args).0 {
+            Step::Uncached => compute().await,
+            Step::Hit(v) => Ok(V::clone(&v)),
+            Step::Miss(key) => Box::pin(self.call_missed(key, compute)).await,
+        }
     }
 
     /// The first half of [`call`](Self::call): decides, from the arguments
@@ -82,6 +87,7 @@ where
     /// Builds the call's RAM key in this thread's key buffer and reads RAM
     /// with it; only a miss builds the call's owned keys. `typed`: the
     /// arguments as `A`, recorded for refresh.
+    #[inline]
     fn look_up<K: KeyArgs + ?Sized>(
         &self,
         args: &K,

@@ -89,6 +89,7 @@ impl ArgsWriter {
     ///
     /// # Errors
     /// [`Error::Encode`] when the value cannot be encoded.
+    #[inline]
     pub fn arg<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
         if self.frames_only {
             // The frame written in place: the encoding's length is known
@@ -158,6 +159,7 @@ impl ArgsWriter {
     }
 
     /// Forgets the arguments, keeping the buffers.
+    #[inline]
     fn clear(&mut self) {
         self.len = 0;
         self.frames.clear();
@@ -166,6 +168,7 @@ impl ArgsWriter {
 
     /// Gives the buffers back if they grew large. (Each part's buffer is
     /// at most twice the largest argument framed, so the frames tell.)
+    #[inline]
     fn trim(&mut self) {
         if self.frames.capacity() > KEPT_BYTES {
             *self = ArgsWriter::default();
@@ -174,6 +177,7 @@ impl ArgsWriter {
 
     /// From now on, keeps only what a key of `mode` leaving out `ignore`
     /// needs: for one hash of every argument, the frames alone.
+    #[inline]
     pub(crate) fn keep_for(&mut self, mode: ArgsInKey, ignore: &[String]) {
         self.frames_only = mode == ArgsInKey::Hashed && ignore.is_empty();
     }
@@ -194,11 +198,13 @@ pub(crate) struct KeyBuf {
 }
 
 impl KeyBuf {
+    #[inline]
     fn clear(&mut self) {
         self.args.clear();
         self.key.clear();
     }
 
+    #[inline]
     fn trim(&mut self) {
         self.args.trim();
         if self.key.capacity() > KEPT_BYTES {
@@ -230,6 +236,7 @@ thread_local! {
 /// A fresh buffer serves when this thread's is in use (an argument whose
 /// `Serialize` itself calls a cached function) or gone (the thread is
 /// exiting).
+#[inline]
 pub(crate) fn with_key_buf<R>(mut f: impl FnMut(&mut KeyBuf) -> R) -> R {
     let reused = KEY_BUF.try_with(|cell| {
         let mut buf = cell.try_borrow_mut().ok()?;
@@ -390,6 +397,7 @@ fn push_arg_part(out: &mut String, name: &str, encoded: &[u8]) {
 
 /// Appends the `digits` low hex digits of `v` (16 or 32), lowercase,
 /// zero-padded.
+#[inline]
 fn push_hex(out: &mut String, v: u128, digits: usize) {
     let mut buf = [0u8; 32];
     buf[..16].copy_from_slice(&hex_u64((v >> 64) as u64));
@@ -402,20 +410,28 @@ fn push_hex(out: &mut String, v: u128, digits: usize) {
 /// The 16 lowercase hex digits of `x`, most significant first, computed
 /// on all of them at once (this is on every hit's path: a digit at a time
 /// cost several times more).
+#[inline]
 fn hex_u64(x: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&hex_u32((x >> 32) as u32).to_be_bytes());
+    out[8..].copy_from_slice(&hex_u32(x as u32).to_be_bytes());
+    out
+}
+
+/// The 8 hex digits of `x` as the bytes of a `u64`, most significant
+/// first when written big-endian.
+#[inline]
+fn hex_u32(x: u32) -> u64 {
     // Spread the nibbles, one to a byte, keeping their order.
-    let x = u128::from(x);
-    let x = (x & 0xffff_ffff) | ((x & 0xffff_ffff_0000_0000) << 32);
-    let x = (x & 0x0000_ffff_0000_0000_0000_ffff) | ((x & 0xffff_0000_0000_0000_ffff_0000) << 16);
-    let x = (x & 0x00ff_0000_00ff_0000_00ff_0000_00ff)
-        | ((x & 0xff00_0000_ff00_0000_ff00_0000_ff00) << 8);
-    let x = (x & 0x000f_000f_000f_000f_000f_000f_000f_000f)
-        | ((x & 0x00f0_00f0_00f0_00f0_00f0_00f0_00f0_00f0) << 4);
+    let x = u64::from(x);
+    let x = (x & 0x0000_ffff) | ((x & 0xffff_0000) << 16);
+    let x = (x & 0x0000_00ff_0000_00ff) | ((x & 0x0000_ff00_0000_ff00) << 8);
+    let x = (x & 0x000f_000f_000f_000f) | ((x & 0x00f0_00f0_00f0_00f0) << 4);
     // Per byte: '0' + n, plus 'a' - '0' - 10 where n >= 10 (n + 6 carries
     // into bit 4). No byte overflows into the next.
-    const ONES: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
+    const ONES: u64 = 0x0101_0101_0101_0101;
     let letters = ((x + 6 * ONES) >> 4) & ONES;
-    (x + 0x30 * ONES + letters * 0x27).to_be_bytes()
+    x + 0x30 * ONES + letters * 0x27
 }
 
 /// The hash of a call's request part: its path and query string, each
@@ -444,6 +460,7 @@ pub(crate) fn suffix(
 
 /// Appends the key suffix of a call to `out`; `request` is its
 /// [`request_hash`] when the request is part of the key.
+#[inline]
 pub(crate) fn push_suffix(
     out: &mut String,
     prefix: &str,
