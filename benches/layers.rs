@@ -1,7 +1,9 @@
 //! Each layer of a node beside the raw operation it wraps, in one run.
 //!
 //! * RAM hit: `CacheNode::get_arc` on a RAM-resident key vs a bare moka
-//!   `get` of the same `Arc`'d struct.
+//!   `get` of the same `Arc`'d struct; `get_arc` followed by a clone of the
+//!   value vs a cached function's RAM hit (`CachedFn::call`, which returns
+//!   a clone), for one `u64` argument and for `(u64, String, bool)`.
 //! * Redis hit: `get_arc` through a Redis-only handle (RAM never consulted)
 //!   vs a bare `GET` on a connection of the same kind plus the bincode
 //!   decode of the payload.
@@ -14,6 +16,7 @@
 //! Starts its own redis-server on a free loopback port.
 //! Run: `cargo bench --bench layers`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,6 +137,11 @@ fn codec_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// The computation of a cached function whose value is in RAM: never run.
+fn not_computed() -> std::future::Ready<Result<Small, Infallible>> {
+    panic!("a RAM hit computed")
+}
+
 fn benches(c: &mut Criterion) {
     let server = redis_test::server::RedisServer::new();
     let url = match server.client_addr() {
@@ -162,6 +170,14 @@ fn benches(c: &mut Criterion) {
     });
     rt.block_on(node.set("small", &small(), Ttl::Never))
         .unwrap();
+    // RAM is served once the bus listener's first deletion check has
+    // renewed the lease.
+    rt.block_on(async {
+        let ram = node.with_layers(Layers::Ram);
+        while ram.get_arc::<Small>("small").await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
 
     let mut g = c.benchmark_group("ram_hit");
     let bare: moka::sync::Cache<String, Arc<Small>> = moka::sync::Cache::new(10_000);
@@ -176,6 +192,49 @@ fn benches(c: &mut Criterion) {
                 .expect("a RAM hit completes at once")
                 .unwrap()
                 .expect("present")
+        })
+    });
+    g.bench_function("cachenode_get_arc_clone", |b| {
+        b.iter(|| {
+            let v = node
+                .get_arc::<Small>("small")
+                .now_or_never()
+                .expect("a RAM hit completes at once")
+                .unwrap()
+                .expect("present");
+            Small::clone(&v)
+        })
+    });
+    let one = node.func::<(u64,), Small>("bench.one_u64").build().unwrap();
+    let three = node
+        .func::<(u64, String, bool), Small>("bench.three_args")
+        .build()
+        .unwrap();
+    let three_args = (42u64, String::from("fr-FR"), true);
+    rt.block_on(async {
+        one.call(&(42,), || async { Ok::<_, Infallible>(small()) })
+            .await
+            .unwrap();
+        three
+            .call(&three_args, || async { Ok::<_, Infallible>(small()) })
+            .await
+            .unwrap();
+    });
+    g.bench_function("cached_fn_call_u64", |b| {
+        b.iter(|| {
+            one.call(&(42,), not_computed)
+                .now_or_never()
+                .expect("a RAM hit completes at once")
+                .unwrap()
+        })
+    });
+    g.bench_function("cached_fn_call_u64_string_bool", |b| {
+        b.iter(|| {
+            three
+                .call(&three_args, not_computed)
+                .now_or_never()
+                .expect("a RAM hit completes at once")
+                .unwrap()
         })
     });
     g.finish();

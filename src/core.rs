@@ -284,6 +284,7 @@ impl Core {
     }
 
     /// Whether the node was built disabled (stores nothing, always misses).
+    #[inline]
     pub(crate) fn is_disabled(&self) -> bool {
         self.parts.config.disabled
     }

@@ -50,7 +50,6 @@ pub(crate) use clear::{
 };
 pub use clear::{BackgroundDelete, DeleteSome};
 
-use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,10 +98,28 @@ struct FnInner<A: ?Sized, V> {
     _types: PhantomData<fn(&A) -> V>,
 }
 
-/// A call's key, built ahead of the call; `None`: not cached.
+/// What [`CachedFn::prepare`] found out about a call before it runs.
 #[doc(hidden)]
-#[derive(Debug)]
-pub struct Prepared(Option<CallKey>);
+pub struct Prepared<V>(Step<V>);
+
+impl<V> std::fmt::Debug for Prepared<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Step::Uncached => f.write_str("Prepared::Uncached"),
+            Step::Hit(_) => f.write_str("Prepared::Hit"),
+            Step::Miss(key) => f.debug_tuple("Prepared::Miss").field(key).finish(),
+        }
+    }
+}
+
+enum Step<V> {
+    /// Not cached: compute.
+    Uncached,
+    /// Found in RAM.
+    Hit(Arc<V>),
+    /// Not in RAM: this key is read from Redis, else computed.
+    Miss(CallKey),
+}
 
 /// The keys of one call.
 #[derive(Debug)]
@@ -136,36 +153,71 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
         Ok(self.redis_key(&key))
     }
 
+    /// The keys of the call with `args`.
     fn key(&self, args: &A) -> Result<CallKey> {
-        let prefix = match &self.inner.opts.prefix {
-            Prefix::Dynamic(f) => Some(key::sanitize_prefix(f(args))),
-            _ => None,
-        };
-        let mut key = self.key_from(args, prefix)?;
-        if self.inner.opts.refresh_every.is_some() {
-            key.args_record = self
-                .inner
-                .opts
-                .rebuild
-                .as_ref()
-                .and_then(|r| (r.encode)(args));
-        }
-        Ok(key)
+        let prefix = self.dynamic_prefix(args);
+        key::with_key_buf(|buf| {
+            self.write_ram_key(args, prefix.as_deref(), buf)?;
+            Ok(self.call_key(buf, Some(args)))
+        })
     }
 
-    /// Builds a call's key from any arguments object; `dynamic_prefix` is
-    /// the prefix computed from `A`, when the function has one.
-    fn key_from<K: KeyArgs + ?Sized>(
+    /// The key prefix computed from `args`, when the function has one.
+    fn dynamic_prefix(&self, args: &A) -> Option<String> {
+        match &self.inner.opts.prefix {
+            Prefix::Dynamic(f) => Some(key::sanitize_prefix(f(args))),
+            _ => None,
+        }
+    }
+
+    /// The owned keys of a call whose RAM key is in `buf` (written by
+    /// [`write_ram_key`](Self::write_ram_key)); `args`, when typed, are
+    /// recorded for refresh.
+    fn call_key(&self, buf: &key::KeyBuf, args: Option<&A>) -> CallKey {
+        let o = &self.inner.opts;
+        let args_record = match (args, o.refresh_every, &o.rebuild) {
+            (Some(args), Some(_), Some(r)) => (r.encode)(args),
+            _ => None,
+        };
+        CallKey {
+            args_record,
+            suffix: buf.key[self.inner.ram_prefix.len()..].to_owned(),
+            ram: buf.key.clone(),
+        }
+    }
+
+    /// The keys of a call from any arguments object (no dynamic prefix,
+    /// no recorded arguments).
+    fn key_from<K: KeyArgs + ?Sized>(&self, args: &K) -> Result<CallKey> {
+        key::with_key_buf(|buf| {
+            self.write_ram_key(args, None, buf)?;
+            Ok(self.call_key(buf, None))
+        })
+    }
+
+    /// Writes the RAM key of a call, `\0f{func}:{suffix}`, into `buf.key`,
+    /// encoding its arguments into `buf.args`; `dynamic_prefix` is the
+    /// prefix computed from `A`, when the function has one. Allocates
+    /// nothing once `buf` has grown to the size of such keys (but for a
+    /// prefix computed per call).
+    #[inline]
+    fn write_ram_key<K: KeyArgs + ?Sized>(
         &self,
         args: &K,
-        dynamic_prefix: Option<String>,
-    ) -> Result<CallKey> {
+        dynamic_prefix: Option<&str>,
+        buf: &mut key::KeyBuf,
+    ) -> Result<()> {
         let o = &self.inner.opts;
-        let encoded = key::encode_args(args)?;
-        let prefix: Cow<'_, str> = match (&o.prefix, dynamic_prefix) {
-            (Prefix::Static(p), _) => Cow::Borrowed(p),
-            (Prefix::Computed(f), _) => Cow::Owned(key::sanitize_prefix(f())),
-            (Prefix::Dynamic(_), Some(p)) => Cow::Owned(p),
+        buf.args.keep_for(o.args_mode, &o.ignore);
+        args.write_args(&mut buf.args)?;
+        let computed;
+        let prefix: &str = match (&o.prefix, dynamic_prefix) {
+            (Prefix::Static(p), _) => p,
+            (Prefix::Computed(f), _) => {
+                computed = key::sanitize_prefix(f());
+                &computed
+            }
+            (Prefix::Dynamic(_), Some(p)) => p,
             (Prefix::Dynamic(_), None) => {
                 return Err(Error::Config(format!(
                 "{:?} computes its key prefix from typed arguments, which this call does not have",
@@ -183,21 +235,18 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
                 .as_ref()
                 .filter(|_| o.with_query_string)
                 .map_or("", |c| c.query());
-            format!("{path}?{query}")
+            key::request_hash(path, query)
         });
-        let suffix = key::suffix(
-            &prefix,
-            request.as_deref(),
+        buf.key.push_str(&self.inner.ram_prefix);
+        key::push_suffix(
+            &mut buf.key,
+            prefix,
+            request,
             o.args_mode,
-            &encoded,
+            &buf.args,
             &o.ignore,
         );
-        let ram = format!("{}{suffix}", self.inner.ram_prefix);
-        Ok(CallKey {
-            args_record: None,
-            suffix,
-            ram,
-        })
+        Ok(())
     }
 
     /// Registers refresh and warm-up with the node.
@@ -260,7 +309,7 @@ impl<A: KeyArgs + ?Sized, V> CachedFn<A, V> {
 impl<V> CachedFn<dyn KeyArgs, V> {
     /// [`cache_key`](CachedFn::cache_key) of any arguments object.
     pub fn cache_key_args(&self, args: &dyn KeyArgs) -> Result<String> {
-        Ok(self.redis_key(&self.key_from(args, None)?))
+        Ok(self.redis_key(&self.key_from(args)?))
     }
 }
 

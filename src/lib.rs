@@ -338,8 +338,9 @@ pub mod __private {
     pub fn cacheable<V: CloneValue + SerdeValue + SharedValue>() {}
 
     /// The first half of a call: decides from the arguments, borrowed for
-    /// this call only, whether and under which key it is cached.
-    pub fn prepare<V>(h: &CachedFn<dyn KeyArgs, V>, args: &dyn KeyArgs) -> Prepared
+    /// this call only, whether and under which key it is cached, and reads
+    /// RAM.
+    pub fn prepare<V>(h: &CachedFn<dyn KeyArgs, V>, args: &dyn KeyArgs) -> Prepared<V>
     where
         V: CloneValue + SerdeValue + SharedValue,
     {
@@ -349,7 +350,7 @@ pub mod __private {
     /// The second half of a call: the value, from the cache or `compute`.
     pub fn call<V, F, Fut, E>(
         h: &'static CachedFn<dyn KeyArgs, V>,
-        prepared: Prepared,
+        prepared: Prepared<V>,
         compute: F,
     ) -> impl Future<Output = core::result::Result<V, E>>
     where

@@ -123,6 +123,8 @@ pub(crate) struct NodeMetrics {
     misses: [metrics::Counter; 2],
     writes: [metrics::Counter; 2],
     counts: Counts,
+    /// [`OPERATION_SECONDS`] of the sampled RAM lookups.
+    ram_seconds: metrics::Histogram,
 }
 
 /// The node's own read counters: relaxed atomic adds, on a cache line of
@@ -145,7 +147,14 @@ impl NodeMetrics {
             misses: per_layer(MISSES_TOTAL),
             writes: per_layer(WRITES_TOTAL),
             counts: Counts::default(),
+            ram_seconds: metrics::histogram!(OPERATION_SECONDS, "layer" => Layer::Ram.label()),
         }
+    }
+
+    /// Records a sampled RAM lookup (see [`sample_ram`]) that took `took`.
+    #[inline]
+    pub(crate) fn ram_operation(&self, took: std::time::Duration) {
+        self.ram_seconds.record(took.as_secs_f64());
     }
 
     /// A read answered by `layer`.
@@ -204,8 +213,11 @@ pub(crate) fn sample_ram() -> bool {
     })
 }
 
-pub(crate) fn operation(layer: Layer, took: std::time::Duration) {
-    metrics::histogram!(OPERATION_SECONDS, "layer" => layer.label()).record(took.as_secs_f64());
+/// Records a Redis command that took `took` (RAM lookups are recorded
+/// through [`NodeMetrics::ram_operation`]).
+pub(crate) fn redis_operation(took: std::time::Duration) {
+    metrics::histogram!(OPERATION_SECONDS, "layer" => Layer::Redis.label())
+        .record(took.as_secs_f64());
 }
 
 /// Per-function handles, registered when the function's handle is built.

@@ -165,7 +165,7 @@ impl SharedLayer {
         let started = std::time::Instant::now();
         let result = match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => {
-                crate::metrics::operation(crate::metrics::Layer::Redis, started.elapsed());
+                crate::metrics::redis_operation(started.elapsed());
                 return Ok(v);
             }
             Ok(Err(e)) if e.is_timeout() => Err(Error::Timeout { op, after: timeout }),

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::atomic::AtomicWrites;
 use super::key::{self, KeyArgs};
-use super::{CachedFn, CallKey, Computed, Prepared};
+use super::{CachedFn, CallKey, Computed, Prepared, Step};
 use crate::backoff::Backoff;
 use crate::bus::Invalidation;
 use crate::codec;
@@ -52,33 +52,68 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let prepared = self.prepare(args);
-        self.call_prepared(prepared, compute).await
+        // As `call_prepared`, without a future inside this one: a hit is
+        // answered in this future's first poll with nothing moved.
+        match self.prepare(args).0 {
+            Step::Uncached => compute().await,
+            Step::Hit(v) => Ok(V::clone(&v)),
+            Step::Miss(key) => Box::pin(self.call_missed(key, compute)).await,
+        }
     }
 
     /// The first half of [`call`](Self::call): decides, from the arguments
-    /// alone, whether and under which key the call is cached. Lets a caller
-    /// hand its arguments to `compute` by value after the key is built.
+    /// alone, whether and under which key the call is cached, and reads
+    /// RAM. Lets a caller hand its arguments to `compute` by value after
+    /// the key is built.
     #[doc(hidden)]
-    pub fn prepare(&self, args: &A) -> Prepared {
+    pub fn prepare(&self, args: &A) -> Prepared<V> {
         if self.inner.opts.unless.as_ref().is_some_and(|u| u(args)) {
-            return Prepared(None);
+            return Prepared(Step::Uncached);
         }
-        self.prepared(self.key(args))
+        if !self.caches() {
+            return Prepared(Step::Uncached);
+        }
+        let prefix = self.dynamic_prefix(args);
+        self.look_up(args, prefix.as_deref(), Some(args))
     }
 
-    fn prepared(&self, key: Result<CallKey>) -> Prepared {
+    /// Whether calls are cached now (not on a disabled or shut-down node).
+    fn caches(&self) -> bool {
         let node = &self.inner.node;
-        if node.is_disabled() || node.check_open().is_err() {
-            return Prepared(None);
-        }
-        match key {
-            Ok(k) => Prepared(Some(k)),
-            Err(e) => {
+        !node.is_disabled() && node.check_open().is_ok()
+    }
+
+    /// Builds the call's RAM key in this thread's key buffer and reads RAM
+    /// with it; only a miss builds the call's owned keys. `typed`: the
+    /// arguments as `A`, recorded for refresh.
+    #[inline]
+    fn look_up<K: KeyArgs + ?Sized>(
+        &self,
+        args: &K,
+        dynamic_prefix: Option<&str>,
+        typed: Option<&A>,
+    ) -> Prepared<V> {
+        key::with_key_buf(|buf| {
+            if let Err(e) = self.write_ram_key(args, dynamic_prefix, buf) {
                 tracing::warn!(func = %self.inner.name, error = %e, "cannot build cache key; computing");
-                Prepared(None)
+                return Prepared(Step::Uncached);
             }
-        }
+            let node = &self.inner.node;
+            if let Some(ram) = node.ram() {
+                let sampled = crate::metrics::sample_ram().then(std::time::Instant::now);
+                let found = ram.get_typed::<V>(&buf.key);
+                if let Some(started) = sampled {
+                    node.metrics().ram_operation(started.elapsed());
+                }
+                if let Some(v) = found {
+                    node.metrics().hit(Layer::Ram);
+                    self.inner.metrics.hit(Layer::Ram);
+                    return Prepared(Step::Hit(v));
+                }
+                node.metrics().miss(Layer::Ram);
+            }
+            Prepared(Step::Miss(self.call_key(buf, typed)))
+        })
     }
 
     /// The second half of [`call`](Self::call).
@@ -86,30 +121,27 @@ where
     /// # Errors
     /// Only `compute`'s own errors.
     #[doc(hidden)]
-    pub async fn call_prepared<F, Fut, E>(&self, prepared: Prepared, compute: F) -> Result<V, E>
+    pub async fn call_prepared<F, Fut, E>(&self, prepared: Prepared<V>, compute: F) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let Some(key) = prepared.0 else {
-            return compute().await;
-        };
+        match prepared.0 {
+            Step::Uncached => compute().await,
+            Step::Hit(v) => Ok(V::clone(&v)),
+            // Boxed so that this future stays small: a hit then moves none
+            // of the miss path's state, which is much larger.
+            Step::Miss(key) => Box::pin(self.call_missed(key, compute)).await,
+        }
+    }
+
+    /// A call that RAM did not answer: Redis, else compute and store.
+    async fn call_missed<F, Fut, E>(&self, key: CallKey, compute: F) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
         let node = &self.inner.node;
-        let ram = node.ram();
-        let sampled = ram.is_some() && crate::metrics::sample_ram();
-        let started = sampled.then(std::time::Instant::now);
-        let found = ram.and_then(|l| l.get_typed::<V>(&key.ram));
-        if let Some(started) = started {
-            crate::metrics::operation(Layer::Ram, started.elapsed());
-        }
-        if let Some(v) = found {
-            node.metrics().hit(Layer::Ram);
-            self.inner.metrics.hit(Layer::Ram);
-            return Ok(V::clone(&v));
-        }
-        if ram.is_some() {
-            node.metrics().miss(Layer::Ram);
-        }
         // The ticket is taken before joining: a flight whose leader took
         // its own before an invalidation of the key was applied is not
         // joined (its value may predate the invalidation).
@@ -521,8 +553,11 @@ impl<V> CachedFn<dyn KeyArgs, V>
 where
     V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    pub fn prepare_args(&self, args: &dyn KeyArgs) -> Prepared {
-        self.prepared(self.key_from(args, None))
+    pub fn prepare_args(&self, args: &dyn KeyArgs) -> Prepared<V> {
+        if !self.caches() {
+            return Prepared(Step::Uncached);
+        }
+        self.look_up(args, None, None)
     }
 }
 

@@ -196,7 +196,7 @@ impl<V> CachedFn<dyn KeyArgs, V> {
         &self,
         args: &dyn KeyArgs,
     ) -> impl Future<Output = Result<bool>> + Send + '_ {
-        self.delete_key(self.key_from(args, None))
+        self.delete_key(self.key_from(args))
     }
 
     /// [`invalidate`](CachedFn::invalidate): the key is built now, the
@@ -205,7 +205,7 @@ impl<V> CachedFn<dyn KeyArgs, V> {
         &self,
         args: &dyn KeyArgs,
     ) -> impl Future<Output = Result<()>> + Send + '_ {
-        self.invalidate_key(self.key_from(args, None))
+        self.invalidate_key(self.key_from(args))
     }
 }
 

@@ -18,9 +18,30 @@
 //! string is part of the key. The prefix may not contain `|` or `;`, and
 //! argument names are identifiers, so a full-args part `;{name}={h64}` can
 //! be matched exactly by `SSCAN … MATCH *;{name}={h64}*`.
+//!
+//! Precisely, with `u64le(n)` the 8 bytes of `n` little-endian, `enc(v)`
+//! the bincode 2 standard encoding of `v` (varints), and `hex` lowercase,
+//! zero-padded:
+//!
+//! - `{h128}` = `hex(XXH3-128(frames))`, where `frames` concatenates, for
+//!   each kept argument in order, `u64le(len(name)) name u64le(len(enc(v)))
+//!   enc(v)`;
+//! - `{h64}` of an argument = `hex(XXH3-64(enc(v)))`;
+//! - `r={h64}` = `hex(XXH3-64(path "?" query))`, each empty when not part
+//!   of the key;
+//!
+//! all with seed 0 and the default secret. The golden test below pins both
+//! forms.
+//!
+//! A hit builds its key without allocating: [`ArgsWriter`] keeps the
+//! buffers of the arguments it has held (the slots beyond `len` are reused,
+//! not dropped) and keeps `frames` as it goes, and the cached functions
+//! build keys in one [`KeyBuf`] per thread ([`with_key_buf`]).
+
+use std::cell::RefCell;
 
 use serde::Serialize;
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3Default};
 
 use crate::{Error, Result};
 
@@ -41,25 +62,191 @@ pub trait KeyArgs {
 /// Collects the encoded arguments of a call.
 #[derive(Debug, Default)]
 pub struct ArgsWriter {
+    /// Name and encoding of each argument; only the first `len` are
+    /// written, the others are buffers kept for reuse.
     parts: Vec<(String, Vec<u8>)>,
+    len: usize,
+    /// The written arguments framed as the default key mode hashes them
+    /// (see the module docs), kept up to date by every write.
+    frames: Vec<u8>,
+    /// Writes go to `frames` alone (`parts` stays empty): a key that
+    /// hashes every argument needs nothing else.
+    frames_only: bool,
 }
+
+/// Past this many bytes of arguments, a reused writer gives its buffers
+/// back rather than keep them for the next call.
+const KEPT_BYTES: usize = 4096;
 
 impl ArgsWriter {
     /// The arguments written so far: name and encoding.
     pub(crate) fn parts(&self) -> &[(String, Vec<u8>)] {
-        &self.parts
+        &self.parts[..self.len]
     }
 
     /// Adds argument `name` with `value`.
     ///
     /// # Errors
     /// [`Error::Encode`] when the value cannot be encoded.
+    #[inline]
     pub fn arg<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
-        let mut bytes = Vec::new();
-        crate::codec::bincode_encode_into(value, &mut bytes)
-            .map_err(|e| Error::Encode(format!("argument {name}: {e}")))?;
-        self.parts.push((name.to_owned(), bytes));
+        if self.frames_only {
+            // The frame written in place: the encoding's length is known
+            // once it is written.
+            let frames = &mut self.frames;
+            let start = frames.len();
+            frames.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            frames.extend_from_slice(name.as_bytes());
+            let len_at = frames.len();
+            frames.extend_from_slice(&[0; 8]);
+            if let Err(e) = crate::codec::bincode_encode_into(value, frames) {
+                frames.truncate(start);
+                return Err(Error::Encode(format!("argument {name}: {e}")));
+            }
+            let len = (frames.len() - len_at - 8) as u64;
+            frames[len_at..len_at + 8].copy_from_slice(&len.to_le_bytes());
+            return Ok(());
+        }
+        let slot = self.next_slot();
+        slot.0.push_str(name);
+        if let Err(e) = crate::codec::bincode_encode_into(value, &mut slot.1) {
+            return Err(Error::Encode(format!("argument {name}: {e}")));
+        }
+        self.commit();
         Ok(())
+    }
+
+    /// Adds an argument already encoded.
+    fn push_encoded(&mut self, name: &str, encoded: &[u8]) {
+        if self.frames_only {
+            let frames = &mut self.frames;
+            frames.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            frames.extend_from_slice(name.as_bytes());
+            frames.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
+            frames.extend_from_slice(encoded);
+            return;
+        }
+        let slot = self.next_slot();
+        slot.0.push_str(name);
+        slot.1.extend_from_slice(encoded);
+        self.commit();
+    }
+
+    /// The first unwritten slot, emptied.
+    #[inline]
+    fn next_slot(&mut self) -> &mut (String, Vec<u8>) {
+        if self.len == self.parts.len() {
+            self.parts.push(Default::default());
+        }
+        let slot = &mut self.parts[self.len];
+        slot.0.clear();
+        slot.1.clear();
+        slot
+    }
+
+    /// Counts the slot filled by the last write, and frames it.
+    #[inline]
+    fn commit(&mut self) {
+        let (name, bytes) = &self.parts[self.len];
+        let frames = &mut self.frames;
+        frames.reserve(16 + name.len() + bytes.len());
+        frames.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        frames.extend_from_slice(name.as_bytes());
+        frames.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        frames.extend_from_slice(bytes);
+        self.len += 1;
+    }
+
+    /// Forgets the arguments, keeping the buffers.
+    #[inline]
+    fn clear(&mut self) {
+        self.len = 0;
+        self.frames.clear();
+        self.frames_only = false;
+    }
+
+    /// Gives the buffers back if they grew large. (Each part's buffer is
+    /// at most twice the largest argument framed, so the frames tell.)
+    #[inline]
+    fn trim(&mut self) {
+        if self.frames.capacity() > KEPT_BYTES {
+            *self = ArgsWriter::default();
+        }
+    }
+
+    /// From now on, keeps only what a key of `mode` leaving out `ignore`
+    /// needs: for one hash of every argument, the frames alone.
+    #[inline]
+    pub(crate) fn keep_for(&mut self, mode: ArgsInKey, ignore: &[String]) {
+        self.frames_only = mode == ArgsInKey::Hashed && ignore.is_empty();
+    }
+
+    /// The written arguments minus those named in `ignore`.
+    fn kept<'a>(&'a self, ignore: &'a [String]) -> impl Iterator<Item = &'a (String, Vec<u8>)> {
+        self.parts()
+            .iter()
+            .filter(move |(name, _)| !ignore.iter().any(|i| i == name))
+    }
+}
+
+/// What a call's key is built in: its arguments and the key itself.
+#[derive(Debug, Default)]
+pub(crate) struct KeyBuf {
+    pub(crate) args: ArgsWriter,
+    pub(crate) key: String,
+}
+
+impl KeyBuf {
+    #[inline]
+    fn clear(&mut self) {
+        self.args.clear();
+        self.key.clear();
+    }
+
+    #[inline]
+    fn trim(&mut self) {
+        self.args.trim();
+        if self.key.capacity() > KEPT_BYTES {
+            self.key = String::new();
+        }
+    }
+}
+
+impl KeyBuf {
+    const fn new() -> Self {
+        KeyBuf {
+            args: ArgsWriter {
+                parts: Vec::new(),
+                len: 0,
+                frames: Vec::new(),
+                frames_only: false,
+            },
+            key: String::new(),
+        }
+    }
+}
+
+thread_local! {
+    static KEY_BUF: RefCell<KeyBuf> = const { RefCell::new(KeyBuf::new()) };
+}
+
+/// Runs `f` with this thread's key buffer, emptied: keys are built without
+/// allocating once the buffer has grown to the size of the thread's keys.
+/// A fresh buffer serves when this thread's is in use (an argument whose
+/// `Serialize` itself calls a cached function) or gone (the thread is
+/// exiting).
+#[inline]
+pub(crate) fn with_key_buf<R>(mut f: impl FnMut(&mut KeyBuf) -> R) -> R {
+    let reused = KEY_BUF.try_with(|cell| {
+        let mut buf = cell.try_borrow_mut().ok()?;
+        buf.clear();
+        let r = f(&mut buf);
+        buf.trim();
+        Some(r)
+    });
+    match reused {
+        Ok(Some(r)) => r,
+        _ => f(&mut KeyBuf::new()),
     }
 }
 
@@ -116,9 +303,10 @@ impl Args {
     /// [`Error::Config`] for an invalid name.
     pub fn arg<T: Serialize + ?Sized>(mut self, name: &str, value: &T) -> Result<Self> {
         check_arg_name(name)?;
-        let mut w = ArgsWriter::default();
-        w.arg(name, value)?;
-        self.parts.append(&mut w.parts);
+        let mut encoded = Vec::new();
+        crate::codec::bincode_encode_into(value, &mut encoded)
+            .map_err(|e| Error::Encode(format!("argument {name}: {e}")))?;
+        self.parts.push((name.to_owned(), encoded));
         self.types.push(std::any::type_name::<T>());
         Ok(self)
     }
@@ -126,7 +314,9 @@ impl Args {
 
 impl KeyArgs for Args {
     fn write_args(&self, out: &mut ArgsWriter) -> Result<()> {
-        out.parts.extend(self.parts.iter().cloned());
+        for (name, encoded) in &self.parts {
+            out.push_encoded(name, encoded);
+        }
         Ok(())
     }
 }
@@ -376,7 +566,65 @@ pub enum ArgsInKey {
 
 /// The hash of one argument value, as it appears in full-args keys.
 pub(crate) fn arg_part(name: &str, encoded: &[u8]) -> String {
-    format!(";{name}={:016x}", xxh3_64(encoded))
+    let mut out = String::with_capacity(name.len() + 18);
+    push_arg_part(&mut out, name, encoded);
+    out
+}
+
+fn push_arg_part(out: &mut String, name: &str, encoded: &[u8]) {
+    out.push(';');
+    out.push_str(name);
+    out.push('=');
+    push_hex(out, u128::from(xxh3_64(encoded)), 16);
+}
+
+/// Appends the `digits` low hex digits of `v` (16 or 32), lowercase,
+/// zero-padded.
+#[inline]
+fn push_hex(out: &mut String, v: u128, digits: usize) {
+    let mut buf = [0u8; 32];
+    buf[..16].copy_from_slice(&hex_u64((v >> 64) as u64));
+    buf[16..].copy_from_slice(&hex_u64(v as u64));
+    let digits = digits.min(32);
+    // Always ASCII.
+    out.push_str(std::str::from_utf8(&buf[32 - digits..]).unwrap_or_default());
+}
+
+/// The 16 lowercase hex digits of `x`, most significant first, computed
+/// on all of them at once (this is on every hit's path: a digit at a time
+/// cost several times more).
+#[inline]
+fn hex_u64(x: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&hex_u32((x >> 32) as u32).to_be_bytes());
+    out[8..].copy_from_slice(&hex_u32(x as u32).to_be_bytes());
+    out
+}
+
+/// The 8 hex digits of `x` as the bytes of a `u64`, most significant
+/// first when written big-endian.
+#[inline]
+fn hex_u32(x: u32) -> u64 {
+    // Spread the nibbles, one to a byte, keeping their order.
+    let x = u64::from(x);
+    let x = (x & 0x0000_ffff) | ((x & 0xffff_0000) << 16);
+    let x = (x & 0x0000_00ff_0000_00ff) | ((x & 0x0000_ff00_0000_ff00) << 8);
+    let x = (x & 0x000f_000f_000f_000f) | ((x & 0x00f0_00f0_00f0_00f0) << 4);
+    // Per byte: '0' + n, plus 'a' - '0' - 10 where n >= 10 (n + 6 carries
+    // into bit 4). No byte overflows into the next.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let letters = ((x + 6 * ONES) >> 4) & ONES;
+    x + 0x30 * ONES + letters * 0x27
+}
+
+/// The hash of a call's request part: its path and query string, each
+/// empty when it is not part of the key.
+pub(crate) fn request_hash(path: &str, query: &str) -> u64 {
+    let mut h = Xxh3Default::new();
+    h.update(path.as_bytes());
+    h.update(b"?");
+    h.update(query.as_bytes());
+    h.digest()
 }
 
 /// Builds the key suffix of a call.
@@ -388,21 +636,35 @@ pub(crate) fn suffix(
     ignore: &[String],
 ) -> String {
     let mut out = String::with_capacity(prefix.len() + 40);
+    let request = request.map(|r| xxh3_64(r.as_bytes()));
+    push_suffix(&mut out, prefix, request, mode, args, ignore);
+    out
+}
+
+/// Appends the key suffix of a call to `out`; `request` is its
+/// [`request_hash`] when the request is part of the key.
+#[inline]
+pub(crate) fn push_suffix(
+    out: &mut String,
+    prefix: &str,
+    request: Option<u64>,
+    mode: ArgsInKey,
+    args: &ArgsWriter,
+    ignore: &[String],
+) {
     out.push_str(prefix);
     out.push('|');
     if let Some(r) = request {
-        out.push_str(&format!("r={:016x};", xxh3_64(r.as_bytes())));
+        out.push_str("r=");
+        push_hex(out, u128::from(r), 16);
+        out.push(';');
     }
-    let kept = args
-        .parts
-        .iter()
-        .filter(|(name, _)| !ignore.iter().any(|i| i == name));
     match mode {
         ArgsInKey::Omitted => out.push('-'),
         ArgsInKey::Each => {
             let mut any = false;
-            for (name, bytes) in kept {
-                out.push_str(&arg_part(name, bytes));
+            for (name, bytes) in args.kept(ignore) {
+                push_arg_part(out, name, bytes);
                 any = true;
             }
             if !any {
@@ -410,17 +672,23 @@ pub(crate) fn suffix(
             }
         }
         ArgsInKey::Hashed => {
-            let mut buf = Vec::with_capacity(64);
-            for (name, bytes) in kept {
-                buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
-                buf.extend_from_slice(name.as_bytes());
-                buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-                buf.extend_from_slice(bytes);
-            }
-            out.push_str(&format!("{:032x}", xxh3_128(&buf)));
+            let ignores_some = !ignore.is_empty() && args.kept(ignore).count() < args.len;
+            let hash = if ignores_some {
+                // The frames of the kept arguments alone, streamed.
+                let mut h = Xxh3Default::new();
+                for (name, bytes) in args.kept(ignore) {
+                    h.update(&(name.len() as u64).to_le_bytes());
+                    h.update(name.as_bytes());
+                    h.update(&(bytes.len() as u64).to_le_bytes());
+                    h.update(bytes);
+                }
+                h.digest128()
+            } else {
+                xxh3_128(&args.frames)
+            };
+            push_hex(out, hash, 32);
         }
     }
-    out
 }
 
 /// Encodes `args`.
@@ -756,5 +1024,121 @@ mod tests {
         assert!(!is_none(&0u32));
         assert!(!is_none(&Vec::<u8>::new()));
         assert!(!is_none(&String::new()));
+    }
+
+    #[test]
+    fn hex_digits_are_those_of_format() {
+        for v in [
+            0u128,
+            1,
+            9,
+            10,
+            15,
+            16,
+            0xdead_beef,
+            u128::from(u64::MAX),
+            u128::MAX,
+        ] {
+            let v = v ^ (v << 67);
+            let mut out = String::new();
+            push_hex(&mut out, v, 32);
+            assert_eq!(out, format!("{v:032x}"));
+            out.clear();
+            push_hex(&mut out, v, 16);
+            assert_eq!(out, format!("{:016x}", v as u64));
+        }
+    }
+
+    /// The suffix a call's handle builds: in a reused buffer, keeping only
+    /// the frames when that is all the key needs.
+    fn handle_key<A: KeyArgs + ?Sized>(mode: ArgsInKey, args: &A, ignore: &[&str]) -> String {
+        let ignore: Vec<String> = ignore.iter().map(|s| s.to_string()).collect();
+        with_key_buf(|buf| {
+            buf.args.keep_for(mode, &ignore);
+            args.write_args(&mut buf.args).unwrap();
+            push_suffix(&mut buf.key, "", None, mode, &buf.args, &ignore);
+            buf.key.clone()
+        })
+    }
+
+    #[test]
+    fn keys_built_in_the_reused_buffer_are_the_same() {
+        let named = Args::new()
+            .arg("db", "conn-1")
+            .unwrap()
+            .arg("id", &7u32)
+            .unwrap();
+        let only_id = Args::new().arg("id", &7u32).unwrap();
+        for mode in [ArgsInKey::Hashed, ArgsInKey::Each, ArgsInKey::Omitted] {
+            // Twice each: the second time in buffers left by the first.
+            for _ in 0..2 {
+                let tuple = (42u64, "fr".to_string(), true);
+                assert_eq!(handle_key(mode, &tuple, &[]), key(mode, &tuple, &[]));
+                assert_eq!(handle_key(mode, &named, &[]), key(mode, &named, &[]));
+                assert_eq!(
+                    handle_key(mode, &named, &["db"]),
+                    key(mode, &named, &["db"])
+                );
+                assert_eq!(handle_key(mode, &(), &[]), key(mode, &(), &[]));
+            }
+        }
+        // Leaving an argument out (the kept frames, streamed) is the key of
+        // the call without it.
+        assert_eq!(
+            handle_key(ArgsInKey::Hashed, &named, &["db"]),
+            key(ArgsInKey::Hashed, &only_id, &[])
+        );
+    }
+
+    #[test]
+    fn request_hash_is_that_of_path_and_query_joined() {
+        assert_eq!(request_hash("/users", "page=2"), xxh3_64(b"/users?page=2"));
+        assert_eq!(request_hash("", ""), xxh3_64(b"?"));
+        assert_eq!(
+            suffix(
+                "",
+                Some("/a?b"),
+                ArgsInKey::Omitted,
+                &ArgsWriter::default(),
+                &[]
+            ),
+            format!("|r={:016x};-", request_hash("/a", "b"))
+        );
+    }
+
+    /// A `Serialize` that builds a key itself while its own key is built.
+    struct Reentrant;
+
+    impl Serialize for Reentrant {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            let inner = handle_key(ArgsInKey::Hashed, &(1u8,), &[]);
+            assert_eq!(inner, key(ArgsInKey::Hashed, &(1u8,), &[]));
+            s.serialize_u8(2)
+        }
+    }
+
+    #[test]
+    fn a_key_built_while_another_is_gets_its_own_buffer() {
+        assert_eq!(
+            handle_key(ArgsInKey::Hashed, &(Reentrant,), &[]),
+            key(ArgsInKey::Hashed, &(2u8,), &[])
+        );
+    }
+
+    #[test]
+    fn a_large_argument_does_not_stay_in_the_thread_buffer() {
+        let big = "x".repeat(100_000);
+        let k = handle_key(ArgsInKey::Hashed, &(big.as_str(),), &[]);
+        assert_eq!(k, key(ArgsInKey::Hashed, &(big.as_str(),), &[]));
+        // The thread's buffers are given back after such a use.
+        with_key_buf(|buf| {
+            assert!(buf.args.frames.capacity() <= KEPT_BYTES);
+            assert!(buf
+                .args
+                .parts
+                .iter()
+                .all(|(_, b)| b.capacity() <= KEPT_BYTES));
+            assert!(buf.key.capacity() <= KEPT_BYTES);
+        });
     }
 }

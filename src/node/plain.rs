@@ -62,7 +62,7 @@ impl CacheNode {
             let sampled = metrics::sample_ram().then(std::time::Instant::now);
             let found = local.get_typed::<T>(&plain_ram_key(key));
             if let Some(started) = sampled {
-                metrics::operation(Layer::Ram, started.elapsed());
+                self.core.metrics().ram_operation(started.elapsed());
             }
             if let Some(v) = found {
                 self.core.metrics().hit(Layer::Ram);
