@@ -263,7 +263,7 @@ impl FlushReason {
 /// process. Every lookup hashes its key once; with SipHash, std's default,
 /// that cost a cached function's hit about 220 of its 2650 instructions
 /// (its RAM keys are about 50 bytes) and a plain `get_arc` about 130 of
-/// 1390 (benches/instructions.rs). Like SipHash's random keys, the random
+/// 1390 (benches/hit_cost.rs). Like SipHash's random keys, the random
 /// seed keeps a client who chooses cache keys from aiming at collisions,
 /// though foldhash claims only "minimal" resistance against one who
 /// studies a long-running process to recover it.
