@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cachenode::{Args, CacheNode, CachedFn, Progress, Ttl};
 use cachenode::{ArgsInKey, Layers};
-use cachenode::{Bincode, CacheNodeBuilder, Codec, ValueRef, ValueSlot};
+use cachenode::{Bincode, CacheNodeBuilder, Codec, ValueRef, ValueSlot, MAX_DECODE_DEPTH};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use redis::Commands;
 use serde::{Deserialize, Serialize};
@@ -742,7 +742,7 @@ where
     raw_set(redis, &format!("h:k:{key}"), &bytes);
 }
 
-/// `Tree::Leaf(leaf)` inside `n` `Node`s.
+/// `Tree::Leaf(leaf)` inside `n` `Node`s: its `u64` is at level `n + 1`.
 fn tree(n: usize, leaf: u64) -> Tree {
     (0..n).fold(Tree::Leaf(leaf), |t, _| Tree::Node(Box::new(t)))
 }
@@ -750,8 +750,9 @@ fn tree(n: usize, leaf: u64) -> Tree {
 /// A node made by `build` reads a recursive value nested [`DEEP`] levels,
 /// under a plain key and under a cached function's key, on a [`STACK`]-byte
 /// stack: each is a miss (a cached call recomputes), counted once as a
-/// decode failure of reason `too_deep`, and removed from Redis. A corrupt
-/// value 40 levels deep is refused at once.
+/// decode failure of reason `too_deep`, and removed from Redis. A value
+/// nested to [`MAX_DECODE_DEPTH`] reads on the same stack, one level more
+/// is refused; a corrupt value 40 levels deep is refused at once.
 fn deep_values_are_counted_misses(build: fn(&str) -> CacheNodeBuilder) {
     on_a_small_stack(move |metrics| async move {
         let redis = TestRedis::start();
@@ -816,14 +817,40 @@ fn deep_values_are_counted_misses(build: fn(&str) -> CacheNodeBuilder) {
         assert_eq!(writer.stats().decode_failures, 0);
         assert_eq!(decode_failures(&metrics, "payload"), 0);
 
+        // At the limit, the value reads; one level more is refused.
+        let edge = tree(MAX_DECODE_DEPTH - 1, 7);
+        let bytes = deep(
+            &redis,
+            &writer,
+            leaf.clone(),
+            node.clone(),
+            MAX_DECODE_DEPTH - 1,
+        )
+        .await;
+        raw_set(&redis, "h:k:edge", &bytes);
+        assert_eq!(reader.get::<Tree>("edge").await.unwrap(), Some(edge));
+        assert_eq!(reader.stats().decode_failures, 3);
+        let bytes = deep(
+            &redis,
+            &writer,
+            leaf.clone(),
+            node.clone(),
+            MAX_DECODE_DEPTH,
+        )
+        .await;
+        raw_set(&redis, "h:k:past", &bytes);
+        assert_eq!(reader.get::<Tree>("past").await.unwrap(), None);
+        assert_eq!(reader.stats().decode_failures, 4);
+        assert_eq!(decode_failures(&metrics, "too_deep"), 4);
+
         // A corrupt value well within the limit: its last bytes cut off.
         let mut bytes = deep(&redis, &writer, tree(0, u64::MAX), tree(1, u64::MAX), 40).await;
         bytes.truncate(bytes.len() - 4);
         raw_set(&redis, "h:k:cut", &bytes);
         assert_eq!(reader.get::<Tree>("cut").await.unwrap(), None);
-        assert_eq!(reader.stats().decode_failures, 4);
+        assert_eq!(reader.stats().decode_failures, 5);
         assert_eq!(decode_failures(&metrics, "payload"), 1);
-        assert_eq!(decode_failures(&metrics, "too_deep"), 3);
+        assert_eq!(decode_failures(&metrics, "too_deep"), 4);
         assert_eq!(raw_get(&redis, "h:k:cut"), None, "removed");
     });
 }
@@ -861,4 +888,83 @@ impl Codec for OwnBincode {
 #[test]
 fn deep_values_of_a_users_codec_are_counted_misses_not_a_stack_overflow() {
     deep_values_are_counted_misses(|url| NODES.builder(url).codec(OwnBincode));
+}
+
+/// A build job as builders read it from the stream `{ns}:jobs` (field `j`):
+/// the version byte 1, then the job in bincode (as `func/jobs.rs` writes
+/// it).
+#[derive(Serialize)]
+struct PlantedJob<'a> {
+    func: &'a str,
+    record_args: bool,
+    args: Vec<u8>,
+    redis_key: &'a str,
+    ttl_ms: u64,
+    timeout_ms: u64,
+}
+
+/// Queues a job of `func` building `redis_key` from `args`; its stream id.
+fn plant_job(redis: &TestRedis, func: &str, args: Vec<u8>, redis_key: &str) -> String {
+    let job = PlantedJob {
+        func,
+        record_args: false,
+        args,
+        redis_key,
+        ttl_ms: 60_000,
+        timeout_ms: 5_000,
+    };
+    let mut bytes = vec![1u8];
+    bytes.extend(bincode::serde::encode_to_vec(&job, bincode::config::standard()).unwrap());
+    redis::cmd("XADD")
+        .arg("h:jobs")
+        .arg("*")
+        .arg("j")
+        .arg(bytes)
+        .query(&mut redis.conn())
+        .unwrap()
+}
+
+#[test]
+fn a_build_job_whose_arguments_nest_too_deep_is_dropped_not_a_stack_overflow() {
+    on_a_small_stack(|_| async move {
+        let redis = TestRedis::start();
+        let builder = NODES.builder_node(&redis.url()).await;
+        let depth = |t: &Tree| {
+            let (mut t, mut n) = (t, 0u64);
+            while let Tree::Node(inner) = t {
+                (t, n) = (inner, n + 1);
+            }
+            n
+        };
+        let _f = builder
+            .func::<(Tree,), u64>("deepargs")
+            .async_compute(move |(t,): (Tree,)| async move {
+                Ok::<_, std::convert::Infallible>(depth(&t))
+            })
+            .build()
+            .unwrap();
+        // The arguments `(Tree,)` in bincode: a Node is the variant index
+        // 1, a Leaf(7) the bytes 0 7.
+        let mut deep = vec![1u8; DEEP];
+        deep.extend_from_slice(&[0, 7]);
+        plant_job(&redis, "deepargs", deep, "h:f:deepargs:deep");
+        let last = plant_job(&redis, "deepargs", vec![1, 1, 0, 7], "h:f:deepargs:two");
+        // Both are delivered (read in order) and done with (acknowledged):
+        // the shallow one built, the deep one dropped as a failed build.
+        let handled = || {
+            let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg("h:jobs")
+                .query(&mut redis.conn())
+                .unwrap();
+            // No group yet: the builder has not read.
+            let field = |name: &str| groups.first().and_then(|g| g.get(name)).cloned();
+            field("last-delivered-id") == Some(redis::Value::BulkString(last.clone().into()))
+                && field("pending") == Some(redis::Value::Int(0))
+        };
+        let done = eventually(Duration::from_secs(10), || async { handled() }).await;
+        assert!(done, "the builder handles both jobs");
+        assert!(redis.exists("h:f:deepargs:two"));
+        assert!(!redis.exists("h:f:deepargs:deep"), "nothing built for it");
+    });
 }
