@@ -9,9 +9,11 @@
 //!   decode of the payload.
 //! * Set: `CacheNode::set` (Redis `SET` + RAM insert) vs a bare `SET`.
 //! * Codec: encoding and decoding a payload with the codec crate's typed
-//!   serde functions (what a node runs for its built-in codecs) vs through
-//!   the object-safe [`Codec`](cachenode::Codec) trait (what it runs for a
-//!   user's codec), for the small struct and a list of 100 of them.
+//!   serde functions vs through the object-safe [`Codec`](cachenode::Codec)
+//!   trait (what a node runs for a user's codec), for the small struct and
+//!   a list of 100 of them; and the node's own decode of the value's
+//!   envelope (`node` rows: the header checks, then the built-in codec's
+//!   typed path as a node runs it).
 //!
 //! Starts its own redis-server on a free loopback port.
 //! Run: `cargo bench --bench layers`.
@@ -64,6 +66,17 @@ fn codec_benches(c: &mut Criterion) {
         } else {
             rmp_serde::encode::write_named(&mut mp, &small()).unwrap();
         }
+        let (bin_envelope, mp_envelope) = if one {
+            (
+                cachenode::__fuzz::seal_with(Bincode, &list).unwrap(),
+                cachenode::__fuzz::seal_with(MsgPack, &list).unwrap(),
+            )
+        } else {
+            (
+                cachenode::__fuzz::seal_with(Bincode, &small()).unwrap(),
+                cachenode::__fuzz::seal_with(MsgPack, &small()).unwrap(),
+            )
+        };
         g.bench_function(format!("bincode_typed_encode_{shape}"), |b| {
             let mut out = Vec::with_capacity(8192);
             b.iter(|| {
@@ -120,11 +133,20 @@ fn codec_benches(c: &mut Criterion) {
                 g.bench_function(format!("bincode_dyn_decode_{shape}"), |b| {
                     b.iter(|| bincode_dyn.decode_value::<$t>(&bin, 1 << 20).unwrap())
                 });
+                // The node's path resolves its codec once; `unseal_with`
+                // resolves it per call (an `Arc` allocation), the same
+                // before and after any change to the decode itself.
+                g.bench_function(format!("bincode_node_decode_{shape}"), |b| {
+                    b.iter(|| cachenode::__fuzz::unseal_with::<$t>(Bincode, &bin_envelope).unwrap())
+                });
                 g.bench_function(format!("msgpack_typed_decode_{shape}"), |b| {
                     b.iter(|| rmp_serde::from_slice::<$t>(&mp).unwrap())
                 });
                 g.bench_function(format!("msgpack_dyn_decode_{shape}"), |b| {
                     b.iter(|| msgpack_dyn.decode_value::<$t>(&mp, 1 << 20).unwrap())
+                });
+                g.bench_function(format!("msgpack_node_decode_{shape}"), |b| {
+                    b.iter(|| cachenode::__fuzz::unseal_with::<$t>(MsgPack, &mp_envelope).unwrap())
                 });
             };
         }

@@ -17,9 +17,9 @@
 //!
 //! The expiry travels with the value so a Redis hit knows how long it may keep
 //! the value in RAM without a second round trip (`PTTL`). Decoding checks every
-//! header field and decodes the payload under a size limit, so bytes planted in
-//! Redis by anything else are refused without panicking or allocating without
-//! bound.
+//! header field and decodes the payload under a size limit and a nesting
+//! limit, so bytes planted in Redis by anything else are refused without
+//! panicking, allocating without bound or exhausting the stack.
 //!
 //! # Codecs
 //!
@@ -84,6 +84,24 @@
 //!
 //! Values written in version 1 of the envelope (no fingerprint) are read as
 //! an unknown version: a counted miss, the key removed.
+//!
+//! # The nesting limit
+//!
+//! serde reads a recursive type (`enum Tree { Leaf(u64), Node(Box<Tree>) }`,
+//! `struct Link { next: Option<Box<Link>> }`) by recursing once per level of
+//! the bytes, so a payload planted a hundred thousand levels deep would
+//! overflow the reading thread's stack and abort the process. Every decode
+//! of a value, whatever the codec, runs under [`MAX_DECODE_DEPTH`] (128
+//! levels): an adapter between the type's `Deserialize` and the codec's
+//! `Deserializer` (`codec/depth.rs`) counts the levels and fails the read
+//! past the limit, before the deeper level is read. The read is a counted
+//! miss (reason `too_deep`) and the value is removed, as a corrupt one is.
+//! The built-in codecs' typed paths wrap their deserializer in it
+//! (bincode's through its seeded slice decoder); a codec of yours gets it
+//! from [`ValueSlot::deserialize`], so it needs no limit of its own. What
+//! cachenode decodes for itself with bincode (bus messages, build jobs,
+//! the arguments of jobs and refreshes) runs under the same limit. See
+//! [`MAX_DECODE_DEPTH`] for how levels are counted and why 128.
 
 use std::any::Any;
 use std::ops::RangeInclusive;
@@ -93,11 +111,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 mod bincode;
+mod depth;
 #[cfg(feature = "msgpack")]
 mod msgpack;
 
 pub use self::bincode::Bincode;
 pub(crate) use self::bincode::{decode as bincode_decode, encode_into as bincode_encode_into};
+pub(crate) use self::depth::DepthLimit;
+use self::depth::Erased;
+pub use self::depth::MAX_DECODE_DEPTH;
 #[cfg(feature = "msgpack")]
 pub use self::msgpack::MsgPack;
 
@@ -198,7 +220,9 @@ pub trait Codec: Any + Send + Sync {
     /// trailing bytes after the value, and must not allocate much more than
     /// `limit` (the node's [value
     /// limit](crate::CacheNodeBuilder::max_value_bytes); `bytes` is never
-    /// longer) whatever lengths the bytes claim, nor panic.
+    /// longer) whatever lengths the bytes claim, nor panic. How deep the
+    /// value nests is the slot's to bound ([`MAX_DECODE_DEPTH`]), not the
+    /// codec's.
     ///
     /// # Errors
     /// A message saying why `bytes` is not a value of the requested type:
@@ -240,12 +264,27 @@ impl dyn Codec {
         bytes: &[u8],
         limit: usize,
     ) -> Result<T, String> {
+        self.decode_value_under(bytes, limit, &DepthLimit::default())
+    }
+
+    /// [`decode_value`](Self::decode_value) under `depth`, which tells
+    /// afterwards whether the value nested too deep.
+    pub(crate) fn decode_value_under<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        limit: usize,
+        depth: &DepthLimit,
+    ) -> Result<T, String> {
         let mut value = None;
         let mut fill = |de: &mut dyn erased_serde::Deserializer<'_>| {
             value = Some(erased_serde::deserialize::<T>(de)?);
             Ok(())
         };
-        self.decode(bytes, limit, ValueSlot { fill: &mut fill })?;
+        let slot = ValueSlot {
+            fill: &mut fill,
+            depth,
+        };
+        self.decode(bytes, limit, slot)?;
         value.ok_or_else(|| format!("codec {} decoded no value", self.name()))
     }
 }
@@ -277,24 +316,30 @@ impl std::fmt::Debug for ValueRef<'_> {
 
 /// Where a [`Codec`] puts the value it decodes: hand
 /// [`deserialize`](Self::deserialize) your format's `serde::Deserializer`,
-/// and the type the node asked for is read from it.
+/// and the type the node asked for is read from it, under the nesting
+/// limit [`MAX_DECODE_DEPTH`].
 pub struct ValueSlot<'a> {
     fill: &'a mut dyn FnMut(
         &mut dyn erased_serde::Deserializer<'_>,
     ) -> Result<(), erased_serde::Error>,
+    depth: &'a DepthLimit,
 }
 
 impl ValueSlot<'_> {
-    /// Reads the requested value from `deserializer`.
+    /// Reads the requested value from `deserializer`, refusing a value that
+    /// nests deeper than [`MAX_DECODE_DEPTH`] levels whatever the format
+    /// (the read is then counted as `too_deep`).
     ///
     /// # Errors
     /// The deserializer's error when its input is not a value of the
-    /// requested type.
+    /// requested type, or nests too deep.
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         self,
         deserializer: D,
     ) -> Result<(), D::Error> {
-        let mut erased = <dyn erased_serde::Deserializer<'de>>::erase(deserializer);
+        let mut erased = <dyn erased_serde::Deserializer<'de>>::erase(
+            self.depth.wrap::<Erased, D>(deserializer),
+        );
         (self.fill)(&mut erased).map_err(serde::de::Error::custom)
     }
 }
@@ -417,18 +462,28 @@ impl NodeCodec {
     }
 
     /// Decodes the whole of `bytes` as a `T`, allocating at most about
-    /// `limit` bytes.
+    /// `limit` bytes, nesting at most [`MAX_DECODE_DEPTH`] levels.
     pub(crate) fn decode<T: DeserializeOwned>(
         &self,
         bytes: &[u8],
         limit: usize,
-    ) -> Result<T, String> {
-        match self.path {
-            Path::Bincode => bincode::decode(bytes, limit),
+    ) -> Result<T, DecodeError> {
+        let depth = DepthLimit::default();
+        let decoded = match self.path {
+            Path::Bincode => bincode::decode_under(bytes, limit, &depth),
             #[cfg(feature = "msgpack")]
-            Path::MsgPack => msgpack::decode(bytes),
-            Path::Erased => self.codec.decode_value(bytes, limit),
-        }
+            Path::MsgPack => msgpack::decode(bytes, &depth),
+            Path::Erased => self.codec.decode_value_under(bytes, limit, &depth),
+        };
+        decoded.map_err(|e| {
+            if depth.exceeded() {
+                DecodeError::TooDeep {
+                    max: MAX_DECODE_DEPTH,
+                }
+            } else {
+                DecodeError::Payload(e)
+            }
+        })
     }
 
     /// The encoded size of `value`, for RAM-only entries.
@@ -470,6 +525,9 @@ pub(crate) enum DecodeError {
     },
     /// Larger than the node's value limit.
     TooLarge { size: usize, limit: usize },
+    /// The payload nests deeper than the decode limit
+    /// ([`MAX_DECODE_DEPTH`]): refused before it exhausts the stack.
+    TooDeep { max: usize },
     /// The payload is not a valid encoding of the requested type.
     Payload(String),
 }
@@ -483,6 +541,7 @@ impl DecodeError {
             DecodeError::OtherCodec { .. } => "other_codec",
             DecodeError::WrongType { .. } => "wrong_type",
             DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::TooDeep { .. } => "too_deep",
             DecodeError::Payload(_) => "payload",
         }
     }
@@ -506,6 +565,9 @@ impl std::fmt::Display for DecodeError {
             ),
             DecodeError::TooLarge { size, limit } => {
                 write!(f, "{size} bytes exceed the limit of {limit}")
+            }
+            DecodeError::TooDeep { max } => {
+                write!(f, "the payload nests deeper than {max} levels")
             }
             DecodeError::Payload(e) => write!(f, "payload does not decode: {e}"),
         }
@@ -612,7 +674,7 @@ pub(crate) fn unseal<T: DeserializeOwned>(
             limit,
         });
     }
-    let value = codec.decode(payload, limit).map_err(DecodeError::Payload)?;
+    let value = codec.decode(payload, limit)?;
     Ok((header, value))
 }
 
@@ -867,6 +929,37 @@ mod tests {
             .label(),
             "other_codec"
         );
+    }
+
+    #[test]
+    fn a_corrupt_value_deep_through_the_trait_is_refused_with_a_short_message() {
+        // A u64 cut short under `levels` Nodes, decoded through the trait
+        // as a user's codec is. Each level converts the error through
+        // erased-serde and back, and bincode's Display (its Debug) escapes
+        // the message again each time: left alone, the message grows
+        // fourfold a level (33 MB at 11 levels, and as many seconds).
+        #[derive(Debug, Serialize, Deserialize)]
+        enum Tree {
+            Leaf(u64),
+            Node(Box<Tree>),
+        }
+        let erased: &dyn Codec = &Bincode;
+        for levels in [12, 100] {
+            let value = (0..levels).fold(Tree::Leaf(u64::MAX), |t, _| Tree::Node(Box::new(t)));
+            let mut bytes = Vec::new();
+            bincode::encode_into(&value, &mut bytes).unwrap();
+            bytes.truncate(bytes.len() - 4);
+            let e = erased.decode_value::<Tree>(&bytes, 1 << 20).unwrap_err();
+            assert!(
+                e.len() < 100,
+                "{levels} levels: a message of {} bytes",
+                e.len()
+            );
+            assert_eq!(
+                e,
+                r#"OtherString("OtherString(\"UnexpectedEnd { additional: 4 }\")")"#
+            );
+        }
     }
 
     #[derive(Debug)]

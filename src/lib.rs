@@ -144,7 +144,7 @@ pub use bus::{
 };
 #[cfg(feature = "msgpack")]
 pub use codec::MsgPack;
-pub use codec::{Bincode, Codec, ValueRef, ValueSlot, USER_CODEC_IDS};
+pub use codec::{Bincode, Codec, ValueRef, ValueSlot, MAX_DECODE_DEPTH, USER_CODEC_IDS};
 #[doc(hidden)]
 pub use config::FillHook;
 pub use config::{
@@ -199,6 +199,18 @@ pub mod __fuzz {
         pub score: Option<f64>,
     }
 
+    /// A recursive type the envelope target decodes too, so that nesting is
+    /// explored (every decode is bounded by
+    /// [`MAX_DECODE_DEPTH`](crate::MAX_DECODE_DEPTH)).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[allow(missing_docs)]
+    pub enum Nest {
+        End,
+        More(Box<Nest>),
+        Many(Vec<Nest>),
+        Link { next: Option<Box<Nest>> },
+    }
+
     /// Decodes `data` as an envelope holding several value types, and as the
     /// payload of a valid envelope of each (so that the payload decoder is
     /// reached past the type fingerprint), with every built-in codec (typed,
@@ -243,6 +255,7 @@ pub mod __fuzz {
             as_envelope_of::<String>(codec, data);
             as_envelope_of::<Vec<u64>>(codec, data);
             as_envelope_of::<Shape>(codec, data);
+            as_envelope_of::<Nest>(codec, data);
         }
     }
 

@@ -14,7 +14,9 @@ pub const HITS_TOTAL: &str = "cachenode_hits_total";
 pub const MISSES_TOTAL: &str = "cachenode_misses_total";
 /// Values written, by `layer`.
 pub const WRITES_TOTAL: &str = "cachenode_writes_total";
-/// Values read from Redis that did not decode, by `reason`.
+/// Values read from Redis that did not decode, by `reason`: `not_an_envelope`,
+/// `unknown_version`, `other_codec`, `wrong_type`, `too_large`, `too_deep`
+/// (nested past [`MAX_DECODE_DEPTH`](crate::MAX_DECODE_DEPTH)), `payload`.
 pub const DECODE_FAILURES_TOTAL: &str = "cachenode_decode_failures_total";
 /// Failed or timed-out Redis commands, by `op`.
 pub const REDIS_ERRORS_TOTAL: &str = "cachenode_redis_errors_total";

@@ -1,5 +1,6 @@
-//! Keys and arguments with any bytes, and hostile or corrupt things planted
-//! in Redis where clears look, against a real redis-server.
+//! Keys and arguments with any bytes, hostile or corrupt things planted in
+//! Redis where clears look, and values nested far deeper than any decoder's
+//! stack allows, against a real redis-server.
 
 mod support;
 
@@ -7,7 +8,10 @@ use std::time::Duration;
 
 use cachenode::{Args, CacheNode, CachedFn, Progress, Ttl};
 use cachenode::{ArgsInKey, Layers};
+use cachenode::{Bincode, CacheNodeBuilder, Codec, ValueRef, ValueSlot, MAX_DECODE_DEPTH};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use redis::Commands;
+use serde::{Deserialize, Serialize};
 use support::{eventually, Nodes, TestRedis};
 
 /// Every node here: namespace `h`, the default 2 s per Redis call.
@@ -623,4 +627,344 @@ async fn a_clear_generation_of_the_wrong_type_stops_storing_until_clear_all_repl
         .unwrap();
     assert_eq!(got, "fr-5 again");
     assert!(redis.exists(&key5));
+}
+
+// ---------------------------------------------------------------------------
+// Values nested far deeper than a decoder's stack allows
+// ---------------------------------------------------------------------------
+
+/// A recursive enum: each `Node` is one level deeper.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Tree {
+    Leaf(u64),
+    Node(Box<Tree>),
+}
+
+/// A recursive struct: a linked list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Link {
+    next: Option<Box<Link>>,
+}
+
+/// How many levels the planted values nest.
+const DEEP: usize = 100_000;
+
+/// The stack of the thread that reads them: half a tokio worker's (a
+/// debug build reads a value at the limit through a user's codec, the
+/// costliest path, in a little over 512 KiB).
+const STACK: usize = 1024 * 1024;
+
+/// Runs `test` on a current-thread runtime, on a thread of its own with a
+/// stack of [`STACK`] bytes, with a metrics recorder local to that thread
+/// (every read of the test runs there, so it records there alone). Fails
+/// if it takes more than two minutes: a read must not spin either.
+fn on_a_small_stack<F, Fut>(test: F)
+where
+    F: FnOnce(PrometheusHandle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (done, finished) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("small-stack".into())
+        .stack_size(STACK)
+        .spawn(move || {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let _local = ::metrics::set_default_local_recorder(&recorder);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(test(recorder.handle()));
+            done.send(()).unwrap();
+        })
+        .unwrap();
+    // A panic drops the sender: then `join` reports it.
+    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        finished.recv_timeout(Duration::from_secs(120))
+    {
+        panic!("the test's reads did not finish within 2 minutes");
+    }
+    thread.join().expect("the test thread panicked");
+}
+
+/// The value of `cachenode_decode_failures_total{reason}`.
+fn decode_failures(metrics: &PrometheusHandle, reason: &str) -> u64 {
+    let series = format!(
+        "{}{{reason=\"{reason}\"}} ",
+        cachenode::metrics::DECODE_FAILURES_TOTAL
+    );
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+/// The envelope of a value nested `levels` deep, from the stored
+/// envelopes of a value (`zero`) and of that value wrapped once (`one`):
+/// `zero`'s header (its type fingerprint), `levels` times the bytes the
+/// wrapping adds, then `zero`'s payload.
+fn nested(zero: &[u8], one: &[u8], levels: usize) -> Vec<u8> {
+    let (header, inner) = zero.split_at(20);
+    let level = one[20..]
+        .strip_suffix(inner)
+        .expect("the wrapped value ends with the value");
+    let mut out = header.to_vec();
+    for _ in 0..levels {
+        out.extend_from_slice(level);
+    }
+    out.extend_from_slice(inner);
+    out
+}
+
+/// The envelope of a `T` nested `levels` deep, from the envelopes `writer`
+/// stores for `zero` and for `one` (`zero` wrapped once).
+async fn deep<T>(redis: &TestRedis, writer: &CacheNode, zero: T, one: T, levels: usize) -> Vec<u8>
+where
+    T: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    writer.set("zero", &zero, Ttl::Never).await.unwrap();
+    writer.set("one", &one, Ttl::Never).await.unwrap();
+    let (zero, one) = (
+        raw_get(redis, "h:k:zero").unwrap(),
+        raw_get(redis, "h:k:one").unwrap(),
+    );
+    nested(&zero, &one, levels)
+}
+
+/// Plants under the plain key `key` a `T` nested [`DEEP`] levels (see
+/// [`deep`]).
+async fn plant_deep<T>(redis: &TestRedis, writer: &CacheNode, key: &str, zero: T, one: T)
+where
+    T: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let bytes = deep(redis, writer, zero, one, DEEP).await;
+    raw_set(redis, &format!("h:k:{key}"), &bytes);
+}
+
+/// `Tree::Leaf(leaf)` inside `n` `Node`s: its `u64` is at level `n + 1`.
+fn tree(n: usize, leaf: u64) -> Tree {
+    (0..n).fold(Tree::Leaf(leaf), |t, _| Tree::Node(Box::new(t)))
+}
+
+/// A node made by `build` reads a recursive value nested [`DEEP`] levels,
+/// under a plain key and under a cached function's key, on a [`STACK`]-byte
+/// stack: each is a miss (a cached call recomputes), counted once as a
+/// decode failure of reason `too_deep`, and removed from Redis. A value
+/// nested to [`MAX_DECODE_DEPTH`] reads on the same stack, one level more
+/// is refused; a corrupt value 40 levels deep is refused at once.
+fn deep_values_are_counted_misses(build: fn(&str) -> CacheNodeBuilder) {
+    on_a_small_stack(move |metrics| async move {
+        let redis = TestRedis::start();
+        let writer = support::connect(build(&redis.url())).await;
+        let reader = support::connect(build(&redis.url())).await;
+        let leaf = Tree::Leaf(7);
+        let node = Tree::Node(Box::new(leaf.clone()));
+
+        // A plain key holding a Tree.
+        plant_deep(&redis, &writer, "tree", leaf.clone(), node.clone()).await;
+        assert_eq!(reader.get::<Tree>("tree").await.unwrap(), None);
+        assert_eq!(reader.stats().decode_failures, 1);
+        assert_eq!(decode_failures(&metrics, "too_deep"), 1);
+        assert_eq!(decode_failures(&metrics, "payload"), 0);
+        assert_eq!(raw_get(&redis, "h:k:tree"), None, "removed");
+
+        // A plain key holding a linked list.
+        let end = Link { next: None };
+        let link = Link {
+            next: Some(Box::new(end.clone())),
+        };
+        plant_deep(&redis, &writer, "list", end, link).await;
+        assert_eq!(reader.get::<Link>("list").await.unwrap(), None);
+        assert_eq!(reader.stats().decode_failures, 2);
+        assert_eq!(decode_failures(&metrics, "too_deep"), 2);
+        assert_eq!(raw_get(&redis, "h:k:list"), None, "removed");
+
+        // A cached function's value.
+        let f = |n: &CacheNode| n.func::<(u64,), Tree>("deep").build().unwrap();
+        let (fw, fr) = (f(&writer), f(&reader));
+        let given = |t: &Tree| {
+            let t = t.clone();
+            move || async move { Ok::<_, ()>(t) }
+        };
+        assert_eq!(fw.call(&(0,), given(&leaf)).await, Ok(leaf.clone()));
+        assert_eq!(fw.call(&(1,), given(&node)).await, Ok(node.clone()));
+        let (zero, one) = (
+            raw_get(&redis, &fw.cache_key(&(0,)).unwrap()).unwrap(),
+            raw_get(&redis, &fw.cache_key(&(1,)).unwrap()).unwrap(),
+        );
+        let key = fw.cache_key(&(2,)).unwrap();
+        raw_set(&redis, &key, &nested(&zero, &one, DEEP));
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        let compute = || async {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, ()>(Tree::Leaf(9))
+        };
+        assert_eq!(fr.call(&(2,), compute).await, Ok(Tree::Leaf(9)));
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(reader.stats().decode_failures, 3);
+        assert_eq!(decode_failures(&metrics, "too_deep"), 3);
+        // The recomputed value replaced it: the reader serves it, the
+        // writer reads it from Redis.
+        assert_eq!(fr.call(&(2,), compute).await, Ok(Tree::Leaf(9)));
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            fw.call(&(2,), given(&leaf)).await,
+            Ok(Tree::Leaf(9)),
+            "stored over the deep value"
+        );
+        assert_eq!(reader.stats().decode_failures, 3);
+        assert_eq!(writer.stats().decode_failures, 0);
+        assert_eq!(decode_failures(&metrics, "payload"), 0);
+
+        // At the limit, the value reads; one level more is refused.
+        let edge = tree(MAX_DECODE_DEPTH - 1, 7);
+        let bytes = deep(
+            &redis,
+            &writer,
+            leaf.clone(),
+            node.clone(),
+            MAX_DECODE_DEPTH - 1,
+        )
+        .await;
+        raw_set(&redis, "h:k:edge", &bytes);
+        assert_eq!(reader.get::<Tree>("edge").await.unwrap(), Some(edge));
+        assert_eq!(reader.stats().decode_failures, 3);
+        let bytes = deep(
+            &redis,
+            &writer,
+            leaf.clone(),
+            node.clone(),
+            MAX_DECODE_DEPTH,
+        )
+        .await;
+        raw_set(&redis, "h:k:past", &bytes);
+        assert_eq!(reader.get::<Tree>("past").await.unwrap(), None);
+        assert_eq!(reader.stats().decode_failures, 4);
+        assert_eq!(decode_failures(&metrics, "too_deep"), 4);
+
+        // A corrupt value well within the limit: its last bytes cut off.
+        let mut bytes = deep(&redis, &writer, tree(0, u64::MAX), tree(1, u64::MAX), 40).await;
+        bytes.truncate(bytes.len() - 4);
+        raw_set(&redis, "h:k:cut", &bytes);
+        assert_eq!(reader.get::<Tree>("cut").await.unwrap(), None);
+        assert_eq!(reader.stats().decode_failures, 5);
+        assert_eq!(decode_failures(&metrics, "payload"), 1);
+        assert_eq!(decode_failures(&metrics, "too_deep"), 4);
+        assert_eq!(raw_get(&redis, "h:k:cut"), None, "removed");
+    });
+}
+
+#[test]
+fn deep_bincode_values_are_counted_misses_not_a_stack_overflow() {
+    deep_values_are_counted_misses(|url| NODES.builder(url));
+}
+
+#[cfg(feature = "msgpack")]
+#[test]
+fn deep_msgpack_values_are_counted_misses_not_a_stack_overflow() {
+    deep_values_are_counted_misses(|url| NODES.builder(url).codec(cachenode::MsgPack));
+}
+
+/// A codec of the user's own, run through the object-safe trait: bincode
+/// under format id 64.
+#[derive(Debug)]
+struct OwnBincode;
+
+impl Codec for OwnBincode {
+    fn format_id(&self) -> u8 {
+        64
+    }
+
+    fn encode(&self, value: ValueRef<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+        Bincode.encode(value, out)
+    }
+
+    fn decode(&self, bytes: &[u8], limit: usize, slot: ValueSlot<'_>) -> Result<(), String> {
+        Bincode.decode(bytes, limit, slot)
+    }
+}
+
+#[test]
+fn deep_values_of_a_users_codec_are_counted_misses_not_a_stack_overflow() {
+    deep_values_are_counted_misses(|url| NODES.builder(url).codec(OwnBincode));
+}
+
+/// A build job as builders read it from the stream `{ns}:jobs` (field `j`):
+/// the version byte 1, then the job in bincode (as `func/jobs.rs` writes
+/// it).
+#[derive(Serialize)]
+struct PlantedJob<'a> {
+    func: &'a str,
+    record_args: bool,
+    args: Vec<u8>,
+    redis_key: &'a str,
+    ttl_ms: u64,
+    timeout_ms: u64,
+}
+
+/// Queues a job of `func` building `redis_key` from `args`; its stream id.
+fn plant_job(redis: &TestRedis, func: &str, args: Vec<u8>, redis_key: &str) -> String {
+    let job = PlantedJob {
+        func,
+        record_args: false,
+        args,
+        redis_key,
+        ttl_ms: 60_000,
+        timeout_ms: 5_000,
+    };
+    let mut bytes = vec![1u8];
+    bytes.extend(bincode::serde::encode_to_vec(&job, bincode::config::standard()).unwrap());
+    redis::cmd("XADD")
+        .arg("h:jobs")
+        .arg("*")
+        .arg("j")
+        .arg(bytes)
+        .query(&mut redis.conn())
+        .unwrap()
+}
+
+#[test]
+fn a_build_job_whose_arguments_nest_too_deep_is_dropped_not_a_stack_overflow() {
+    on_a_small_stack(|_| async move {
+        let redis = TestRedis::start();
+        let builder = NODES.builder_node(&redis.url()).await;
+        let depth = |t: &Tree| {
+            let (mut t, mut n) = (t, 0u64);
+            while let Tree::Node(inner) = t {
+                (t, n) = (inner, n + 1);
+            }
+            n
+        };
+        let _f = builder
+            .func::<(Tree,), u64>("deepargs")
+            .async_compute(move |(t,): (Tree,)| async move {
+                Ok::<_, std::convert::Infallible>(depth(&t))
+            })
+            .build()
+            .unwrap();
+        // The arguments `(Tree,)` in bincode: a Node is the variant index
+        // 1, a Leaf(7) the bytes 0 7.
+        let mut deep = vec![1u8; DEEP];
+        deep.extend_from_slice(&[0, 7]);
+        plant_job(&redis, "deepargs", deep, "h:f:deepargs:deep");
+        let last = plant_job(&redis, "deepargs", vec![1, 1, 0, 7], "h:f:deepargs:two");
+        // Both are delivered (read in order) and done with (acknowledged):
+        // the shallow one built, the deep one dropped as a failed build.
+        let handled = || {
+            let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg("h:jobs")
+                .query(&mut redis.conn())
+                .unwrap();
+            // No group yet: the builder has not read.
+            let field = |name: &str| groups.first().and_then(|g| g.get(name)).cloned();
+            field("last-delivered-id") == Some(redis::Value::BulkString(last.clone().into()))
+                && field("pending") == Some(redis::Value::Int(0))
+        };
+        let done = eventually(Duration::from_secs(10), || async { handled() }).await;
+        assert!(done, "the builder handles both jobs");
+        assert!(redis.exists("h:f:deepargs:two"));
+        assert!(!redis.exists("h:f:deepargs:deep"), "nothing built for it");
+    });
 }

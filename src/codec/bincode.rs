@@ -8,7 +8,7 @@ use ::bincode::de::read::Reader;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Codec, ValueRef, ValueSlot};
+use super::{Codec, DepthLimit, ValueRef, ValueSlot};
 
 /// The default codec: bincode 2 with its standard configuration (varints),
 /// format id 1. Compact and fast; the bytes do not describe themselves (no
@@ -62,18 +62,30 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 }
 
 /// Decodes a whole `bytes` slice into a `T`, allocating at most about
-/// `limit` bytes. Trailing bytes are an error.
+/// `limit` bytes, nesting at most
+/// [`MAX_DECODE_DEPTH`](super::MAX_DECODE_DEPTH) levels. Trailing bytes are
+/// an error.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, String> {
+    decode_under(bytes, limit, &DepthLimit::default())
+}
+
+/// [`decode`] under `depth`, which tells afterwards whether the value
+/// nested too deep.
+pub(crate) fn decode_under<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+    depth: &DepthLimit,
+) -> Result<T, String> {
     // bincode's limit is a const generic; pick the smallest tier that
     // admits `limit`. The limit bounds what a hostile length prefix can
     // make the decoder allocate before it notices the input is too short.
     const MIB: usize = 1 << 20;
     let decoded = if limit <= 4 * MIB {
-        decode_with::<T, { 4 * MIB }>(bytes)
+        decode_with::<T, { 4 * MIB }>(bytes, depth)
     } else if limit <= 64 * MIB {
-        decode_with::<T, { 64 * MIB }>(bytes)
+        decode_with::<T, { 64 * MIB }>(bytes, depth)
     } else {
-        decode_with::<T, { 1024 * MIB }>(bytes)
+        decode_with::<T, { 1024 * MIB }>(bytes, depth)
     };
     let (value, used) = decoded.map_err(|e| e.to_string())?;
     no_trailing_bytes(bytes.len() - used)?;
@@ -87,10 +99,13 @@ pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Option<usize> {
     Some(size.bytes_written)
 }
 
+/// bincode's slice decoder (the one `decode_from_slice` runs), given a
+/// seed that puts the deserializer under `depth`.
 fn decode_with<T: DeserializeOwned, const N: usize>(
     bytes: &[u8],
+    depth: &DepthLimit,
 ) -> Result<(T, usize), ::bincode::error::DecodeError> {
-    ::bincode::serde::decode_from_slice(bytes, standard().with_limit::<N>())
+    ::bincode::serde::seed_decode_from_slice(depth.seed::<T>(), bytes, standard().with_limit::<N>())
 }
 
 /// The erased form of [`decode`]: the same configuration, limit and

@@ -7,20 +7,17 @@
 //! them once and refuses any length longer than the bytes left, and any
 //! trailing byte. So every collection the decoder pre-allocates for holds at
 //! most as many elements as the payload has bytes, and the payload itself is
-//! under the node's size limit. Values nest at most [`MAX_DEPTH`] deep (as
-//! serde_json's default), so a hostile nesting cannot exhaust the stack of
-//! the task that reads it.
+//! under the node's size limit. Values nest at most
+//! [`MAX_DECODE_DEPTH`](super::MAX_DECODE_DEPTH) levels, as with every
+//! codec: the node's depth adapter counts them (rmp-serde's own limit
+//! counts arrays and maps only, not the single-entry maps of enum variants,
+//! so a hostile `{"Node": {"Node": ...}}` went under it).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Codec, ValueRef, ValueSlot};
-
-/// How deep containers (arrays, maps) may nest in a value read:
-/// serde_json's default recursion limit. Far past what a cached value needs, well within a
-/// tokio worker's 2 MiB stack even in a debug build (which overflows one
-/// past about 400 levels of a recursive type).
-pub(crate) const MAX_DEPTH: usize = 128;
+use super::depth::Typed;
+use super::{Codec, DepthLimit, ValueRef, ValueSlot};
 
 /// MessagePack through rmp-serde, format id 2 (feature `msgpack`, on by
 /// default). Structs are written as maps with their field names, so a field
@@ -51,10 +48,9 @@ impl Codec for MsgPack {
     fn decode(&self, bytes: &[u8], _limit: usize, slot: ValueSlot<'_>) -> Result<(), String> {
         check(bytes)?;
         let mut rest = bytes;
-        let mut de = rmp_serde::Deserializer::new(&mut rest);
-        // rmp-serde refuses its limit itself: MAX_DEPTH levels pass.
-        de.set_max_depth(MAX_DEPTH + 1);
-        slot.deserialize(&mut de).map_err(|e| e.to_string())?;
+        // The slot puts the deserializer under the depth limit.
+        slot.deserialize(&mut rmp_serde::Deserializer::new(&mut rest))
+            .map_err(|e| e.to_string())?;
         no_trailing_bytes(rest.len())
     }
 
@@ -71,26 +67,16 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     rmp_serde::encode::write_named(out, value).map_err(|e| e.to_string())
 }
 
-/// Decodes a whole `bytes` slice into a `T` (see the [module docs](self)
-/// for what bounds its allocations). Trailing bytes are an error.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+/// Decodes a whole `bytes` slice into a `T` under `depth` (see the [module
+/// docs](self) for what bounds its allocations). Trailing bytes are an
+/// error.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], depth: &DepthLimit) -> Result<T, String> {
     check(bytes)?;
     let mut rest = bytes;
-    let mut de = deserializer(&mut rest);
-    let value = T::deserialize(&mut de).map_err(|e| e.to_string())?;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    let value = T::deserialize(depth.wrap::<Typed, _>(&mut de)).map_err(|e| e.to_string())?;
     no_trailing_bytes(rest.len())?;
     Ok(value)
-}
-
-/// A deserializer reading from `rest` (and advancing it), under
-/// [`MAX_DEPTH`].
-fn deserializer<'r, 'b>(
-    rest: &'r mut &'b [u8],
-) -> rmp_serde::Deserializer<rmp_serde::decode::ReadReader<&'r mut &'b [u8]>> {
-    let mut de = rmp_serde::Deserializer::new(rest);
-    // rmp-serde refuses a value that reaches its limit: MAX_DEPTH levels pass.
-    de.set_max_depth(MAX_DEPTH + 1);
-    de
 }
 
 /// The size of the MessagePack encoding of `value`, without keeping it.
@@ -192,6 +178,11 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
+    /// [`decode`] under the default depth limit.
+    fn read<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        decode(bytes, &DepthLimit::default())
+    }
+
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     enum Kind {
         Plain,
@@ -237,7 +228,7 @@ mod tests {
         let mut out = Vec::new();
         encode_into(&every(), &mut out).unwrap();
         check(&out).unwrap();
-        assert_eq!(decode::<Every>(&out).unwrap(), every());
+        assert_eq!(read::<Every>(&out).unwrap(), every());
         assert_eq!(encoded_len(&every()), Some(out.len()));
     }
 
@@ -256,7 +247,7 @@ mod tests {
         let mut out = Vec::new();
         encode_into(&Old { a: 4 }, &mut out).unwrap();
         assert_eq!(out, [0x81, 0xa1, b'a', 4]);
-        assert_eq!(decode::<New>(&out).unwrap(), New { a: 4, b: 0 });
+        assert_eq!(read::<New>(&out).unwrap(), New { a: 4, b: 0 });
     }
 
     #[test]
@@ -265,11 +256,11 @@ mod tests {
         encode_into(&every(), &mut out).unwrap();
         for end in 0..out.len() {
             assert!(check(&out[..end]).is_err(), "cut at {end}");
-            assert!(decode::<Every>(&out[..end]).is_err(), "cut at {end}");
+            assert!(read::<Every>(&out[..end]).is_err(), "cut at {end}");
         }
         out.push(0);
         assert_eq!(check(&out).unwrap_err(), "1 trailing bytes after the value");
-        assert!(decode::<Every>(&out).is_err());
+        assert!(read::<Every>(&out).is_err());
     }
 
     #[derive(Debug, PartialEq, Deserialize)]
@@ -284,18 +275,23 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_refused_before_it_exhausts_a_workers_stack() {
-        // On a thread with a tokio worker's stack, on both paths.
+        use crate::codec::MAX_DECODE_DEPTH;
+        // On a thread with a tokio worker's stack, on both paths. Each
+        // array is two levels (the newtype's content, then its element):
+        // the innermost of `arrays` is at level 2 * arrays - 1.
+        let fits = MAX_DECODE_DEPTH.div_ceil(2);
         std::thread::Builder::new()
             .stack_size(2 << 20)
-            .spawn(|| {
+            .spawn(move || {
                 let erased: &dyn Codec = &MsgPack;
-                for depth in [1, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 100_000] {
-                    let bytes = nested(depth);
+                for arrays in [1, fits - 1, fits, fits + 1, 100_000] {
+                    let bytes = nested(arrays);
                     check(&bytes).unwrap();
-                    let typed = decode::<Tree>(&bytes);
+                    let typed = read::<Tree>(&bytes);
                     let slot = erased.decode_value::<Tree>(&bytes, 1 << 20);
-                    assert_eq!(typed.is_ok(), depth <= MAX_DEPTH, "{depth}");
-                    assert_eq!(slot.is_ok(), depth <= MAX_DEPTH, "{depth}");
+                    let ok = 2 * arrays - 1 <= MAX_DECODE_DEPTH;
+                    assert_eq!(typed.is_ok(), ok, "{arrays}: {typed:?}");
+                    assert_eq!(slot.is_ok(), ok, "{arrays}: {slot:?}");
                 }
             })
             .unwrap()
@@ -311,7 +307,7 @@ mod tests {
             let bytes = [marker, 0xff, 0xff, 0xff, 0xff, 0x00];
             assert!(check(&bytes).is_err(), "{marker:#x}");
         }
-        assert!(decode::<Vec<u64>>(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x00]).is_err());
+        assert!(read::<Vec<u64>>(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x00]).is_err());
         // Nested arrays each claiming 15 elements, in 20 bytes.
         assert!(check(&[0x9f; 20]).is_err());
         assert!(check(&[0xc1]).is_err());
